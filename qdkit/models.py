@@ -1,0 +1,90 @@
+"""The models, picked by name. Normalisation is each model's first layer (`PixelInput`), so a
+model — and the ONNX graph exported from it — takes raw Quick Draw pixels and no preprocessing
+constant lives anywhere else."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+SIDE = 28
+# The input contract of every qdkit model, stored in checkpoints and ONNX metadata.
+INPUT_SPEC: dict[str, Any] = {
+    "shape": ["N", 1, SIDE, SIDE],
+    "layout": "NCHW",
+    "dtype": "uint8",
+    "background": 0,
+    "ink": 255,
+    "note": "Quick Draw bitmap convention: 0 = background, 255 = ink; the model normalises inside.",
+}
+
+
+class PixelInput(nn.Module):
+    """Raw pixels (uint8 or float in 0..255; (N,28,28) or (N,1,28,28)) -> normalised float32 NCHW."""
+
+    def __init__(self, mean: float, std: float) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.tensor(1.0 / (255.0 * std)), persistent=False)
+        self.register_buffer("shift", torch.tensor(mean / std), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        return x.to(torch.float32) * self.scale - self.shift
+
+
+class SeedCNN(nn.Module):
+    """The original QuickDrawClassifier network: three 3x3 conv (16/32/64) + ReLU + 2x2 max-pool,
+    dropout, then 576 -> 200 -> classes. Input scaled to [0, 1] as torchvision's ToTensor did."""
+
+    def __init__(self, num_classes: int, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.input = PixelInput(mean=0.0, std=1.0)
+        layers: list[nn.Module] = []
+        for c_in, c_out in [(1, 16), (16, 32), (32, 64)]:
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Dropout(dropout), nn.Linear(64 * 3 * 3, 200), nn.ReLU(inplace=True),
+            nn.Linear(200, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(self.input(x)))
+
+
+def _conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
+class QDNet(nn.Module):
+    """qdkit's default: a small VGG-style net with batch norm, wider stages and global pooling."""
+
+    def __init__(self, num_classes: int, dropout: float = 0.3, width: int = 32) -> None:
+        super().__init__()
+        w = width
+        # Mean/std of Quick Draw pixels (ink fraction ~0.2): centres the input for batch norm.
+        self.input = PixelInput(mean=0.2, std=0.35)
+        self.features = nn.Sequential(
+            *_conv_bn(1, w), *_conv_bn(w, w), nn.MaxPool2d(2),              # 14x14
+            *_conv_bn(w, 2 * w), *_conv_bn(2 * w, 2 * w), nn.MaxPool2d(2),  # 7x7
+            *_conv_bn(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1),
+        )
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * w, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(self.input(x)))
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {"seed-cnn": SeedCNN, "qdnet": QDNet}
+DEFAULT_MODEL = "qdnet"
+
+
+def build_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+    """A fresh model by registry name; kwargs are its constructor arguments (stored in checkpoints)."""
+    from qdkit.errors import QdkitError
+
+    if name not in MODELS:
+        raise QdkitError(f"unknown model {name!r} (choose from {', '.join(MODELS)})")
+    return MODELS[name](num_classes=num_classes, **kwargs)
