@@ -60,14 +60,18 @@ class StoreWriter:
         g["source_index"][start:start + n] = source_index
         self._next[split] = start + n
 
-    def close(self) -> None:
+    def close(self, attrs: dict[str, Any] | None = None) -> None:
+        """Check every split is full, add the attributes known only at the end, close."""
+        for key, value in (attrs or {}).items():
+            self._file.attrs[key] = json.dumps(value)
         for split, n in self.counts.items():
             if self._next[split] != n:
                 raise RuntimeError(f"{self.path}: split {split} got {self._next[split]} of {n} rows")
         self._file.close()
 
     def abort(self) -> None:
-        self._file.close()
+        if self._file.id.valid:
+            self._file.close()
 
 
 @dataclass

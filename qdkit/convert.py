@@ -1,0 +1,135 @@
+"""Split each class into train/validation/test and write PNG folders and/or the HDF5 store.
+
+Streams class by class from memory-mapped inputs, so peak memory is one class's selected rows
+whatever the dataset size. PNG encoding runs in a process pool over all cores while the main
+process fills the store and hashes the sources.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import multiprocessing as mp
+import os
+import time
+import zlib
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from qdkit import __version__
+from qdkit.atomic import atomic_path
+from qdkit.bitmaps import BitmapFile, find_bitmap_files, open_bitmaps, safe_dirname
+from qdkit.errors import QdkitError
+from qdkit.images import write_png
+from qdkit.store import SPLITS, StoreWriter
+
+STORE_NAME = "quickdraw.h5"
+PNG_DIR = "png"
+_PNG_TASK_ROWS = 500  # rows per pool task: large enough to amortise IPC, small enough to balance
+
+
+def split_indices(rows: int, per_class: dict[str, int], seed: int, class_name: str) -> dict[str, np.ndarray]:
+    """Disjoint source-row indices per split, deterministic in (seed, class name) alone — so adding
+    or removing other classes never changes a class's split. Sorted, for sequential reads."""
+    rng = np.random.default_rng([seed, zlib.crc32(class_name.encode())])
+    chosen = rng.permutation(rows)[: sum(per_class.values())]
+    out, start = {}, 0
+    for split in SPLITS:
+        n = per_class.get(split, 0)
+        out[split] = np.sort(chosen[start:start + n])
+        start += n
+    return out
+
+
+def _write_pngs(src: str, indices: np.ndarray, folder: str) -> int:
+    """Pool task: write rows `indices` of bitmap file `src` as `<folder>/<source row>.png`."""
+    drawings = open_bitmaps(src)
+    for i in indices:
+        write_png(drawings[i], os.path.join(folder, f"{i}.png"))
+    return len(indices)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_rows(files: list[BitmapFile], need: int) -> None:
+    for bf in files:
+        if bf.rows < need:
+            raise QdkitError(f"{bf.path}: has {bf.rows} drawings, but the splits need {need} per class "
+                             f"(lower --train/--validation/--test)")
+
+
+def convert(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, h5: bool = False, png: bool = True,
+            per_class: dict[str, int] | None = None, classes: list[str] | None = None, seed: int = 0,
+            workers: int | None = None, overwrite: bool = False, progress: bool = True) -> str:
+    """Convert every bitmap file in `in_dir`; returns a one-paragraph summary."""
+    per_class = per_class or {"train": 2000, "validation": 400, "test": 100}
+    if not (h5 or png):
+        raise QdkitError("nothing to do: neither PNGs nor the HDF5 store requested")
+    files = find_bitmap_files(in_dir, classes)
+    _check_rows(files, sum(per_class.values()))
+    class_names = [bf.class_name for bf in files]
+    dirnames = [safe_dirname(c) for c in class_names]
+    if len(set(dirnames)) != len(dirnames):
+        raise QdkitError(f"{in_dir}: two class names map to the same folder name")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise QdkitError(f"{out_dir}: is a file, not an output folder")
+    workers = workers or os.cpu_count() or 1
+    t0 = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        png_tmp = stack.enter_context(atomic_path(out_dir / PNG_DIR, overwrite)) if png else None
+        h5_tmp = stack.enter_context(atomic_path(out_dir / STORE_NAME, overwrite)) if h5 else None
+        pool = None
+        if png_tmp is not None:
+            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=ctx))
+        writer = None
+        if h5_tmp is not None:
+            counts = {s: per_class.get(s, 0) * len(files) for s in SPLITS}
+            writer = StoreWriter(h5_tmp, class_names, counts, {"seed": seed, "per_class": per_class})
+            stack.callback(writer.abort)
+        total = sum(per_class.values()) * len(files)
+        bar = stack.enter_context(tqdm(total=total, unit="img", desc="convert", disable=not progress,
+                                       dynamic_ncols=True))
+        futures, sources = [], []
+        for label, (bf, dirname) in enumerate(zip(files, dirnames)):
+            splits = split_indices(bf.rows, per_class, seed, bf.class_name)
+            drawings = open_bitmaps(bf.path)
+            for split, idx in splits.items():
+                if pool is not None:
+                    folder = png_tmp / split / dirname
+                    folder.mkdir(parents=True, exist_ok=True)
+                    for start in range(0, len(idx), _PNG_TASK_ROWS):
+                        chunk = idx[start:start + _PNG_TASK_ROWS]
+                        fut = pool.submit(_write_pngs, str(bf.path), chunk, str(folder))
+                        fut.add_done_callback(lambda f: bar.update(f.result()) if not f.exception() else None)
+                        futures.append(fut)
+                if writer is not None:
+                    writer.append(split, np.asarray(drawings[idx]), label, idx)
+                    if pool is None:
+                        bar.update(len(idx))
+            if writer is not None:
+                sources.append({"class": bf.class_name, "file": bf.path.name, "rows": bf.rows,
+                                "sha256": _sha256(bf.path)})
+        for fut in futures:
+            fut.result()  # re-raise the first worker error, if any
+        if writer is not None:
+            writer.close({"sources": sources})
+        bar.close()
+    seconds = time.perf_counter() - t0
+    wrote = []
+    if png:
+        wrote.append(str(out_dir / PNG_DIR))
+    if h5:
+        wrote.append(f"{out_dir / STORE_NAME} ({(out_dir / STORE_NAME).stat().st_size / 2**20:.1f} MiB)")
+    counts = ", ".join(f"{s} {per_class.get(s, 0) * len(files)}" for s in SPLITS)
+    return (f"converted {len(files)} classes ({counts} drawings) in {seconds:.1f} s "
+            f"(qdkit {__version__}) -> {' and '.join(wrote)}")

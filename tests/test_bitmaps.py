@@ -1,0 +1,100 @@
+"""Finding, naming and validating Quick Draw bitmap files, and the one-line errors for bad ones."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from qdkit.bitmaps import class_name_from_path, find_bitmap_files, open_bitmaps, safe_dirname, save_bitmaps
+from qdkit.cli import main
+from qdkit.errors import QdkitError
+
+
+def _npy(path, array):
+    with open(path, "wb") as f:
+        np.lib.format.write_array(f, array, allow_pickle=True)
+    return path
+
+
+def test_class_names_and_accepted_shapes(tmp_path):
+    rng = np.random.default_rng(1)
+    flat = rng.integers(0, 256, (5, 784), dtype=np.uint8)
+    _npy(tmp_path / "full_numpy_bitmap_The Eiffel Tower.npy", flat)
+    _npy(tmp_path / "cat.npy", flat.reshape(5, 28, 28))
+    _npy(tmp_path / "dog.npy", flat.reshape(5, 1, 784))
+    files = find_bitmap_files(tmp_path)
+    assert [f.class_name for f in files] == ["The Eiffel Tower", "cat", "dog"]
+    for f in files:
+        assert f.rows == 5
+        np.testing.assert_array_equal(open_bitmaps(f.path), flat)
+    assert [f.class_name for f in find_bitmap_files(tmp_path, ["dog", "cat"])] == ["dog", "cat"]
+    assert class_name_from_path("x/full_numpy_bitmap_hot dog.npy") == "hot dog"
+
+
+@pytest.mark.parametrize("name", ["../../etc", "a/b", "con:x", "tab\there", "..\\win"])
+def test_safe_dirname_never_escapes(name):
+    d = safe_dirname(name)
+    assert "/" not in d and "\\" not in d and "\t" not in d and not d.startswith(".")
+
+
+def test_safe_dirname_rejects_dot_names():
+    for name in ["..", ".", "  "]:
+        with pytest.raises(QdkitError):
+            safe_dirname(name)
+
+
+def test_save_bitmaps_roundtrip(tmp_path):
+    a = np.arange(784 * 3, dtype=np.uint64).astype(np.uint8).reshape(3, 28, 28)
+    p = save_bitmaps(tmp_path / "full_numpy_bitmap_x.npy", a)
+    np.testing.assert_array_equal(np.load(p, allow_pickle=False), a.reshape(3, 784))
+    with pytest.raises(QdkitError, match="already exists"):
+        save_bitmaps(p, a, overwrite=False)
+
+
+BAD_FILES = {
+    "html": (lambda p: p.write_text("<!DOCTYPE html><html><body>Access denied</body></html>"), "HTML page"),
+    "pickle": (lambda p: _npy(p, np.array([{"a": 1}, None], dtype=object)), "pickled"),
+    "raw_pickle": (lambda p: p.write_bytes(pickle.dumps([1, 2, 3])), "not a .npy file"),
+    "dtype": (lambda p: _npy(p, np.zeros((4, 784), np.float32)), "dtype is float32"),
+    "shape": (lambda p: _npy(p, np.zeros((4, 100), np.uint8)), r"shape is \(4, 100\)"),
+    "truncated": (lambda p: p.write_bytes(_npy(p, np.zeros((10, 784), np.uint8)).read_bytes()[:2000]),
+                  "truncated"),
+    "empty_file": (lambda p: p.write_bytes(b""), "not a .npy file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_bad_bitmap_file_is_one_line_exit_2(tmp_path, case):
+    make, message = BAD_FILES[case]
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    _npy(raw / "full_numpy_bitmap_good.npy", np.zeros((20, 784), np.uint8))
+    bad = raw / "full_numpy_bitmap_bad.npy"
+    make(bad)
+    with pytest.raises(QdkitError, match=message):
+        open_bitmaps(bad)
+    result = CliRunner().invoke(main, ["convert", "--in", str(raw), "--out", str(tmp_path / "out"), "--h5",
+                                       "--train", "5", "--validation", "1", "--test", "1"])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(bad) in lines[0] and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_input_folder_errors(tmp_path):
+    runner = CliRunner()
+    missing = runner.invoke(main, ["convert", "--in", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    assert missing.exit_code == 2 and "no such folder" in missing.stderr
+    (tmp_path / "empty").mkdir()
+    empty = runner.invoke(main, ["convert", "--in", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
+    assert empty.exit_code == 2 and "no .npy bitmap files" in empty.stderr
+    _npy(tmp_path / "empty" / "cat.npy", np.zeros((30, 784), np.uint8))
+    unknown = runner.invoke(main, ["convert", "--in", str(tmp_path / "empty"), "--out", str(tmp_path / "o"),
+                                   "--classes", "cat,unicorn"])
+    assert unknown.exit_code == 2 and "unknown class 'unicorn'" in unknown.stderr
+    few = runner.invoke(main, ["convert", "--in", str(tmp_path / "empty"), "--out", str(tmp_path / "o"),
+                               "--train", "25", "--validation", "5", "--test", "5"])
+    assert few.exit_code == 2 and "has 30 drawings" in few.stderr and "need 35" in few.stderr
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())

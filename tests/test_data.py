@@ -1,0 +1,126 @@
+"""The memory-mapped readers: exact rows, DataLoader workers under fork and spawn, batch path,
+sharding, and stores the reader must not trust."""
+from __future__ import annotations
+
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from qdkit.cli import main
+from qdkit.data import BatchLoader, QuickDrawDataset, fetch
+from qdkit.errors import QdkitError
+from qdkit.store import open_store
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_dataloader_with_two_workers(store_path, start_method):
+    ds = QuickDrawDataset(store_path, "validation")
+    loader = torch.utils.data.DataLoader(ds, batch_size=32, shuffle=False, num_workers=2,
+                                         multiprocessing_context=start_method)
+    images, labels = zip(*loader)
+    images, labels = torch.cat(images), torch.cat(labels)
+    arrays = open_store(store_path).split("validation")
+    assert images.dtype == torch.uint8 and images.shape == (len(arrays), 1, 28, 28)
+    np.testing.assert_array_equal(images.squeeze(1).numpy(), arrays.images)
+    np.testing.assert_array_equal(labels.numpy(), arrays.labels)
+
+
+def test_dataset_item_and_unknown_split(store_path):
+    ds = QuickDrawDataset(store_path, "test")
+    image, label = ds[5]
+    arrays = open_store(store_path).split("test")
+    assert image.shape == (1, 28, 28) and label == arrays.labels[5]
+    np.testing.assert_array_equal(image[0].numpy(), arrays.images[5])
+    with pytest.raises(QdkitError, match="no split 'holdout'"):
+        QuickDrawDataset(store_path, "holdout")
+
+
+def test_fetch_keeps_requested_order(store_path):
+    arrays = open_store(store_path).split("train")
+    idx = np.array([7, 3, 150, 0, 3])
+    images, labels = fetch(arrays, idx)
+    np.testing.assert_array_equal(images[:, 0].numpy(), arrays.images[idx])
+    np.testing.assert_array_equal(labels.numpy(), arrays.labels[idx])
+
+
+def test_batch_loader_covers_the_split_once_per_epoch(store_path):
+    arrays = open_store(store_path).split("train")
+    loader = BatchLoader(arrays, batch_size=64, shuffle=True, seed=1)
+    epochs = []
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        batches = list(loader)
+        assert len(batches) == len(loader) == -(-len(arrays) // 64)
+        images = torch.cat([b[0] for b in batches]).reshape(len(arrays), -1).numpy()
+        epochs.append(images)
+        # Same multiset of drawings as the split, in a shuffled order.
+        assert sorted(map(bytes, images)) == sorted(map(bytes, np.asarray(arrays.images).reshape(len(arrays), -1)))
+    assert not np.array_equal(epochs[0], epochs[1])
+
+
+def test_rank_shards_are_disjoint_and_cover_each_global_batch(store_path):
+    arrays = open_store(store_path).split("train")
+    single = BatchLoader(arrays, batch_size=48, seed=2)
+    ranks = [BatchLoader(arrays, batch_size=48, seed=2, rank=r, world_size=2) for r in range(2)]
+    order = single.global_order()
+    for b in range(len(single)):
+        batch = order[b * 48:(b + 1) * 48]
+        shards = [r.shard(batch) for r in ranks]
+        assert not set(shards[0]) & set(shards[1])
+        np.testing.assert_array_equal(np.concatenate(shards), batch)
+
+
+def test_chunked_compressed_store_loads_with_warning(store_path, tmp_path):
+    other = tmp_path / "chunked.h5"
+    with h5py.File(store_path) as src, h5py.File(other, "w") as dst:
+        for k, v in src.attrs.items():
+            dst.attrs[k] = v
+        for split in src:
+            g = dst.create_group(split)
+            for name, ds in src[split].items():
+                g.create_dataset(name, data=ds[()], chunks=True, compression="gzip")
+    with pytest.warns(UserWarning, match="chunked or compressed"):
+        store = open_store(other)
+    assert not store.memory_mappable
+    np.testing.assert_array_equal(store.split("test").images, open_store(store_path).split("test").images)
+    ds = QuickDrawDataset(other, "test")
+    assert ds[0][0].shape == (1, 28, 28)
+    info = CliRunner().invoke(main, ["info", str(other)])
+    assert info.exit_code == 0 and "mappable   no" in info.output
+
+
+def test_truncated_store_is_one_line_error(store_path, tmp_path):
+    cut = tmp_path / "cut.h5"
+    data = store_path.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(QdkitError, match="truncated|corrupt"):
+        QuickDrawDataset(cut, "train")
+    result = CliRunner().invoke(main, ["info", str(cut)])
+    assert result.exit_code == 2 and str(cut) in result.stderr and "Traceback" not in result.output
+
+
+def test_not_a_store(tmp_path):
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["x"] = np.zeros(3)
+    with pytest.raises(QdkitError, match="not a qdkit store"):
+        open_store(tmp_path / "other.h5")
+    (tmp_path / "text.h5").write_text("hello")
+    with pytest.raises(QdkitError, match="text.h5"):
+        open_store(tmp_path / "text.h5")
+
+
+def test_info_lists_classes_counts_and_sources(store_path, tmp_path):
+    result = CliRunner().invoke(main, ["info", str(store_path)])
+    assert result.exit_code == 0
+    store = open_store(store_path)
+    for name in store.class_names:
+        assert name in result.output
+    assert "mappable   yes" in result.output and "sha256=" in result.output
+    assert "total" in result.output and str(store.counts["train"]) in result.output
+    copy = tmp_path / "copy.h5"
+    shutil.copy(store_path, copy)
+    assert CliRunner().invoke(main, ["info", str(copy)]).exit_code == 0
