@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole pipeline on the embedded SYNTHETIC data, offline:
+# synth -> convert -> train -> export -> evaluate -> predict.
+# Everything lands in demo/ (git-ignored); rerunning starts it afresh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/_venv.sh
+
+EPOCHS="${EPOCHS:-4}"
+rm -rf demo
+qdkit synth demo/raw --classes 10 --per-class 2500 --seed 0
+qdkit convert --in demo/raw --out demo/data --h5 --seed 0
+qdkit info demo/data/quickdraw.h5
+qdkit train --data demo/data/quickdraw.h5 --epochs "$EPOCHS" --run-name demo \
+    --runs-dir demo/runs --artifacts-dir demo/artifacts
+qdkit export demo/artifacts/demo/best.pt
+qdkit evaluate --model demo/artifacts/demo/model.onnx --data demo/data/quickdraw.h5 --split test
+qdkit predict --model demo/artifacts/demo/model.onnx --top-k 3 "demo/data/png/test/*/1*.png" | head -n 12
+echo
+echo "demo done: model demo/artifacts/demo/model.onnx, TensorBoard: tensorboard --logdir demo/runs"

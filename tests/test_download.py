@@ -1,0 +1,272 @@
+"""qdkit.download against a local HTTP server that honours Range (and, on request, misbehaves)."""
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import urllib.parse
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from qdkit.bitmaps import PIXELS, bitmap_filename, open_bitmaps
+from qdkit.cli import main
+from qdkit.download import download_classes
+from qdkit.errors import QdkitError
+
+
+@dataclass
+class FakeBucket:
+    """A folder served over HTTP; records each request's path and Range, and the bytes sent."""
+
+    root: Path
+    url: str = ""
+    requests: list[tuple[str, str | None]] = field(default_factory=list)
+    bytes_sent: int = 0
+    mode: str = "normal"  # "ignore-range", "html" or "cut" (Content-Length promises more than is sent)
+
+    def add(self, name: str, rows: int, seed: int = 0, dtype=np.uint8) -> np.ndarray:
+        data = np.random.default_rng(seed).integers(0, 256, (rows, PIXELS)).astype(dtype)
+        np.save(self.root / f"{name}.npy", data)
+        return data
+
+    def ranges(self) -> list[str | None]:
+        return [r for _, r in self.requests]
+
+
+def _handler(bucket: FakeBucket) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # keep test output quiet
+            pass
+
+        def do_GET(self) -> None:
+            ranged = self.headers.get("Range")
+            bucket.requests.append((self.path, ranged))
+            if bucket.mode == "html":
+                return self._send(200, b"<!doctype html><html><body>Sign in</body></html>", "text/html")
+            path = bucket.root / urllib.parse.unquote(self.path.lstrip("/"))
+            if not path.is_file():
+                return self.send_error(404)
+            data = path.read_bytes()
+            match = re.fullmatch(r"bytes=(\d+)-(\d*)", ranged or "")
+            if not match or bucket.mode == "ignore-range":
+                return self._send(200, data)
+            start = int(match[1])
+            end = min(int(match[2]) + 1, len(data)) if match[2] else len(data)
+            if start >= len(data):
+                return self._send(416, b"", extra={"Content-Range": f"bytes */{len(data)}"})
+            self._send(206, data[start:end], extra={"Content-Range": f"bytes {start}-{end - 1}/{len(data)}"})
+
+        def _send(self, status: int, body: bytes, ctype: str = "application/octet-stream", extra=None) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            for key, value in (extra or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            if bucket.mode == "cut":
+                body = body[: len(body) // 2]
+            try:
+                self.wfile.write(body)
+                bucket.bytes_sent += len(body)
+            except (BrokenPipeError, ConnectionResetError):  # a client that stopped reading early
+                pass
+
+    return Handler
+
+
+@pytest.fixture
+def bucket(tmp_path):
+    root = tmp_path / "bucket"
+    root.mkdir()
+    fake = FakeBucket(root)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
+    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
+    thread.start()
+    yield fake
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def out(tmp_path) -> Path:
+    return tmp_path / "raw"
+
+
+def _get(bucket: FakeBucket, classes: list[str], out: Path, limit: int | None = None) -> list[Path]:
+    return download_classes(classes, out, limit=limit, base_url=bucket.url, timeout=5)
+
+
+def test_whole_files_equal_the_source(bucket, out):
+    cat, tower = bucket.add("cat", 37), bucket.add("The Eiffel Tower", 12, seed=1)
+    paths = _get(bucket, ["cat", "The Eiffel Tower"], out)
+    assert paths == [out / bitmap_filename("cat"), out / bitmap_filename("The Eiffel Tower")]
+    assert np.array_equal(open_bitmaps(paths[0]), cat)
+    assert np.array_equal(open_bitmaps(paths[1]), tower)
+    assert paths[0].read_bytes() == (bucket.root / "cat.npy").read_bytes()
+    assert "/The%20Eiffel%20Tower.npy" in [p for p, _ in bucket.requests]
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in paths), "no .part left"
+
+
+def test_limit_fetches_only_header_and_rows(bucket, out):
+    source = bucket.add("cat", 500)
+    (path,) = _get(bucket, ["cat"], out, limit=5)
+    drawings = open_bitmaps(path)
+    assert drawings.shape == (5, PIXELS) and np.array_equal(drawings, source[:5])
+    assert np.array_equal(np.load(path, allow_pickle=False), source[:5]), "a valid .npy with its own header"
+    assert all(r is not None for r in bucket.ranges())
+    file_size = (bucket.root / "cat.npy").stat().st_size
+    assert bucket.bytes_sent <= 1024 + 5 * PIXELS < file_size / 50
+    assert [p.name for p in out.iterdir()] == [path.name]
+
+
+def test_limit_beyond_the_file_gives_every_row(bucket, out):
+    source = bucket.add("cat", 3)
+    (path,) = _get(bucket, ["cat"], out, limit=10)
+    assert np.array_equal(open_bitmaps(path), source)
+
+
+def test_resume_whole_file_from_part(bucket, out):
+    bucket.add("cat", 40)
+    source_bytes = (bucket.root / "cat.npy").read_bytes()
+    out.mkdir()
+    part = out / (bitmap_filename("cat") + ".part")
+    part.write_bytes(source_bytes[:3000])
+    (path,) = _get(bucket, ["cat"], out)
+    assert path.read_bytes() == source_bytes and not part.exists()
+    assert bucket.ranges()[-1] == f"bytes=3000-{len(source_bytes) - 1}"
+    assert bucket.bytes_sent <= 1024 + len(source_bytes) - 3000
+
+
+def test_resume_limited_download_from_part(bucket, out):
+    source = bucket.add("cat", 100)
+    source_bytes = (bucket.root / "cat.npy").read_bytes()
+    out.mkdir()
+    (out / (bitmap_filename("cat") + ".part")).write_bytes(source_bytes[:2000])
+    (path,) = _get(bucket, ["cat"], out, limit=20)
+    assert np.array_equal(open_bitmaps(path), source[:20])
+    assert bucket.ranges()[-1] == f"bytes=2000-{128 + 20 * PIXELS - 1}"
+
+
+def test_part_from_a_different_file_is_restarted(bucket, out):
+    source = bucket.add("cat", 10)
+    out.mkdir()
+    (out / (bitmap_filename("cat") + ".part")).write_bytes(b"\x93NUMPY garbage that is no prefix" * 40)
+    (path,) = _get(bucket, ["cat"], out)
+    assert np.array_equal(open_bitmaps(path), source)
+
+
+def test_interrupted_download_leaves_only_a_part_that_resumes(bucket, out):
+    source = bucket.add("cat", 200)
+    bucket.mode = "cut"
+    with pytest.raises(QdkitError, match="run again to resume") as err:
+        _get(bucket, ["cat"], out)
+    assert "\n" not in str(err.value)
+    part = out / (bitmap_filename("cat") + ".part")
+    assert not (out / bitmap_filename("cat")).exists() and part.exists()
+    held = part.stat().st_size
+    bucket.mode = "normal"
+    (path,) = _get(bucket, ["cat"], out)
+    assert np.array_equal(open_bitmaps(path), source)
+    assert bucket.ranges()[-1].startswith(f"bytes={held}-")
+
+
+def test_existing_files_are_skipped(bucket, out, capsys):
+    bucket.add("cat", 30)
+    _get(bucket, ["cat"], out, limit=8)
+    bucket.requests.clear()
+    _get(bucket, ["cat"], out, limit=8)
+    assert bucket.requests == [], "enough rows on disk: no request at all"
+    assert "already holds 8 drawings, skipped" in capsys.readouterr().err
+
+    (path,) = _get(bucket, ["cat"], out)  # the whole file now: 8 rows are not enough
+    assert len(open_bitmaps(path)) == 30
+    bucket.requests.clear()
+    _get(bucket, ["cat"], out)
+    assert len(bucket.requests) == 1, "only the header, to learn the remote row count"
+
+
+def test_server_ignoring_range_still_works(bucket, out):
+    source = bucket.add("cat", 50)
+    bucket.mode = "ignore-range"
+    (path,) = _get(bucket, ["cat"], out, limit=4)
+    assert np.array_equal(open_bitmaps(path), source[:4])
+    part = out / (bitmap_filename("cat") + ".part")
+    part.write_bytes((bucket.root / "cat.npy").read_bytes()[:5000])
+    (path,) = _get(bucket, ["cat"], out)  # a 200 answer to a resume: the .part starts over
+    assert np.array_equal(open_bitmaps(path), source) and not part.exists()
+
+
+def test_size_mismatch_is_an_error(bucket, out):
+    bucket.add("cat", 6)
+    with open(bucket.root / "cat.npy", "ab") as f:
+        f.write(b"trailing junk")
+    with pytest.raises(QdkitError, match=r"cat\.npy: size mismatch: the server reports 4845 bytes, .* promises 4832"):
+        _get(bucket, ["cat"], out)
+    assert list(out.iterdir()) == []
+
+
+def test_unknown_class_is_a_404_error(bucket, out):
+    with pytest.raises(QdkitError) as err:
+        _get(bucket, ["nope"], out)
+    assert str(err.value) == f"unknown class 'nope' ({bucket.url}/nope.npy: HTTP 404)"
+    assert list(out.iterdir()) == []
+
+
+def test_offline_is_one_line_error(out):
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(QdkitError) as err:
+        download_classes(["cat"], out, base_url=f"http://127.0.0.1:{port}", timeout=5)
+    message = str(err.value)
+    assert message.startswith(f"cannot reach http://127.0.0.1:{port}/cat.npy: ") and message.endswith("(offline?)")
+    assert "\n" not in message
+
+
+def test_html_page_is_an_error(bucket, out):
+    bucket.mode = "html"
+    with pytest.raises(QdkitError, match=r"cat\.npy: not a \.npy file \(the server sent an HTML page\)"):
+        _get(bucket, ["cat"], out)
+    assert list(out.iterdir()) == []
+
+
+def test_wrong_dtype_is_an_error(bucket, out):
+    bucket.add("cat", 3, dtype=np.float32)
+    with pytest.raises(QdkitError, match="dtype is float32, expected uint8"):
+        _get(bucket, ["cat"], out, limit=2)
+
+
+def test_bad_class_names(out):
+    with pytest.raises(QdkitError, match="no class names"):
+        download_classes([], out)
+    with pytest.raises(QdkitError, match="invalid class name '../cat'"):
+        download_classes(["../cat"], out)
+
+
+def test_bad_base_url(out):
+    with pytest.raises(QdkitError, match="base URL 'storage/bucket': expected an http:// or https:// address"):
+        download_classes(["cat"], out, base_url="storage/bucket")
+
+
+def test_cli_download(bucket, out):
+    a, b = bucket.add("a", 20), bucket.add("b", 20, seed=2)
+    runner = CliRunner()
+    args = ["download", "--classes", "a,b", "--limit", "5", "--out", str(out), "--base-url", bucket.url]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "2 files in" in result.stdout
+    assert np.array_equal(open_bitmaps(out / bitmap_filename("a")), a[:5])
+    assert np.array_equal(open_bitmaps(out / bitmap_filename("b")), b[:5])
+
+
+def test_cli_download_unknown_class(bucket, out):
+    result = CliRunner().invoke(main, ["download", "--classes", "xyz", "--out", str(out), "--base-url", bucket.url])
+    assert result.exit_code == 2
+    assert result.stderr == f"qdkit: error: unknown class 'xyz' ({bucket.url}/xyz.npy: HTTP 404)\n"
+    assert "Traceback" not in result.output
