@@ -10,6 +10,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -47,46 +48,59 @@ def safe_dirname(class_name: str) -> str:
     return name
 
 
+def parse_header(f: BinaryIO, name: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, data offset) from the .npy header at the start of `f`; never unpickles.
+
+    `name` (a path or URL) is what error messages call the file.
+    """
+    head = f.read(len(_NPY_MAGIC))
+    if head != _NPY_MAGIC:
+        hint = " (it looks like an HTML page)" if head.lstrip().startswith(b"<") else ""
+        raise QdkitError(f"{name}: not a .npy file{hint}")
+    f.seek(0)
+    try:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+    except (ValueError, SyntaxError, EOFError) as e:
+        raise QdkitError(f"{name}: unreadable .npy header ({e})") from None
+    if dtype.hasobject:
+        raise QdkitError(f"{name}: holds Python objects (a pickled array); qdkit never unpickles data")
+    if fortran:
+        raise QdkitError(f"{name}: Fortran-ordered array; expected a C-ordered Quick Draw bitmap file")
+    return tuple(shape), dtype, f.tell()
+
+
+def check_layout(shape: tuple[int, ...], dtype: np.dtype, name: str) -> int:
+    """The row count of a valid Quick Draw bitmap array of this shape and dtype, else a QdkitError."""
+    if dtype != np.uint8:
+        raise QdkitError(f"{name}: dtype is {dtype}, expected uint8 (0 = background, 255 = ink)")
+    if not (
+        (len(shape) == 2 and shape[1] == PIXELS)
+        or (len(shape) == 3 and shape[1:] == (SIDE, SIDE))
+        or (len(shape) == 3 and shape[1:] == (1, PIXELS))
+    ):
+        raise QdkitError(f"{name}: shape is {shape}, expected (N, 784), (N, 28, 28) or (N, 1, 784)")
+    return shape[0]
+
+
 def read_header(path: str | os.PathLike) -> tuple[tuple[int, ...], np.dtype, int]:
     """(shape, dtype, data offset) of a .npy file, read without loading or unpickling anything."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            head = f.read(len(_NPY_MAGIC))
-            if head != _NPY_MAGIC:
-                hint = " (it looks like an HTML page)" if head.lstrip().startswith(b"<") else ""
-                raise QdkitError(f"{path}: not a .npy file{hint}")
-            f.seek(0)
-            version = np.lib.format.read_magic(f)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, fortran, dtype = read(f)
-            offset = f.tell()
-    except QdkitError:
-        raise
+            return parse_header(f, str(path))
     except FileNotFoundError:
         raise QdkitError(f"{path}: no such file") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise QdkitError(f"{path}: unreadable .npy header ({e})") from None
-    if dtype.hasobject:
-        raise QdkitError(f"{path}: holds Python objects (a pickled array); qdkit never unpickles data")
-    if fortran:
-        raise QdkitError(f"{path}: Fortran-ordered array; expected a C-ordered Quick Draw bitmap file")
-    return tuple(shape), dtype, offset
+    except OSError as e:
+        raise QdkitError(f"{path}: unreadable ({e.strerror})") from None
 
 
 def open_bitmaps(path: str | os.PathLike) -> np.ndarray:
     """Validate a bitmap file and memory-map it as a read-only (N, 784) uint8 array."""
     path = Path(path)
     shape, dtype, offset = read_header(path)
-    if dtype != np.uint8:
-        raise QdkitError(f"{path}: dtype is {dtype}, expected uint8 (0 = background, 255 = ink)")
-    if not (
-        (len(shape) == 2 and shape[1] == PIXELS)
-        or (len(shape) == 3 and shape[1:] == (SIDE, SIDE))
-        or (len(shape) == 3 and shape[1:] == (1, PIXELS))
-    ):
-        raise QdkitError(f"{path}: shape is {shape}, expected (N, 784), (N, 28, 28) or (N, 1, 784)")
-    rows = shape[0]
+    rows = check_layout(shape, dtype, str(path))
     need = offset + rows * PIXELS
     size = path.stat().st_size
     if size < need:

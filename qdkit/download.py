@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from qdkit import __version__
-from qdkit.bitmaps import PIXELS, SIDE, bitmap_filename, open_bitmaps, safe_dirname, save_bitmaps
+from qdkit.bitmaps import PIXELS, bitmap_filename, check_layout, open_bitmaps, parse_header, safe_dirname, save_bitmaps
 from qdkit.errors import QdkitError
 
 DEFAULT_BASE_URL = "https://storage.googleapis.com/quickdraw_dataset/full/numpy_bitmap"
@@ -30,7 +30,6 @@ DEFAULT_BASE_URL = "https://storage.googleapis.com/quickdraw_dataset/full/numpy_
 _HEAD_BYTES = 1024  # one request holds the whole .npy header (128 bytes in the official files)
 _CHUNK = 1 << 16
 _NPY_MAGIC = b"\x93NUMPY"
-_ACCEPTED_SHAPES = ((PIXELS,), (SIDE, SIDE), (1, PIXELS))
 
 
 @dataclass(frozen=True)
@@ -137,20 +136,9 @@ def _fetch_header(remote: _Remote) -> _Header:
     header_end = len_end + int.from_bytes(raw[8:len_end], "little")
     if len(raw) < header_end and len(raw) == _HEAD_BYTES:  # an unusually long header: ask for all of it
         raw, total = _read_prefix(remote, header_end)
-    fp = io.BytesIO(raw)
-    try:
-        version = np.lib.format.read_magic(fp)
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read(fp)
-    except (ValueError, SyntaxError, EOFError) as e:
-        raise QdkitError(f"{remote.url}: unreadable .npy header ({e})") from None
-    if dtype.hasobject:
-        raise QdkitError(f"{remote.url}: holds Python objects (a pickled array); qdkit never unpickles data")
-    if dtype != np.uint8 or fortran:
-        raise QdkitError(f"{remote.url}: dtype is {dtype}{' (Fortran order)' if fortran else ''}, expected uint8")
-    if len(shape) < 2 or tuple(shape[1:]) not in _ACCEPTED_SHAPES:
-        raise QdkitError(f"{remote.url}: shape is {shape}, expected (N, 784)")
-    return _Header(raw, int(shape[0]), fp.tell(), total)
+    shape, dtype, offset = parse_header(io.BytesIO(raw), remote.url)
+    rows = check_layout(shape, dtype, remote.url)
+    return _Header(raw, rows, offset, total)
 
 
 def _read_prefix(remote: _Remote, size: int) -> tuple[bytes, int | None]:
