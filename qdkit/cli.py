@@ -93,3 +93,272 @@ def download(classes: str, limit: int | None, out_dir: str, base_url: str | None
 
     paths = download_classes(_csv(classes), out_dir, limit=limit, base_url=base_url or DEFAULT_BASE_URL)
     click.echo(f"{len(paths)} files in {out_dir}")
+
+
+# --- deploy: export / predict / evaluate / visualize ---------------------------------------------
+
+def _warn_line(message: str) -> None:
+    click.echo(f"qdkit: warning: {message}", err=True)
+
+
+def _write_text(path: str, text: str) -> None:
+    from pathlib import Path
+
+    from qdkit.atomic import atomic_path
+
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_text(text)
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False), required=False)
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="The .onnx file to write [default: model.onnx beside the checkpoint].")
+@click.option("--opset", type=click.IntRange(13, 20), default=17, show_default=True, help="ONNX opset version.")
+def export(checkpoint: str | None, out: str | None, opset: int) -> None:
+    """Export CHECKPOINT [default: newest artifacts/*/best.pt] to a self-describing ONNX model.
+
+    The graph takes raw uint8 drawings (N, 1, 28, 28), 0 = background, 255 = ink, and returns
+    `logits` and `probabilities`; class names and the input convention are in its metadata. The
+    file is written only if onnx.checker passes and onnxruntime agrees with PyTorch.
+    """
+    from qdkit.export import export_model
+
+    click.echo(export_model(checkpoint, out, opset=opset).summary())
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--model", type=click.Path(dir_okay=False), default=None,
+              help="ONNX model [default: newest artifacts/*/model.onnx].")
+@click.option("--top-k", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.option("--output", type=click.Path(dir_okay=False), default=None, help="Write here instead of stdout.")
+@click.option("--invert", type=click.Choice(["auto", "yes", "no"]), default="auto", show_default=True,
+              help="yes: images are dark ink on light (inverted to the drawing convention); "
+                   "no: light ink on dark; auto: decide per image.")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="onnxruntime intra-op threads [default: one per core].")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Image decoding processes [default: CPU count, at most 8].")
+@click.pass_context
+def predict(ctx: click.Context, paths: tuple[str, ...], model: str | None, top_k: int, batch_size: int,
+            fmt: str, output: str | None, invert: str, threads: int | None, workers: int | None) -> None:
+    """Top-k classes of images: files, folders (searched recursively) and glob patterns.
+
+    Any image PIL reads is normalised to a 28x28 drawing (grayscale, ink polarity, cropped and fitted
+    like Quick Draw). A file that fails is one warning line and the rest go on; the exit code is 1
+    if any failed.
+    """
+    from qdkit.predict import format_predictions, predict_files
+
+    result = predict_files(paths, model, top_k=top_k, batch_size=batch_size, invert=invert, threads=threads,
+                           workers=workers, warn=_warn_line)
+    text = format_predictions(result.predictions, fmt, top_k)
+    n, failed = len(result.predictions), len(result.errors)
+    if output:
+        _write_text(output, text)
+        rate = n / result.seconds if result.seconds > 0 else 0.0
+        click.echo(f"wrote {n} predictions to {output} ({result.seconds:.2f} s, {rate:,.0f} images/s)", err=True)
+    else:
+        click.echo(text, nl=False)
+    if failed:
+        click.echo(f"qdkit: {failed} input(s) failed, {n} predicted", err=True)
+        ctx.exit(1)
+
+
+@main.command()
+@click.option("--model", type=click.Path(dir_okay=False), default=None,
+              help="ONNX model [default: newest artifacts/*/model.onnx].")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="PyTorch checkpoint [default: the one the model's metadata names; its SHA-256 is verified].")
+@click.option("--data", type=click.Path(), default="data/quickdraw.h5", show_default=True, help="HDF5 store.")
+@click.option("--split", default="test", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder for evaluation.json and confusion_matrix.png [default: the model's folder].")
+@click.option("--batch-size", type=click.IntRange(1), default=512, show_default=True)
+@click.option("--min-agreement", type=click.FloatRange(0, 1), default=1.0, show_default=True,
+              help="Least top-1 agreement between onnxruntime and PyTorch.")
+@click.option("--max-prob-delta", type=click.FloatRange(0), default=1e-4, show_default=True,
+              help="Largest |Δprobability| allowed.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="Threads for both runtimes.")
+@click.pass_context
+def evaluate(ctx: click.Context, model: str | None, checkpoint: str | None, data: str, split: str, out: str | None,
+             batch_size: int, min_agreement: float, max_prob_delta: float, threads: int | None) -> None:
+    """Run a split through onnxruntime and PyTorch: accuracies, agreement, largest differences.
+
+    Writes evaluation.json and confusion_matrix.png; exits 1 when the two disagree beyond the
+    tolerances.
+    """
+    from qdkit.evaluate import evaluate_model
+
+    report = evaluate_model(model, checkpoint, data, split, out, batch_size=batch_size, min_agreement=min_agreement,
+                            max_prob_delta=max_prob_delta, threads=threads, warn=_warn_line)
+    click.echo(report.summary())
+    if not report.passed:
+        ctx.exit(1)
+
+
+@main.command()
+@click.option("--model", type=click.Path(dir_okay=False), default=None,
+              help="ONNX model [default: newest artifacts/*/model.onnx].")
+@click.option("--data", type=click.Path(), default="data/quickdraw.h5", show_default=True, help="HDF5 store.")
+@click.option("--split", default="test", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="PNG to write [default: predictions.png beside the model].")
+@click.option("--count", type=click.IntRange(1, 400), default=16, show_default=True, help="Drawings to show.")
+@click.option("--top-k", type=click.IntRange(1), default=5, show_default=True, help="Bars per drawing.")
+@click.option("--columns", type=click.IntRange(1, 20), default=4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Which random drawings.")
+@click.option("--mistakes", is_flag=True, help="Show only misclassified drawings.")
+@click.option("--threads", type=click.IntRange(1), default=None)
+def visualize(model: str | None, data: str, split: str, out: str | None, count: int, top_k: int, columns: int,
+              seed: int, mistakes: bool, threads: int | None) -> None:
+    """A grid of drawings, each with a bar chart of its top class probabilities (mistakes in red)."""
+    from qdkit.visualize import visualize as draw_grid
+
+    _, summary = draw_grid(model, data, split, out, count=count, top_k=top_k, columns=columns, seed=seed,
+                           mistakes=mistakes, threads=threads, warn=_warn_line)
+    click.echo(summary)
+
+
+# --- train / sweep --------------------------------------------------------------------------------
+
+# Shown in --help without importing torch; tests check it against qdkit.train.RECIPES.
+_TRAIN_MODELS = ("qdnet", "seed-cnn")
+_RECIPE_HELP = {
+    "lr": "qdnet 3e-3, seed-cnn 1e-4",
+    "batch_size": "qdnet 128, seed-cnn 64",
+    "epochs": "qdnet 36, seed-cnn 50",
+    "optimizer": "qdnet adamw, seed-cnn adam",
+    "dropout": "qdnet 0.3, seed-cnn 0.5",
+    "weight_decay": "qdnet 0.05, seed-cnn 0",
+    "schedule": "qdnet onecycle, seed-cnn constant",
+    "label_smoothing": "qdnet 0.1, seed-cnn 0",
+    "augment": "qdnet on, seed-cnn off",
+}
+
+
+def _run_options(sweep: bool = False):
+    """The options `train` and `sweep` share (sweep takes lists for --lr and --batch-size)."""
+    opts = [
+        click.option("--data", type=click.Path(dir_okay=False), default=None,
+                     help="The HDF5 store (qdkit convert --h5) [default: data/quickdraw.h5]."),
+        click.option("--model", type=click.Choice(_TRAIN_MODELS), default=None,
+                     help="qdnet (default) or seed-cnn (the original architecture, trained its original way)."),
+        click.option("--epochs", type=click.IntRange(1), default=None, help=f"[{_RECIPE_HELP['epochs']}]"),
+        click.option("--optimizer", type=click.Choice(["adamw", "adam", "sgd"]), default=None,
+                     help=f"[{_RECIPE_HELP['optimizer']}]"),
+        click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None,
+                     help=f"[{_RECIPE_HELP['dropout']}]"),
+        click.option("--weight-decay", type=click.FloatRange(0), default=None,
+                     help=f"[{_RECIPE_HELP['weight_decay']}]"),
+        click.option("--schedule", type=click.Choice(["onecycle", "cosine", "constant"]), default=None,
+                     help=f"Learning-rate schedule, per step [{_RECIPE_HELP['schedule']}]."),
+        click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=None,
+                     help=f"[{_RECIPE_HELP['label_smoothing']}]"),
+        click.option("--augment/--no-augment", default=None,
+                     help=f"Random affine (rotate, scale, shift, flip) on training batches [{_RECIPE_HELP['augment']}]."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option("--amp/--no-amp", default=True, show_default=True,
+                     help="Mixed precision: bfloat16/float16 autocast on CUDA; bfloat16 on CPUs with native "
+                          "bfloat16 (AVX512-BF16/AMX), float32 elsewhere."),
+        click.option("--workers", type=click.IntRange(0), default=0, show_default=True,
+                     help="0 = read batches in-process (memory-mapped, ~0.1 ms each); N = one background "
+                          "thread reading N batches ahead."),
+        click.option("--seed", type=int, default=None, help="Model init, shuffling, augmentation [default: 0]."),
+        click.option("--patience", type=click.IntRange(0), default=None,
+                     help="Stop after N epochs without a better validation accuracy [default: off]."),
+        click.option("--runs-dir", type=click.Path(file_okay=False), default=None,
+                     help="TensorBoard logs go to RUNS_DIR/<run-name>/ [default: runs; on --resume the run's]."),
+        click.option("--artifacts-dir", type=click.Path(file_okay=False), default="artifacts", show_default=True,
+                     help="Checkpoints and reports go to ARTIFACTS_DIR/<run-name>/."),
+        click.option("--progress/--no-progress", default=True, show_default=True,
+                     help="A progress bar per epoch on stderr."),
+    ]
+    if sweep:
+        opts[:0] = [
+            click.option("--lr", "lrs", default="1e-2,1e-3,1e-4", show_default=True,
+                         help="Comma-separated learning rates (one table each)."),
+            click.option("--batch-size", "batch_sizes", default="32,64,128,256,512", show_default=True,
+                         help="Comma-separated batch sizes (the columns)."),
+            click.option("--name", default=None,
+                         help="Sweep folder name [default: <time>-sweep-<model>]; reuse it to continue a sweep."),
+        ]
+    else:
+        opts[:0] = [
+            click.option("--lr", type=float, default=None, help=f"Peak learning rate [{_RECIPE_HELP['lr']}]."),
+            click.option("--batch-size", type=click.IntRange(1), default=None,
+                         help=f"Global batch size [{_RECIPE_HELP['batch_size']}]."),
+            click.option("--run-name", default=None,
+                         help="[default: <YYYYmmdd-HHMMSS>-<model>-lr<lr>-bs<batch>]; never overwrites a run."),
+            click.option("--resume", type=click.Path(dir_okay=False), default=None,
+                         help="Continue a run exactly from its last.pt (its settings are kept)."),
+        ]
+
+    def decorate(f):
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+
+    return decorate
+
+
+def _train_numbers(value: str, kind: type, option: str) -> list:
+    items = _csv(value) or []
+    try:
+        numbers = [kind(v) for v in items]
+    except ValueError:
+        raise QdkitError(f"{option} {value!r}: expected comma-separated {kind.__name__} values") from None
+    if not numbers or any(n <= 0 for n in numbers):
+        raise QdkitError(f"{option} {value!r}: expected positive values")
+    return numbers
+
+
+@main.command()
+@_run_options()
+@click.pass_context
+def train(ctx: click.Context, **options) -> None:
+    """Train a model on the HDF5 store: TensorBoard in runs/<run>/, checkpoints in artifacts/<run>/.
+
+    Settings not given take the model's recipe: `qdkit train` is the best default measured on real
+    drawings, `qdkit train --model seed-cnn` the original project's best setting. Ctrl-C saves
+    last.pt and prints the command that resumes the run exactly.
+    """
+    import os
+
+    from qdkit.train import TrainConfig, TrainingInterrupted, summary
+    from qdkit.train import train as run_train
+
+    try:
+        metrics = run_train(TrainConfig(**options))
+    except TrainingInterrupted as e:
+        click.echo(f"qdkit: {e}", err=True)
+        ctx.exit(130)
+    if os.environ.get("RANK", "0") == "0":
+        click.echo(summary(metrics))
+
+
+@main.command()
+@_run_options(sweep=True)
+@click.pass_context
+def sweep(ctx: click.Context, lrs: str, batch_sizes: str, name: str | None, **options) -> None:
+    """Train every (learning rate, batch size) pair and write a markdown table of test accuracy.
+
+    The original grid is `qdkit sweep --model seed-cnn` (lr 1e-2,1e-3,1e-4 x batch 32..512). Runs go
+    to artifacts/<name>/ and runs/<name>/ (one TensorBoard folder for the grid); the table to
+    artifacts/<name>/sweep.md. Run it again with --name to continue an interrupted sweep.
+    """
+    from qdkit.sweep import sweep as run_sweep
+    from qdkit.train import TrainConfig, TrainingInterrupted
+
+    lr_list = _train_numbers(lrs, float, "--lr")
+    bs_list = _train_numbers(batch_sizes, int, "--batch-size")
+    try:
+        result = run_sweep(lr_list, bs_list, TrainConfig(**options), name=name)
+    except TrainingInterrupted as e:
+        click.echo(f"qdkit: {e}", err=True)
+        ctx.exit(130)
+    click.echo(result.table)
+    click.echo(f"wrote {result.folder / 'sweep.md'}")

@@ -59,19 +59,29 @@ def _conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
 
 
 class QDNet(nn.Module):
-    """qdkit's default: a small VGG-style net with batch norm, wider stages and global pooling."""
+    """qdkit's default: three VGG-style stages of two 3x3 conv + batch norm + ReLU (widths w, 2w, 4w),
+    then a small fully connected head on a 3x3 map, so the classifier still sees where strokes are.
 
-    def __init__(self, num_classes: int, dropout: float = 0.3, width: int = 32) -> None:
+    Measured on real drawings (animals10, 600 per class, validation accuracy, 24 epochs): batch norm
+    and two convs per stage train fast at a high learning rate; the 3x3 head did at least as well as
+    global average pooling (79.4% vs 78.6%, within noise); width 48 took twice the time for +0.5
+    points, so the default width is 32 (~0.58M parameters).
+    """
+
+    def __init__(self, num_classes: int, dropout: float = 0.3, width: int = 32, hidden: int = 256) -> None:
         super().__init__()
         w = width
-        # Mean/std of Quick Draw pixels (ink fraction ~0.2): centres the input for batch norm.
+        # Roughly the mean/std of Quick Draw pixels (ink covers ~20%): centres the input.
         self.input = PixelInput(mean=0.2, std=0.35)
         self.features = nn.Sequential(
-            *_conv_bn(1, w), *_conv_bn(w, w), nn.MaxPool2d(2),              # 14x14
-            *_conv_bn(w, 2 * w), *_conv_bn(2 * w, 2 * w), nn.MaxPool2d(2),  # 7x7
-            *_conv_bn(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1),
+            *_conv_bn(1, w), *_conv_bn(w, w), nn.MaxPool2d(2),                  # 14x14
+            *_conv_bn(w, 2 * w), *_conv_bn(2 * w, 2 * w), nn.MaxPool2d(2),      # 7x7
+            *_conv_bn(2 * w, 4 * w), *_conv_bn(4 * w, 4 * w), nn.MaxPool2d(2),  # 3x3
         )
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * w, num_classes))
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * w * 9, hidden, bias=False), nn.BatchNorm1d(hidden),
+            nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, num_classes),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(self.input(x)))

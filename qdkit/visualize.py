@@ -1,0 +1,100 @@
+"""The original project's classification view, as one PNG: a grid of drawings from a split, each
+beside a bar chart of its top class probabilities (from the exported ONNX model); a mistake gets a
+red title and a red bar, the true class's bar is green wherever it appears."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from qdkit.atomic import atomic_path
+from qdkit.errors import QdkitError
+
+OK, WRONG, OTHER = "#2e7d32", "#c62828", "#90a4ae"
+
+
+def visualize(model: str | os.PathLike | None = None, data: str | os.PathLike = "data/quickdraw.h5",
+              split: str = "test", out: str | os.PathLike | None = None, *, count: int = 16, top_k: int = 5,
+              columns: int = 4, seed: int = 0, mistakes: bool = False, threads: int | None = None,
+              warn: Callable[[str], None] | None = None) -> tuple[Path, str]:
+    """Draw `count` random drawings of `split` (or only misclassified ones with `mistakes`);
+    returns (the PNG path, a one-line summary). Default `out`: predictions.png beside the model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from qdkit.predict import Predictor
+    from qdkit.store import open_store
+
+    predictor = Predictor(model, threads=threads, warn=warn)
+    store = open_store(data)
+    arrays = store.split(split)
+    names = predictor.class_names
+    if len(names) != len(store.class_names):
+        raise QdkitError(f"{predictor.path}: the model has {len(names)} classes, the store {data} has "
+                         f"{len(store.class_names)}")
+    if len(arrays) == 0:
+        raise QdkitError(f"{data}: split {split!r} is empty")
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(arrays.labels)
+    if mistakes:
+        wrong = np.flatnonzero(predictor.predict_proba(np.asarray(arrays.images)).argmax(1) != labels)
+        if len(wrong) == 0:
+            raise QdkitError(f"{predictor.path}: no mistakes on the {split} split of {data} to show")
+        pick = np.sort(rng.choice(wrong, min(count, len(wrong)), replace=False))
+    else:
+        pick = np.sort(rng.choice(len(arrays), min(count, len(arrays)), replace=False))
+    drawings = np.asarray(arrays.images[pick])
+    probs = predictor.predict_proba(drawings)
+    k = max(1, min(top_k, len(names)))
+    truth_names = store.class_names
+
+    cols = max(1, min(columns, len(pick)))
+    rows = -(-len(pick) // cols)
+    height = rows * 2.3 + 0.9
+    fig = plt.figure(figsize=(cols * 4.4, height), dpi=100)
+    outer = fig.add_gridspec(rows, cols, wspace=0.08, hspace=0.5, left=0.015, right=0.985,
+                             top=1 - 0.95 / height, bottom=0.25 / height)
+    n_right = 0
+    for n, (drawing, p, label) in enumerate(zip(drawings, probs, labels[pick])):
+        r, c = divmod(n, cols)
+        order = np.argsort(-p, kind="stable")[:k]
+        right = int(order[0]) == int(label)
+        n_right += right
+        cell = outer[r, c].subgridspec(1, 2, width_ratios=[1, 1.2], wspace=0.42)
+        ax = fig.add_subplot(cell[0])
+        ax.imshow(255 - drawing, cmap="gray", vmin=0, vmax=255, interpolation="nearest")  # ink dark on white
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_edgecolor(OK if right else WRONG)
+            spine.set_linewidth(1.5 if right else 2.5)
+        title = truth_names[label] if right else f"{truth_names[label]} → {names[order[0]]}"
+        ax.set_title(title, fontsize=10, color="black" if right else WRONG, fontweight="normal" if right else "bold")
+        bx = fig.add_subplot(cell[1])
+        colours = [OK if int(i) == int(label) else (WRONG if j == 0 else OTHER) for j, i in enumerate(order)]
+        y = np.arange(k)
+        bx.barh(y, p[order], color=colours, height=0.7)
+        bx.set_yticks(y, [names[i] for i in order], fontsize=8)
+        bx.invert_yaxis()
+        bx.set_xlim(0, 1)
+        bx.set_xticks([0, 0.5, 1], ["0", ".5", "1"], fontsize=7)
+        bx.tick_params(axis="y", length=0)
+        for side in ("top", "right"):
+            bx.spines[side].set_visible(False)
+        for yy, v in zip(y, p[order]):
+            inside = v > 0.75  # the label goes inside a long bar, in white
+            bx.text(v - 0.02 if inside else v + 0.02, yy, f"{v:.0%}", va="center", ha="right" if inside else "left",
+                    fontsize=7, color="white" if inside else "black")
+    plural = "s" if len(pick) != 1 else ""
+    what = f"misclassified {split} drawing{plural}" if mistakes else f"random {split} drawing{plural}"
+    fig.suptitle(f"{Path(predictor.path).name}: {len(pick)} {what}, {n_right} right\n"
+                 f"mistakes in red, the true class's bar in green", fontsize=11 if cols > 1 else 9)
+    out = Path(out) if out is not None else predictor.path.parent / "predictions.png"
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return out, f"wrote {out}: {len(pick)} {what}, {n_right} right"

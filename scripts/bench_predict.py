@@ -1,0 +1,150 @@
+"""Benchmark the deploy path, in one run, on whatever machine it is started on:
+
+  (a) throughput on preprocessed drawings: the onnxruntime Predictor vs PyTorch eager on the same
+      model (qdnet, the default), batch 256, both on --threads threads (default 2);
+  (b) `qdkit predict` end to end over 10,000 PNG files (a fresh process: start-up, file discovery,
+      decoding, inference and writing the CSV all count);
+  (c) the latency of one drawing through `Predictor.predict`, median (p50) and p90.
+
+It builds its own model (random weights: speed does not depend on them) and writes its own PNGs
+in a temporary folder, so it needs no data. Each throughput is the best of a few rounds, because a
+shared machine's other load only ever makes a round slower. Usage:
+
+    python scripts/bench_predict.py [--json FILE] [--threads 2] [--pngs 10000]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+BATCH = 256
+
+
+def best_rate(fn, images: int, rounds: int = 3, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    best = 0.0
+    for _ in range(rounds):
+        t = time.perf_counter()
+        fn()
+        best = max(best, images / (time.perf_counter() - t))
+    return best
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--pngs", type=int, default=10_000)
+    args = ap.parse_args()
+
+    import torch
+
+    from qdkit.checkpoint import save_checkpoint
+    from qdkit.export import export_model, parity_drawings
+    from qdkit.images import write_png
+    from qdkit.models import DEFAULT_MODEL, build_model
+    from qdkit.predict import Predictor
+
+    torch.set_num_threads(args.threads)
+    classes = [f"class{i}" for i in range(10)]
+    with tempfile.TemporaryDirectory(prefix="qdkit-bench-") as tmp:
+        tmp = Path(tmp)
+        torch.manual_seed(0)
+        model = build_model(DEFAULT_MODEL, len(classes)).eval()
+        save_checkpoint(tmp / "best.pt", model=model, model_name=DEFAULT_MODEL, model_kwargs={},
+                        class_names=classes, run_name="bench")
+        onnx_path = export_model(tmp / "best.pt", tmp / "model.onnx").path
+
+        drawings = parity_drawings(max(args.pngs, 2048), seed=1)
+        x = drawings[:2048]
+        batches = [x[i:i + BATCH] for i in range(0, len(x), BATCH)]
+
+        # (a) PyTorch first: onnxruntime's worker threads spin for a moment after each run and
+        # would steal its cores.
+        tb = [torch.from_numpy(b).unsqueeze(1) for b in batches]
+
+        def torch_run() -> None:
+            with torch.inference_mode():
+                for b in tb:
+                    model(b)
+
+        torch_rate = best_rate(torch_run, len(x))
+        predictor = Predictor(onnx_path, threads=args.threads, batch_size=BATCH)
+
+        def ort_run() -> None:
+            for b in batches:
+                predictor.logits(b)
+
+        ort_rate = best_rate(ort_run, len(x))
+
+        # (c) one drawing at a time, through the public API.
+        one = drawings[7]
+        for _ in range(50):
+            predictor.predict(one)
+        times = []
+        for i in range(1000):
+            t = time.perf_counter()
+            predictor.predict(drawings[i % 256])
+            times.append(time.perf_counter() - t)
+        p50, p90 = (float(np.percentile(times, q) * 1e3) for q in (50, 90))
+        del predictor
+
+        # (b) end to end over PNG files, in ten class folders like `qdkit convert` writes them.
+        png_dir = tmp / "png"
+        for i in range(args.pngs):
+            folder = png_dir / classes[i % 10]
+            if i < 10:
+                folder.mkdir(parents=True)
+            write_png(drawings[i], folder / f"{i}.png")
+        cmd = [sys.executable, "-m", "qdkit", "predict", str(png_dir), "--model", str(onnx_path),
+               "--threads", str(args.threads), "--format", "csv", "--output", str(tmp / "out.csv")]
+        walls = []
+        for _ in range(2):
+            t = time.perf_counter()
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            walls.append(time.perf_counter() - t)
+            if done.returncode != 0:
+                print(done.stderr, file=sys.stderr)
+                return 1
+        rows = (tmp / "out.csv").read_text().count("\n") - 1
+        if rows != args.pngs:
+            print(f"expected {args.pngs} predictions, got {rows}", file=sys.stderr)
+            return 1
+        wall = min(walls)
+
+    result = {
+        "ort_img_per_s": round(ort_rate, 1),
+        "torch_img_per_s": round(torch_rate, 1),
+        "speedup": round(ort_rate / torch_rate, 2),
+        "png_end_to_end_img_per_s": round(args.pngs / wall, 1),
+        "latency_p50_ms": round(p50, 3),
+        # context for reading the figures above
+        "png_files": args.pngs,
+        "png_end_to_end_s": round(wall, 3),
+        "latency_p90_ms": round(p90, 3),
+        "threads": args.threads,
+        "cpu_count": os.cpu_count(),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "model": DEFAULT_MODEL,
+    }
+    print(f"(a) {DEFAULT_MODEL}, batch {BATCH}, {args.threads} threads: onnxruntime {ort_rate:,.0f} img/s, "
+          f"PyTorch eager {torch_rate:,.0f} img/s -> {ort_rate / torch_rate:.2f}x")
+    print(f"(b) qdkit predict over {args.pngs:,} PNGs: {wall:.2f} s end to end ({args.pngs / wall:,.0f} img/s)")
+    print(f"(c) one drawing through Predictor.predict: p50 {p50:.3f} ms, p90 {p90:.3f} ms")
+    print(json.dumps(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

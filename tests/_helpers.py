@@ -1,0 +1,109 @@
+"""Shared by test_export / test_predict / test_evaluate: small trained checkpoints and their ONNX
+exports, made once per test session (independent of qdkit.train, built with the model registry)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+_CACHE: dict[tuple, tuple[Path, Path]] = {}
+
+
+class one_thread:
+    """torch on one thread for tiny test batches: two OpenMP threads on a busy 2-core machine spin
+    against each other (measured 15x slower), and the tests run beside other work."""
+
+    def __enter__(self):
+        import torch
+
+        self.prev = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_num_threads(self.prev)
+
+
+def train_checkpoint(path: Path, store_path: Path, model_name: str = "qdnet", steps: int = 40,
+                     seed: int = 0, model_kwargs: dict | None = None) -> Path:
+    """A few Adam steps on the store's train split (enough for confident, stable top-1 classes)."""
+    with one_thread():
+        return _train(path, store_path, model_name, steps, seed, model_kwargs)
+
+
+def _train(path: Path, store_path: Path, model_name: str, steps: int, seed: int, model_kwargs: dict | None) -> Path:
+    import torch
+
+    from qdkit.checkpoint import save_checkpoint
+    from qdkit.models import build_model
+    from qdkit.store import open_store
+
+    store = open_store(store_path)
+    train = store.split("train")
+    kwargs = dict(model_kwargs or ({"width": 16} if model_name == "qdnet" else {}))
+    torch.manual_seed(seed)
+    model = build_model(model_name, len(store.class_names), **kwargs)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    rng = np.random.default_rng(seed)
+    images, labels = np.asarray(train.images), np.asarray(train.labels)
+    model.train()
+    for _ in range(steps):
+        idx = rng.choice(len(labels), 64, replace=False)
+        x = torch.from_numpy(images[idx]).unsqueeze(1)
+        loss = torch.nn.functional.cross_entropy(model(x), torch.from_numpy(labels[idx]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    val = store.split("validation")
+    with torch.inference_mode():
+        pred = model(torch.from_numpy(np.array(val.images)).unsqueeze(1)).argmax(1).numpy()
+    val_acc = float((pred == val.labels).mean())
+    save_checkpoint(path, model=model, model_name=model_name, model_kwargs=kwargs,
+                    class_names=store.class_names, epoch=1,
+                    metrics={"val_accuracy": val_acc, "test_accuracy": 0.5}, run_name="test-run")
+    return path
+
+
+def exported(tmp_path_factory, store_path: Path, model_name: str = "qdnet") -> tuple[Path, Path]:
+    """(checkpoint, model.onnx) in their own run folder; made once per session and model."""
+    key = (str(store_path), model_name)
+    if key not in _CACHE:
+        from qdkit.export import export_model
+
+        run = tmp_path_factory.mktemp(f"run-{model_name}")
+        ckpt = train_checkpoint(run / "best.pt", store_path, model_name)
+        with one_thread():
+            report = export_model(ckpt, run / "model.onnx")
+        _CACHE[key] = (ckpt, report.path)
+    return _CACHE[key]
+
+
+def torch_logits(checkpoint: Path, drawings: np.ndarray) -> np.ndarray:
+    import torch
+
+    from qdkit.checkpoint import model_from_checkpoint
+
+    model, _ = model_from_checkpoint(checkpoint)
+    with one_thread(), torch.inference_mode():
+        return model(torch.from_numpy(np.array(drawings, np.uint8)).reshape(-1, 1, 28, 28)).numpy()
+
+
+def one_line_error(result, code: int = 2) -> str:
+    """Assert a CliRunner result is a clean failure: the exit code, no traceback, one error line."""
+    out = result.output  # click >= 8.2: stdout and stderr interleaved
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code == code, out
+    assert "Traceback" not in out, out
+    errors = [line for line in out.splitlines() if line.startswith("qdkit: error:")]
+    assert len(errors) == 1, out
+    return errors[0]
+
+
+def clean_run(result, code: int = 0) -> str:
+    """Assert a CliRunner result ran to `code` without an unexpected exception; its output."""
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    return result.output

@@ -1,0 +1,310 @@
+"""qdkit predict and the Predictor API: PNGs from convert agree with PyTorch on the store, image
+normalisation (any size/mode/polarity -> a Quick-Draw-style drawing), and every bad input."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from qdkit import Predictor
+from qdkit.cli import main
+from qdkit.errors import QdkitError
+from qdkit.images import image_to_drawing, is_dark_on_light, read_drawing, write_png
+from qdkit.predict import Prediction, expand_paths
+from qdkit.store import open_store
+
+from _helpers import clean_run, exported, one_line_error, torch_logits
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory, store_path):
+    return exported(tmp_path_factory, store_path)  # (checkpoint, model.onnx)
+
+
+@pytest.fixture(scope="module")
+def test_rows(store_path, png_dir):
+    """{png path: store row} for the test split, via class folder and source row."""
+    store = open_store(store_path)
+    test = store.split("test")
+    rows = {}
+    for row, (label, source) in enumerate(zip(test.labels, test.source_index)):
+        path = png_dir / "test" / store.class_names[label] / f"{source}.png"
+        assert path.is_file(), path
+        rows[path] = row
+    return test, rows
+
+
+def _parse_csv(text: str) -> dict[Path, list[str]]:
+    return {Path(r["path"]): r for r in csv.DictReader(io.StringIO(text))}
+
+
+def test_pngs_from_convert_read_back_exactly(test_rows):
+    test, rows = test_rows
+    for path, row in rows.items():
+        np.testing.assert_array_equal(read_drawing(path), test.images[row])
+
+
+def test_predict_on_convert_pngs_matches_pytorch_on_the_store(model, test_rows, png_dir):
+    ckpt, onnx_path = model
+    test, rows = test_rows
+    # The folder is searched recursively; 200 files go through the decoding pool.
+    result = CliRunner().invoke(main, ["predict", str(png_dir / "test"), "--model", str(onnx_path),
+                                       "--format", "csv", "--top-k", "2", "--workers", "2"])
+    got = _parse_csv(clean_run(result))
+    assert set(got) == set(rows)
+    expected = torch_logits(ckpt, test.images).argmax(1)
+    names = open_store(png_dir.parent / "quickdraw.h5").class_names
+    for path, row in rows.items():
+        assert got[path]["class_1"] == names[expected[row]], path
+        p1, p2 = float(got[path]["probability_1"]), float(got[path]["probability_2"])
+        assert 0 <= p2 <= p1 <= 1
+
+
+def test_formats_globs_and_output_file(model, png_dir, tmp_path):
+    _, onnx_path = model
+    runner = CliRunner()
+    pattern = str(png_dir / "test" / "*" / "1*.png")  # quoted: qdkit expands it itself
+    files, problems = expand_paths([pattern])
+    assert files and not problems
+    js = json.loads(clean_run(runner.invoke(main, ["predict", pattern, "--model", str(onnx_path),
+                                                   "--format", "json", "--top-k", "3"])))
+    assert [Path(r["path"]) for r in js] == files
+    assert all(len(r["top"]) == 3 and abs(sum(t["probability"] for t in r["top"])) <= 1 + 1e-6 for r in js)
+    table = clean_run(runner.invoke(main, ["predict", str(files[0]), str(files[1]), "--model", str(onnx_path)]))
+    assert len(table.splitlines()) == 2 and str(files[0]) in table and "%" in table
+    # These PNGs are dark ink on light: --invert yes is what auto decides, --invert no is not.
+    auto = clean_run(runner.invoke(main, ["predict", pattern, "--model", str(onnx_path), "--format", "csv"]))
+    assert clean_run(runner.invoke(main, ["predict", pattern, "--model", str(onnx_path), "--format", "csv",
+                                          "--invert", "yes"])) == auto
+    assert clean_run(runner.invoke(main, ["predict", pattern, "--model", str(onnx_path), "--format", "csv",
+                                          "--invert", "no"])) != auto
+    out = tmp_path / "preds.csv"
+    text = clean_run(runner.invoke(main, ["predict", pattern, "--model", str(onnx_path), "--format", "csv",
+                                          "--output", str(out), "--threads", "1", "--batch-size", "7"]))
+    assert f"wrote {len(files)} predictions" in text
+    assert list(_parse_csv(out.read_text())) == files
+
+
+def test_predictor_api_accepts_arrays_images_and_paths(model, test_rows):
+    _, onnx_path = model
+    test, rows = test_rows
+    path, row = next(iter(rows.items()))
+    drawing = np.array(test.images[row])
+    p = Predictor(onnx_path, threads=1)
+    by_array = p.predict(drawing, top_k=2)
+    assert isinstance(by_array, list) and len(by_array) == 1 and isinstance(by_array[0], Prediction)
+    assert len(by_array[0].labels) == 2 and by_array[0].label == by_array[0].labels[0]
+    same = [p.predict(drawing[None])[0], p.predict(drawing[None, None])[0], p.predict(str(path))[0],
+            p.predict(Image.open(path))[0], p.predict(path)[0]]
+    assert {s.label for s in same} == {by_array[0].label}
+    assert p.predict(path)[0].source == str(path)
+    batch = p.predict([drawing, str(path), Image.open(path)])
+    assert len(batch) == 3 and [b.source for b in batch] == [None, str(path), None]
+    proba = p.predict_proba(np.array(test.images[:5]))
+    assert proba.shape == (5, len(p.class_names))
+    np.testing.assert_allclose(proba.sum(1), 1, atol=1e-5)
+    assert p.logits(np.array(test.images[:5])).shape == (5, len(p.class_names))
+    assert p.predict(np.zeros((0, 28, 28), np.uint8)) == []
+    with pytest.raises(TypeError):
+        p.predict(42)
+
+
+# --- image normalisation ---------------------------------------------------------------------
+
+def _bbox(drawing: np.ndarray) -> tuple[int, int, int, int]:
+    rows, cols = np.flatnonzero(drawing.any(1)), np.flatnonzero(drawing.any(0))
+    return rows[0], rows[-1], cols[0], cols[-1]
+
+
+def _fills_frame(drawing: np.ndarray) -> bool:
+    r0, r1, c0, c1 = _bbox(drawing > 40)
+    long_side = max(r1 - r0, c1 - c0) + 1
+    # Like the real bitmaps: the longer side spans ~26 of 28 pixels, centred.
+    return long_side >= 25 and abs(r0 - (27 - r1)) <= 2 and abs(c0 - (27 - c1)) <= 2
+
+
+def test_big_rgb_rgba_and_inverted_images_become_the_same_drawing(model, test_rows, tmp_path):
+    _, onnx_path = model
+    test, rows = test_rows
+    p = Predictor(onnx_path, threads=1)
+    picks = list(rows.values())[::25]
+    originals = np.array(test.images[picks])
+    variants: dict[str, list[np.ndarray]] = {"rgb": [], "rgba": [], "inverted": [], "small": []}
+    for i, d in enumerate(originals):
+        big = Image.fromarray(255 - d).resize((252, 252), Image.Resampling.BILINEAR)
+        # a dark doodle off-centre on a large, slightly warm white RGB page
+        page = Image.new("RGB", (700, 480), (250, 247, 240))
+        page.paste(big.convert("RGB"), (380, 150))
+        page.save(tmp_path / f"page{i}.jpg", quality=95)
+        variants["rgb"].append(read_drawing(tmp_path / f"page{i}.jpg"))
+        # black strokes on a transparent sheet
+        sheet = Image.new("RGBA", (300, 260), (0, 0, 0, 0))
+        ink = Image.new("RGBA", (196, 196), (0, 0, 0, 255))
+        ink.putalpha(Image.fromarray(d).resize((196, 196), Image.Resampling.BILINEAR))
+        sheet.paste(ink, (20, 40))
+        sheet.save(tmp_path / f"sheet{i}.png")
+        variants["rgba"].append(read_drawing(tmp_path / f"sheet{i}.png"))
+        # light ink on dark, larger than 28 (so it is fitted too)
+        variants["inverted"].append(image_to_drawing(Image.fromarray(d).resize((140, 140), Image.Resampling.BICUBIC)))
+        variants["small"].append(image_to_drawing(np.asarray(Image.fromarray(255 - d).resize((20, 20)))))
+    # The fixture's synthetic drawings span the whole frame; a fitted image spans 26 of 28 pixels,
+    # like the real Quick Draw bitmaps. So the reference is the original at that scale.
+    reference = np.array([np.pad(np.asarray(Image.fromarray(d).resize((26, 26), Image.Resampling.BILINEAR)), 1)
+                          for d in originals])
+    want = [r.label for r in p.predict(reference)]
+    for name, drawings in variants.items():
+        drawings = np.array(drawings)
+        assert all(_fills_frame(v) for v in drawings), name
+        corr = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(drawings.astype(float), reference)]
+        assert min(corr) > 0.85, (name, corr)
+        got = [r.label for r in p.predict(drawings)]
+        assert sum(a == b for a, b in zip(got, want)) >= len(want) - 1, (name, got, want)
+
+
+def test_polarity_and_28x28_inputs_are_never_resampled(tmp_path):
+    rng = np.random.default_rng(0)
+    d = np.zeros((28, 28), np.uint8)
+    d[5:23, 9] = 255
+    d[5, 9:20] = 200
+    assert not is_dark_on_light(d) and is_dark_on_light(255 - d)
+    np.testing.assert_array_equal(image_to_drawing(Image.fromarray(255 - d)), d)  # dark on light
+    np.testing.assert_array_equal(image_to_drawing(Image.fromarray(d)), d)  # already light on dark
+    np.testing.assert_array_equal(image_to_drawing(Image.fromarray(d), invert="yes"), 255 - d)
+    np.testing.assert_array_equal(image_to_drawing(Image.fromarray(255 - d).convert("RGB")), d)
+    noise = rng.integers(0, 256, (28, 28), dtype=np.uint8)
+    np.testing.assert_array_equal(image_to_drawing(Image.fromarray(noise), invert="no"), noise)
+    assert not image_to_drawing(Image.new("L", (300, 200), 255)).any()  # a blank page: no drawing
+    # 28x28 files other than qdkit's own PNGs: black ink as alpha on a transparent sheet, and RGB.
+    Image.merge("LA", [Image.new("L", (28, 28), 0), Image.fromarray(d)]).save(tmp_path / "alpha.png")
+    np.testing.assert_array_equal(read_drawing(tmp_path / "alpha.png"), d)
+    Image.fromarray(255 - d).convert("RGB").save(tmp_path / "rgb.png")
+    np.testing.assert_array_equal(read_drawing(tmp_path / "rgb.png"), d)
+
+
+def test_thin_lines_on_a_big_page_get_a_quick_draw_pen(tmp_path):
+    page = Image.new("L", (1200, 900), 255)
+    from PIL import ImageDraw
+
+    ImageDraw.Draw(page).rectangle((300, 200, 800, 700), outline=0, width=2)  # 2-px pen, 500-px square
+    d = image_to_drawing(page)
+    assert _fills_frame(d)
+    assert d.max() == 255 and (d[14, :] > 128).sum() >= 2  # each side stays a solid ~2 px stroke
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+def test_bad_files_warn_and_the_rest_go_on(model, png_dir, tmp_path):
+    _, onnx_path = model
+    good = sorted((png_dir / "test").rglob("*.png"))[:3]
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "notes.png").write_text("not an image\n")
+    (tmp_path / "cut.png").write_bytes(good[0].read_bytes()[:-30])  # pixel data cut short
+    bad = [tmp_path / "empty.png", tmp_path / "notes.png", tmp_path / "cut.png", tmp_path / "missing.png"]
+    result = CliRunner().invoke(main, ["predict", *map(str, good[:2]), *map(str, bad), str(good[2]),
+                                       "--model", str(onnx_path), "--format", "csv"])
+    out = clean_run(result, code=1)
+    warnings = [line for line in out.splitlines() if line.startswith("qdkit: warning:")]
+    assert len(warnings) == 4, out
+    assert any("empty.png: empty file" in w for w in warnings)
+    assert any("notes.png: not an image" in w for w in warnings)
+    assert any("cut.png: unreadable image" in w for w in warnings)
+    assert any("missing.png: no such file" in w for w in warnings)
+    assert list(_parse_csv("\n".join(l for l in out.splitlines() if not l.startswith("qdkit:")))) == good
+    assert "4 input(s) failed, 3 predicted" in out
+
+
+def test_decompression_bomb_is_one_line(model, tmp_path, monkeypatch):
+    _, onnx_path = model
+    Image.new("L", (100, 100), 255).save(tmp_path / "warn.png")  # over the limit: PIL only warns
+    Image.new("L", (300, 300), 255).save(tmp_path / "bomb.png")  # over twice the limit: PIL raises
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)
+    for name in ("warn.png", "bomb.png"):
+        with pytest.raises(QdkitError, match=f"{name}: image too large"):
+            read_drawing(tmp_path / name)
+    result = CliRunner().invoke(main, ["predict", str(tmp_path / "warn.png"), str(tmp_path / "bomb.png"),
+                                       "--model", str(onnx_path)])
+    out = clean_run(result, code=1)
+    assert out.count("image too large") == 2 and len(out.strip().splitlines()) == 3
+
+
+def test_no_images_at_all(model, tmp_path):
+    _, onnx_path = model
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "readme.txt").write_text("hi")
+    runner = CliRunner()
+    assert "folder has no images" in one_line_error(
+        runner.invoke(main, ["predict", str(tmp_path / "docs"), "--model", str(onnx_path)]))
+    assert "no file matches" in one_line_error(
+        runner.invoke(main, ["predict", str(tmp_path / "*.png"), "--model", str(onnx_path)]))
+
+
+def test_bad_model_files(model, png_dir, tmp_path, monkeypatch):
+    _, onnx_path = model
+    png = str(next((png_dir / "test").rglob("*.png")))
+    runner = CliRunner()
+
+    def err(model_file) -> str:
+        return one_line_error(runner.invoke(main, ["predict", png, "--model", str(model_file)]))
+
+    assert "no such model file" in err(tmp_path / "none.onnx")
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    assert "empty file" in err(tmp_path / "empty.onnx")
+    (tmp_path / "junk.onnx").write_bytes(np.random.default_rng(0).bytes(3000))
+    assert "not a usable ONNX model" in err(tmp_path / "junk.onnx")
+    (tmp_path / "cut.onnx").write_bytes(onnx_path.read_bytes()[:5000])
+    assert "not a usable ONNX model" in err(tmp_path / "cut.onnx")
+    assert "not a usable ONNX model" in err(png)  # an image is not a model
+    # A graph that does not take 28x28 drawings.
+    x = onnx.helper.make_tensor_value_info("img", onnx.TensorProto.FLOAT, ["N", 3, 32, 32])
+    y = onnx.helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, ["N", 3, 32, 32])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["img"], ["out"])], "g", [x], [y])
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), tmp_path / "rgb.onnx")
+    assert "qdkit feeds 28x28 drawings" in err(tmp_path / "rgb.onnx")
+    # No default model under artifacts/.
+    monkeypatch.chdir(tmp_path)
+    assert "no exported model found" in one_line_error(runner.invoke(main, ["predict", png]))
+
+
+def test_model_without_qdkit_metadata_still_runs(model, png_dir, tmp_path):
+    _, onnx_path = model
+    proto = onnx.load(str(onnx_path))
+    del proto.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(proto, bare)
+    png = str(next((png_dir / "test").rglob("*.png")))
+    result = CliRunner().invoke(main, ["predict", png, "--model", str(bare), "--format", "json"])
+    out = clean_run(result)
+    assert sum(line.startswith("qdkit: warning:") and "no qdkit metadata" in line for line in out.splitlines()) == 1
+    body = json.loads("\n".join(l for l in out.splitlines() if not l.startswith("qdkit:")))
+    assert body[0]["top"][0]["class"] in {"0", "1", "2", "3"}
+    with pytest.warns(UserWarning, match="no qdkit metadata"):
+        assert Predictor(bare).class_names == ["0", "1", "2", "3"]
+
+
+def test_a_dying_decoder_process_loses_no_result(model, png_dir, monkeypatch):
+    import os
+
+    import qdkit.predict as predict
+
+    _, onnx_path = model
+    files = sorted((png_dir / "test").rglob("*.png"))[:80]  # enough for the process pool
+    parent, real = os.getpid(), predict._decode_chunk
+
+    def fragile(paths, invert):
+        if os.getpid() != parent and str(files[50]) in paths:
+            os._exit(9)  # as if killed for memory
+        return real(paths, invert)
+
+    fragile.__module__, fragile.__qualname__ = predict.__name__, "_decode_chunk"  # pickled by name
+    monkeypatch.setattr(predict, "_decode_chunk", fragile)
+    warned = []
+    result = predict.predict_files(files, onnx_path, workers=2, warn=warned.append)
+    assert [p.source for p in result.predictions] == [str(f) for f in files]
+    assert not result.errors and len(warned) == 1 and "decoding process died" in warned[0]
