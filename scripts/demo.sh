@@ -15,6 +15,14 @@ qdkit train --data demo/data/quickdraw.h5 --epochs "$EPOCHS" --run-name demo \
     --runs-dir demo/runs --artifacts-dir demo/artifacts
 qdkit export demo/artifacts/demo/best.pt
 qdkit evaluate --model demo/artifacts/demo/model.onnx --data demo/data/quickdraw.h5 --split test
-qdkit predict --model demo/artifacts/demo/model.onnx --top-k 3 "demo/data/png/test/*/1*.png" | head -n 12
+qdkit visualize --model demo/artifacts/demo/model.onnx --data demo/data/quickdraw.h5 --out demo/classification.png
+# One test PNG of each class, predicted from the files alone.
+pngs=()
+for folder in demo/data/png/test/*/; do
+    first=("$folder"*.png)
+    pngs+=("${first[0]}")
+done
+qdkit predict --model demo/artifacts/demo/model.onnx --top-k 3 "${pngs[@]}"
 echo
-echo "demo done: model demo/artifacts/demo/model.onnx, TensorBoard: tensorboard --logdir demo/runs"
+echo "demo done: model demo/artifacts/demo/model.onnx, pictures demo/classification.png and"
+echo "demo/artifacts/demo/confusion_matrix.png; TensorBoard: tensorboard --logdir demo/runs"
