@@ -6,7 +6,7 @@ The graph (decided in DESIGN.md: normalisation is the model's first layer):
   output `logits`         float32 (N, classes)
   output `probabilities`  float32 (N, classes), their softmax — so a client needs no maths either;
                           a caller that only wants logits names that output and skips the softmax
-metadata_props (strings; JSON where structured), read back by qdkit.predict.parse_metadata:
+metadata_props (strings; JSON where structured), read back by qdkit.onnxmodel.parse_metadata:
   format            "qdkit-onnx/1"
   class_names       JSON list, index = output column
   input, outputs    JSON: the input convention (shape, layout, dtype, ink/background values) and
@@ -37,7 +37,7 @@ from qdkit import __version__
 from qdkit.atomic import atomic_path
 from qdkit.errors import QdkitError
 from qdkit.images import SIDE
-from qdkit.predict import INPUT_NAME, METADATA_FORMAT, make_session, newest_file
+from qdkit.onnxmodel import INPUT_NAME, METADATA_FORMAT, make_session, newest_file
 
 DEFAULT_OPSET = 17        # onnxruntime >= 1.12 and onnxruntime-web run it
 LOGIT_TOLERANCE = 1e-3    # |Δlogit| <= tol * max(1, |logit|)

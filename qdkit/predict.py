@@ -6,12 +6,7 @@ raw (N, classes) arrays. `predict_files` is the batch path behind `qdkit predict
 files, folders and glob patterns, decodes images in a process pool while the session runs, and
 keeps every good result when some files fail.
 
-The ONNX contract (written by qdkit.export, read here; see `METADATA_FORMAT`):
-  input  `pixels`         uint8 (N, 1, 28, 28), 0 = background, 255 = ink (the model normalises)
-  output `logits`         float32 (N, classes)
-  output `probabilities`  float32 (N, classes), softmax of the logits
-  metadata_props          format, class_names (JSON list), input (JSON), qdkit_version, run_name,
-                          val_accuracy, test_accuracy, checkpoint_sha256, checkpoint_path, ...
+The ONNX contract (inputs, outputs, metadata) is described in qdkit.onnxmodel.
 """
 from __future__ import annotations
 
@@ -32,97 +27,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
-import onnxruntime as ort
 
 from qdkit.errors import QdkitError
 from qdkit.images import SIDE, image_to_drawing, read_drawing
+from qdkit.onnxmodel import QdkitWarning, default_model_path, make_session, parse_metadata
 
-METADATA_FORMAT = "qdkit-onnx/1"
-INPUT_NAME = "pixels"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jpe", ".gif", ".bmp", ".dib", ".webp", ".tif", ".tiff",
                   ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".jp2", ".jfif", ".avif")
 FORMATS = ("table", "json", "csv")
-
-
-class QdkitWarning(UserWarning):
-    """Something the user should know that does not stop the work (printed as one line by the CLI)."""
-
-
-# ----------------------------------------------------------------------------- model discovery
-
-def newest_file(patterns: Sequence[str], what: str, hint: str) -> Path:
-    """The most recently modified file matching any of `patterns` (relative to the working folder)."""
-    found = [Path(p) for pattern in patterns for p in glob.glob(pattern) if Path(p).is_file()]
-    if not found:
-        raise QdkitError(f"no {what} found ({' or '.join(patterns)}); {hint}")
-    return max(found, key=lambda p: (p.stat().st_mtime, str(p)))
-
-
-def default_model_path() -> Path:
-    return newest_file(["artifacts/*/model.onnx", "artifacts/*/*.onnx"], "exported model",
-                       "run `qdkit export` or pass --model")
-
-
-# ----------------------------------------------------------------------------- the session
-
-def available_providers() -> list[str]:
-    """CUDA when this onnxruntime build has it, then CPU."""
-    have = ort.get_available_providers()
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in have] or have
-
-
-def make_session(model: str | os.PathLike | bytes, threads: int | None = None,
-                 providers: Sequence[str] | None = None, name: str | None = None,
-                 spin: bool = True) -> ort.InferenceSession:
-    """An onnxruntime session with full graph optimisation (conv/batch-norm/activation fusion and
-    the blocked NCHWc conv layout, ~1.8x faster than the extended level on CPU) and `threads`
-    intra-op threads (None: onnxruntime's default, one per physical core). `spin=False` stops idle
-    worker threads from busy-waiting: right when other processes (the decoding pool) share the
-    cores, where spinning threads steal the time the decoders need."""
-    so = ort.SessionOptions()
-    if not spin:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.inter_op_num_threads = 1
-    if threads:
-        so.intra_op_num_threads = int(threads)
-    so.log_severity_level = 3  # onnxruntime's own warnings would bypass our one-line messages
-    label = name or (os.fspath(model) if not isinstance(model, bytes) else "model")
-    if not isinstance(model, bytes):
-        path = Path(model)
-        if not path.is_file():
-            raise QdkitError(f"{path}: no such model file")
-        if path.stat().st_size == 0:
-            raise QdkitError(f"{path}: empty file, not an ONNX model")
-        model = os.fspath(path)
-    try:
-        return ort.InferenceSession(model, so, providers=list(providers or available_providers()))
-    except Exception as e:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        if "[ONNXRuntimeError]" in reason:
-            reason = reason.split(":", 3)[-1].strip()
-        raise QdkitError(f"{label}: not a usable ONNX model ({reason[:160]})") from None
-
-
-def parse_metadata(props: dict[str, str]) -> dict[str, Any]:
-    """qdkit's metadata_props (all strings in ONNX) -> typed values; {} for a foreign model."""
-    if props.get("format") != METADATA_FORMAT:
-        return {}
-    out: dict[str, Any] = {}
-    for key, value in props.items():
-        if key in ("class_names", "input", "outputs", "model_kwargs", "parity"):
-            try:
-                out[key] = json.loads(value)
-            except ValueError:
-                out[key] = value
-        elif key in ("val_accuracy", "test_accuracy"):
-            out[key] = float(value) if value not in ("", "null", "None") else None
-        elif key in ("epoch", "opset"):
-            out[key] = int(value) if value.lstrip("-").isdigit() else None
-        else:
-            out[key] = value
-    return out
 
 
 @dataclass(frozen=True)

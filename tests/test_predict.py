@@ -16,7 +16,7 @@ from PIL import Image
 from qdkit import Predictor
 from qdkit.cli import main
 from qdkit.errors import QdkitError
-from qdkit.images import image_to_drawing, is_dark_on_light, read_drawing, write_png
+from qdkit.images import image_to_drawing, is_dark_on_light, read_drawing
 from qdkit.predict import Prediction, expand_paths
 from qdkit.store import open_store
 
