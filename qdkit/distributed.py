@@ -180,12 +180,15 @@ def launch(nproc: int, qdkit_args: list[str]) -> int:
     env_before = os.environ.get("OMP_NUM_THREADS")
     if env_before is None:
         os.environ["OMP_NUM_THREADS"] = str(max(1, cpu_cores() // nproc))
+    # torchrun's loggers print to stderr through logging's last-resort handler: stop them at their
+    # parents (whatever modules get imported later), unless the user asks for them with LOGLEVEL.
     quiet = [] if "LOGLEVEL" in os.environ else [
-        logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
-        if name.startswith(("torch.distributed.elastic", "torch.distributed.run", "torch.distributed.launcher"))]
-    levels = [lg.level for lg in quiet]
+        logging.getLogger(name) for name in ("torch.distributed.elastic", "torch.distributed.run",
+                                             "torch.distributed.launcher")]
+    muted = logging.NullHandler()
     for lg in quiet:
-        lg.setLevel(logging.CRITICAL)
+        lg.addHandler(muted)
+        lg.propagate = False
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         run(parse_args(torchrun_argv(nproc, qdkit_args, port)))
@@ -204,8 +207,9 @@ def launch(nproc: int, qdkit_args: list[str]) -> int:
         for s, h in handlers.items():
             if h is not None:
                 signal.signal(s, h)
-        for lg, level in zip(quiet, levels):
-            lg.setLevel(level)
+        for lg in quiet:
+            lg.removeHandler(muted)
+            lg.propagate = True
         if env_before is None:
             os.environ.pop("OMP_NUM_THREADS", None)
         sys.stdout.flush()

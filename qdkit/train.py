@@ -14,9 +14,21 @@ Outputs of a run named NAME:
   artifacts/NAME/results.csv, metrics.json
 
 Data comes from the memory-mapped store through `qdkit.data.BatchLoader`; augmentation is one
-batched random affine (`augment_batch`) on the device. Distributed training (torchrun) plugs in
-through `DistInfo`: the loader shards each GLOBAL batch by rank, metrics are all-reduced, and only
-rank 0 writes files or prints.
+batched random affine (`augment_batch`) on the device.
+
+Distributed (torchrun, DistributedDataParallel; the plumbing is in qdkit.distributed): `train()`
+joins the process group around the run. Every rank computes the same global shuffle for (seed,
+epoch) as a single process would and trains on its contiguous slice of each GLOBAL batch
+(`--batch-size`); the last partial global batch of an epoch is dropped, as in a single process, so
+every rank takes the same number of steps and none gets an empty shard. The loss of an uneven slice
+is weighted so that DDP's gradient average equals the gradient of the global batch. Batch norm keeps
+per-process statistics on CPU (running statistics are rank 0's, broadcast before each evaluation);
+on CUDA it becomes SyncBatchNorm. Validation and test are sharded over the ranks and all-reduced;
+training metrics are all-reduced; NaN and Ctrl-C are agreed at sync points; only rank 0 writes
+files, TensorBoard or the console.
+
+Debug hook: with QDKIT_RECORD_SHARDS=DIR each rank writes DIR/epoch<E>-rank<R>.npy, the train-split
+rows it read in epoch E (the tests check the shards are disjoint and cover the split).
 """
 from __future__ import annotations
 
@@ -42,11 +54,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from qdkit.atomic import atomic_path
-from qdkit.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from qdkit.data import BatchLoader
+from qdkit.checkpoint import load_checkpoint, save_checkpoint
+from qdkit.data import BatchLoader, fetch
+from qdkit.distributed import (DistInfo, agree, all_gather_object, all_reduce_, any_flags, broadcast_buffers,
+                               broadcast_object, cpu_cores, dist_info, process_group)
 from qdkit.errors import QdkitError
 from qdkit.models import DEFAULT_MODEL, MODELS, build_model
-from qdkit.store import SplitArrays, open_store
+from qdkit.store import SplitArrays, Store, open_store
 
 DEFAULT_DATA = "data/quickdraw.h5"
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -189,54 +203,6 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
-# --------------------------------------------------------------------------- distributed hooks
-
-@dataclass(frozen=True)
-class DistInfo:
-    """This process's place in a torchrun job; (0, 1, 0) for a plain single-process run."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def active(self) -> bool:
-        return self.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def dist_info() -> DistInfo:
-    """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK)."""
-    env = os.environ
-    return DistInfo(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
-
-
-def _init_distributed(info: DistInfo, device: torch.device) -> bool:
-    """Join the process group when launched by torchrun; True if this call created it."""
-    if info.world_size <= 1 or torch.distributed.is_initialized():
-        return False
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    torch.distributed.init_process_group(backend=backend)
-    return True
-
-
-def _all_reduce(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    if info.active:
-        torch.distributed.all_reduce(t)
-    return t
-
-
-def _broadcast_str(value: str, info: DistInfo) -> str:
-    if not info.active:
-        return value
-    box = [value]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 # --------------------------------------------------------------------------- pieces of the loop
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None,
@@ -303,6 +269,8 @@ def evaluate(model: nn.Module, arrays: SplitArrays, device: torch.device, amp_dt
     was_training = module.training
     module.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+    # Every global batch is sliced over the ranks (a slice may be empty at the end); the sums are
+    # all-reduced, so each drawing of the split counts exactly once.
     loader = BatchLoader(arrays, max(batch_size, info.world_size), shuffle=False,
                          rank=info.rank, world_size=info.world_size)
     for x, y in loader:
@@ -315,7 +283,7 @@ def evaluate(model: nn.Module, arrays: SplitArrays, device: torch.device, amp_dt
         totals[0] += F.cross_entropy(logits, y, reduction="sum").double()
         totals[1] += (logits.argmax(1) == y).sum()
         totals[2] += len(y)
-    _all_reduce(totals, info)
+    all_reduce_(totals, info)
     module.train(was_training)
     loss, correct, count = totals.tolist()
     return (loss / count, correct / count) if count else (float("nan"), float("nan"))
@@ -389,6 +357,27 @@ class _StopRequest:
             signal.signal(signal.SIGINT, self._old)
 
 
+class _ShardRecord:
+    """The debug hook behind QDKIT_RECORD_SHARDS=DIR: the train-split rows this rank read in one
+    epoch, saved to DIR/epoch<E>-rank<R>.npy."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.parts = path, []
+
+    @classmethod
+    def from_env(cls, epoch: int, rank: int) -> "_ShardRecord | None":
+        folder = os.environ.get("QDKIT_RECORD_SHARDS")
+        return cls(Path(folder) / f"epoch{epoch}-rank{rank}.npy") if folder else None
+
+    def add(self, idx: np.ndarray) -> np.ndarray:
+        self.parts.append(np.array(idx))
+        return idx
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(self.path, np.concatenate(self.parts) if self.parts else np.zeros(0, np.int64))
+
+
 # --------------------------------------------------------------------------- run naming
 
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
@@ -411,6 +400,14 @@ def default_run_name(cfg: TrainConfig, now: datetime | None = None) -> str:
     return f"{now:%Y%m%d-%H%M%S}-{cfg.model}-lr{format_lr(cfg.lr)}-bs{cfg.batch_size}"
 
 
+def _existing_run_folder(cfg: TrainConfig, name: str) -> None:
+    art, log = Path(cfg.artifacts_dir) / name, Path(cfg.runs_dir) / name
+    if art.exists() or log.exists():
+        where = art if art.exists() else log
+        raise QdkitError(f"{where}: run folder already exists; pick another --run-name "
+                         f"or continue it with --resume {art / 'last.pt'}")
+
+
 def _reserve_run(cfg: TrainConfig) -> tuple[str, Path, Path]:
     """Create artifacts/<run> and runs/<run>; never reuse an existing folder."""
     runs, arts = Path(cfg.runs_dir), Path(cfg.artifacts_dir)
@@ -421,9 +418,7 @@ def _reserve_run(cfg: TrainConfig) -> tuple[str, Path, Path]:
         art, log = arts / name, runs / name
         if art.exists() or log.exists():
             if explicit:
-                where = art if art.exists() else log
-                raise QdkitError(f"{where}: run folder already exists; pick another --run-name "
-                                 f"or continue it with --resume {art / 'last.pt'}")
+                _existing_run_folder(cfg, name)
             continue
         try:
             art.mkdir(parents=True, exist_ok=False)
@@ -438,6 +433,115 @@ def _reserve_run(cfg: TrainConfig) -> tuple[str, Path, Path]:
             raise QdkitError(f"{log}: cannot create TensorBoard folder ({e.strerror})") from None
         return name, art, log
     raise QdkitError(f"{arts / base}: too many runs with this name")
+
+
+# --------------------------------------------------------------------------- what a run checks first
+
+def _load_resume(config: TrainConfig) -> tuple[dict[str, Any], TrainConfig]:
+    path = Path(config.resume)
+    ckpt = load_checkpoint(path)
+    if "optimizer" not in ckpt or "config" not in ckpt:
+        raise QdkitError(f"{path}: holds no training state (resume from the run's last.pt)")
+    saved = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in {f.name for f in fields(TrainConfig)}})
+    for key in RUN_SETTINGS:
+        new, old = getattr(config, key), getattr(saved, key)
+        if new is not None and new != old:
+            raise QdkitError(f"--{key.replace('_', '-')} {new}: the run being resumed ({path}) used {old}; "
+                             "a resumed run keeps its settings")
+    if config.run_name is not None and config.run_name != ckpt.get("run_name"):
+        raise QdkitError(f"--run-name {config.run_name}: a resumed run keeps its name ({ckpt.get('run_name')})")
+    cfg = replace(saved, data=config.data or saved.data, device=config.device, amp=config.amp,
+                  workers=config.workers, progress=config.progress,
+                  runs_dir=config.runs_dir or saved.runs_dir, artifacts_dir=str(path.parent.parent),
+                  resume=str(path),
+                  patience=config.patience if config.patience is not None else saved.patience)
+    return ckpt, cfg
+
+
+def _resolve(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """(the run's complete, validated settings; the checkpoint being resumed, or None)."""
+    ckpt = None
+    if config.resume:
+        ckpt, cfg = _load_resume(config)
+    else:
+        cfg = config.resolved()
+    cfg.validate()
+    return cfg, ckpt
+
+
+def _pick_device(device: str, amp: bool, info: DistInfo) -> tuple[torch.device, torch.dtype | None]:
+    """choose_device, then the GPU of this process: under DDP the one of its local rank."""
+    dev, amp_dtype = choose_device(device, amp)
+    if dev.type != "cuda":
+        return dev, amp_dtype
+    if info.world_size > 1:
+        if dev.index is not None:
+            raise QdkitError(f"--device {device}: with several processes each one uses the GPU of its local "
+                             "rank; use --device cuda (or CUDA_VISIBLE_DEVICES to choose the GPUs)")
+        count = torch.cuda.device_count()
+        if info.local_rank >= count:
+            raise QdkitError(f"local rank {info.local_rank}: this machine has {count} CUDA device(s); "
+                             f"start at most {count} processes per machine (one per GPU)")
+        return torch.device("cuda", info.local_rank), amp_dtype
+    return (dev if dev.index is not None else torch.device("cuda", torch.cuda.current_device())), amp_dtype
+
+
+def _open_splits(cfg: TrainConfig, world_size: int) -> tuple[Store, SplitArrays, SplitArrays, SplitArrays | None]:
+    """The store's train, validation and test (or None) splits, checked for training."""
+    path = Path(cfg.data)
+    store = open_store(path)
+    if len(store.class_names) < 2:
+        raise QdkitError(f"{path}: has {len(store.class_names)} class; training needs at least two")
+    for split in ("train", "validation"):
+        if store.counts.get(split, 0) == 0:
+            what = "no" if split not in store.counts else "an empty"
+            raise QdkitError(f"{path}: {what} {split!r} split; training needs drawings in train and validation "
+                             f"(convert with --{split} N)")
+    train_arrays = store.split("train")
+    n_train = len(train_arrays)
+    if cfg.batch_size > n_train:
+        raise QdkitError(f"--batch-size {cfg.batch_size}: larger than the {n_train} training drawings in {path}")
+    test = store.split("test") if store.counts.get("test", 0) > 0 else None
+    return store, train_arrays, store.split("validation"), test
+
+
+def _uses_batch_norm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def _check_batch(cfg: TrainConfig, world_size: int, batch_norm: bool) -> None:
+    """Each process's slice of a global batch must be trainable: at least one drawing, two with batch
+    norm (it cannot normalise one value per channel)."""
+    need = 2 if batch_norm else 1
+    if cfg.batch_size // world_size >= need:
+        return
+    if world_size == 1:
+        raise QdkitError(f"--batch-size {cfg.batch_size}: {cfg.model} uses batch norm, which needs at least 2 "
+                         "drawings per step")
+    raise QdkitError(f"--batch-size {cfg.batch_size}: too small for {world_size} processes (the batch size is "
+                     f"global, split across them; {cfg.model} needs at least {need} drawings per process, "
+                     f"so at least {need * world_size})")
+
+
+def check_run(config: TrainConfig, world_size: int = 1) -> TrainConfig:
+    """Every check a run makes before it trains — settings, resume checkpoint, device, store, batch
+    size, run folder — without training or creating anything. `qdkit train --nproc N` runs it once
+    before starting N processes, so bad input is one line from one process. Returns the settings."""
+    cfg, _ = _resolve(config)
+    dev, _ = choose_device(cfg.device, cfg.amp)
+    if dev.type == "cuda" and world_size > 1:
+        if dev.index is not None:
+            _pick_device(cfg.device, cfg.amp, DistInfo(0, world_size, 0, world_size))  # raises
+        count = torch.cuda.device_count()
+        if world_size > count:
+            raise QdkitError(f"--nproc {world_size}: this machine has {count} CUDA device(s), one per process "
+                             "(or train on --device cpu)")
+    store, _, _, _ = _open_splits(cfg, world_size)
+    _check_batch(cfg, world_size, _uses_batch_norm(build_model(cfg.model, len(store.class_names),
+                                                               **cfg.model_kwargs())))
+    if not cfg.resume and cfg.run_name is not None:
+        _existing_run_folder(cfg, cfg.run_name)
+    return cfg
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -468,49 +572,67 @@ def _seed_for(*parts: int) -> int:
 
 class Trainer:
     """One run: setup in __init__ (data, model, optimizer, folders, resume state); `fit()` trains,
-    checkpoints, evaluates best.pt on the test split and returns the metrics."""
+    checkpoints, evaluates best.pt on the test split and returns the metrics.
+
+    Under torchrun construct it inside `qdkit.distributed.process_group` (as `train()` does): a setup
+    error on any rank is raised on every rank (`agree`), so no rank is left waiting for the others.
+    """
 
     def __init__(self, config: TrainConfig, log: Callable[[str], None] | None = None,
                  info: DistInfo | None = None) -> None:
         self.info = info or dist_info()
         self._log = log or _stderr
-        resume_ckpt = None
-        if config.resume:
-            resume_ckpt, cfg = self._load_resume(config)
-        else:
-            cfg = config.resolved()
-        cfg.validate()
-        self.cfg = cfg
+        if self.info.world_size > 1 and not self.info.active:
+            raise QdkitError(f"WORLD_SIZE={self.info.world_size} but no process group: under torchrun, "
+                             "train through qdkit.train.train() (or `qdkit train`)")
+        error = None
+        try:
+            self._setup(config)
+        except QdkitError as e:
+            error = e
+        agree(error, self.info)
+        self._setup_run()
 
-        self.device, self.amp_dtype = choose_device(cfg.device, cfg.amp)
-        if self.device.type == "cuda" and self.device.index is None:
-            self.device = torch.device("cuda", self.info.local_rank if self.info.world_size > 1
-                                       else torch.cuda.current_device())
+    def _setup(self, config: TrainConfig) -> None:
+        """Everything each process prepares on its own: settings, device, data, model, optimisation
+        state (restored on --resume)."""
+        info = self.info
+        cfg, resume_ckpt = _resolve(config)
+        self.cfg, self._resume_ckpt = cfg, resume_ckpt
+        self.device, self.amp_dtype = _pick_device(cfg.device, cfg.amp, info)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        self._own_group = _init_distributed(self.info, self.device)
-        if self.info.world_size > 1 and self.device.type == "cpu":
+        if info.world_size > 1 and self.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
             # Share the cores between the ranks of one machine instead of oversubscribing them.
-            local = int(os.environ.get("LOCAL_WORLD_SIZE", self.info.world_size))
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+            torch.set_num_threads(max(1, cpu_cores() // max(1, info.local_world_size)))
 
-        self._open_data()
+        self.store, self.train_arrays, self.val_arrays, self.test_arrays = _open_splits(cfg, info.world_size)
         self.class_names: list[str] = self.store.class_names
+        # drop_last: every step sees a full global batch (batch norm needs > 1 drawing; DDP ranks stay
+        # in step). The permutation changes every epoch, so no drawing is left out for good.
+        self.train_loader = BatchLoader(self.train_arrays, cfg.batch_size, shuffle=True, seed=cfg.seed,
+                                        drop_last=True, rank=info.rank, world_size=info.world_size)
+        self.eval_batch = max(cfg.batch_size, 512)
 
         # Model and optimisation state. Fresh runs seed everything from cfg.seed; ranks share the
         # initial weights (DDP also broadcasts them) but draw their own dropout and augmentation.
         torch.manual_seed(cfg.seed)
         # A resumed run rebuilds exactly the saved network, whatever the defaults are today.
         self.model_kwargs = dict(resume_ckpt["model_kwargs"]) if resume_ckpt is not None else cfg.model_kwargs()
-        self.model = build_model(cfg.model, len(self.class_names), **self.model_kwargs)
+        model = build_model(cfg.model, len(self.class_names), **self.model_kwargs)
+        _check_batch(cfg, info.world_size, _uses_batch_norm(model))
+        if info.world_size > 1 and self.device.type == "cuda" and _uses_batch_norm(model):
+            # Statistics over the global batch (one all-gather per layer, cheap over NVLink/NCCL); the
+            # state dict keeps BatchNorm's keys, so checkpoints load into the plain model.
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         # channels_last: oneDNN (CPU) and cuDNN (tensor cores) both run these convolutions faster.
-        self.model = self.model.to(self.device, memory_format=torch.channels_last)
-        torch.manual_seed(_seed_for(cfg.seed, self.info.rank, 1))
+        self.model = model.to(self.device, memory_format=torch.channels_last)
+        torch.manual_seed(_seed_for(cfg.seed, info.rank, 1))
         self.aug_gen = torch.Generator(device=self.device)
-        self.aug_gen.manual_seed(_seed_for(cfg.seed, self.info.rank, 2))
+        self.aug_gen.manual_seed(_seed_for(cfg.seed, info.rank, 2))
         self.optimizer = make_optimizer(cfg.optimizer, _param_groups(self.model, cfg.weight_decay),
                                         cfg.lr, cfg.weight_decay)
-        self.steps_per_epoch = len(self.train_loader)
+        self.steps_per_epoch = len(self.train_loader)  # global steps: the same for any number of ranks
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_factor(cfg.schedule, self.steps_per_epoch * cfg.epochs))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
@@ -526,23 +648,33 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.train_seconds = 0.0
         self.finished = False
-
         if resume_ckpt is not None:
             self._restore(resume_ckpt)
-            self.run_name = resume_ckpt["run_name"]
-            self.art_dir = Path(cfg.resume).parent
-            self.log_dir = Path(cfg.runs_dir) / self.run_name
+
+    def _setup_run(self) -> None:
+        """What the ranks settle together: the run's folders (rank 0 creates them) and the DDP wrapper."""
+        info = self.info
+        if self._resume_ckpt is not None:
+            self.run_name = self._resume_ckpt["run_name"]
+            self.art_dir = Path(self.cfg.resume).parent
         else:
-            name = art = log_dir = ""
-            if self.info.is_main:
-                name, art, log_dir = _reserve_run(cfg)
-            self.run_name = _broadcast_str(str(name), self.info)
-            self.art_dir = Path(cfg.artifacts_dir) / self.run_name
-            self.log_dir = Path(cfg.runs_dir) / self.run_name
+            outcome: tuple[str, str | None] = ("", None)
+            error = None
+            if info.is_main:
+                try:
+                    outcome = (_reserve_run(self.cfg)[0], None)
+                except QdkitError as e:
+                    error, outcome = e, ("", str(e))
+            self.run_name, message = broadcast_object(outcome, info)
+            if message is not None:
+                raise error or QdkitError(message)
+            self.art_dir = Path(self.cfg.artifacts_dir) / self.run_name
+        self._resume_ckpt = None  # not needed any more; it can be large
+        self.log_dir = Path(self.cfg.runs_dir) / self.run_name
         self.cfg = replace(self.cfg, run_name=self.run_name)
 
         self.train_model: nn.Module = self.model
-        if self.info.active:
+        if info.active:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -555,51 +687,6 @@ class Trainer:
         if self.info.is_main:
             self._log(message)
 
-    def _load_resume(self, config: TrainConfig) -> tuple[dict[str, Any], TrainConfig]:
-        path = Path(config.resume)
-        ckpt = load_checkpoint(path)
-        if "optimizer" not in ckpt or "config" not in ckpt:
-            raise QdkitError(f"{path}: holds no training state (resume from the run's last.pt)")
-        saved = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in {f.name for f in fields(TrainConfig)}})
-        for key in RUN_SETTINGS:
-            new, old = getattr(config, key), getattr(saved, key)
-            if new is not None and new != old:
-                raise QdkitError(f"--{key.replace('_', '-')} {new}: the run being resumed ({path}) used {old}; "
-                                 "a resumed run keeps its settings")
-        if config.run_name is not None and config.run_name != ckpt.get("run_name"):
-            raise QdkitError(f"--run-name {config.run_name}: a resumed run keeps its name ({ckpt.get('run_name')})")
-        cfg = replace(saved, data=config.data or saved.data, device=config.device, amp=config.amp,
-                      workers=config.workers, progress=config.progress,
-                      runs_dir=config.runs_dir or saved.runs_dir, artifacts_dir=str(path.parent.parent),
-                      resume=str(path),
-                      patience=config.patience if config.patience is not None else saved.patience)
-        return ckpt, cfg
-
-    def _open_data(self) -> None:
-        cfg, info = self.cfg, self.info
-        path = Path(cfg.data)
-        self.store = store = open_store(path)
-        if len(store.class_names) < 2:
-            raise QdkitError(f"{path}: has {len(store.class_names)} class; training needs at least two")
-        for split in ("train", "validation"):
-            if store.counts.get(split, 0) == 0:
-                what = "no" if split not in store.counts else "an empty"
-                raise QdkitError(f"{path}: {what} {split!r} split; training needs drawings in train and validation "
-                                 f"(convert with --{split} N)")
-        self.train_arrays = store.split("train")
-        self.val_arrays = store.split("validation")
-        self.test_arrays = store.split("test") if store.counts.get("test", 0) > 0 else None
-        n_train = len(self.train_arrays)
-        if cfg.batch_size > n_train:
-            raise QdkitError(f"--batch-size {cfg.batch_size}: larger than the {n_train} training drawings in {path}")
-        if cfg.batch_size < info.world_size:
-            raise QdkitError(f"--batch-size {cfg.batch_size}: smaller than the {info.world_size} processes "
-                             "(the batch size is global, split across them)")
-        # drop_last: every step sees a full batch (batch norm needs > 1 drawing; DDP ranks stay in step).
-        self.train_loader = BatchLoader(self.train_arrays, cfg.batch_size, shuffle=True, seed=cfg.seed,
-                                        drop_last=True, rank=info.rank, world_size=info.world_size)
-        self.eval_batch = max(cfg.batch_size, 512)
-
     def _restore(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model_state"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -608,16 +695,25 @@ class Trainer:
         progress = ckpt["progress"]
         self.epoch = int(ckpt["epoch"])
         self.step_in_epoch = int(progress["step_in_epoch"])
-        self.partial = [float(v) for v in progress["partial"]]
+        # The partial sums of an interrupted epoch are global (all-reduced when saved): rank 0 carries
+        # them on and the epoch's all-reduce adds the other ranks' new steps.
+        loss_sum, correct, count, seconds = (float(v) for v in progress["partial"])
+        self.partial = [loss_sum, correct, count, seconds] if self.info.is_main else [0.0, 0.0, 0.0, seconds]
         self.best_val = float(progress["best_val_accuracy"])
         self.best_epoch = int(progress["best_epoch"])
         self.since_best = int(progress["since_best"])
         self.history = [dict(h) for h in ckpt.get("history", [])]
         self.train_seconds = float(progress["train_seconds"])
         self.finished = bool(progress["finished"])
-        rng = ckpt["rng"]
-        if self.info.world_size > 1 and "by_rank" in rng:
-            rng = rng["by_rank"][self.info.rank]
+        rng, by_rank = ckpt["rng"], ckpt["rng"].get("by_rank")
+        if by_rank is not None and len(by_rank) == self.info.world_size:
+            rng = by_rank[self.info.rank]
+        elif not self.info.is_main:
+            # Resumed with another number of processes: the global batches continue exactly, a new
+            # rank draws its dropout and augmentation from its own seed.
+            torch.manual_seed(_seed_for(self.cfg.seed, self.info.rank, 1, self.epoch, self.step_in_epoch))
+            self.aug_gen.manual_seed(_seed_for(self.cfg.seed, self.info.rank, 2, self.epoch, self.step_in_epoch))
+            return
         _set_rng_state(rng, self.aug_gen, self.device)
 
     # ----------------------------------------------------------------- checkpoints and reports
@@ -631,9 +727,7 @@ class Trainer:
     def _save_last(self) -> Path:
         rng = _rng_state(self.aug_gen, self.device)
         if self.info.active:  # every rank's RNG, so that a resumed DDP run draws the same numbers
-            gathered: list[Any] = [None] * self.info.world_size
-            torch.distributed.all_gather_object(gathered, {k: v.cpu() for k, v in rng.items()})
-            rng = {**rng, "by_rank": gathered}
+            rng = {**rng, "by_rank": all_gather_object({k: v.cpu() for k, v in rng.items()}, self.info)}
         path = self.art_dir / "last.pt"
         if self.info.is_main:
             metrics = self.history[-1] if self.history else {}
@@ -682,8 +776,14 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             logits = self.train_model(x)
             loss = self.criterion(logits.float(), y)
+        objective = loss
+        if self.info.active:
+            # DDP averages the ranks' gradients with equal weight; weighting each rank's mean loss by
+            # its share of the global batch makes that average the gradient of the global batch's mean
+            # loss even when the batch does not split evenly (33 over 2 ranks: 16 and 17).
+            objective = loss * (len(y) * self.info.world_size / self.cfg.batch_size)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(objective).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -692,17 +792,25 @@ class Trainer:
             totals[1] += (logits.argmax(1) == y).sum()
             totals[2] += len(y)
 
+    def epoch_indices(self, epoch: int, start_step: int = 0) -> Iterator[np.ndarray]:
+        """This rank's rows of the train split for each step of `epoch` from `start_step` on: its
+        slice of each global batch of the epoch's shuffle (the same shuffle for any number of ranks)."""
+        loader, bs = self.train_loader, self.cfg.batch_size
+        loader.set_epoch(epoch)
+        order = loader.global_order()
+        for b in range(start_step, len(loader)):
+            yield loader.shard(order[b * bs:(b + 1) * bs])
+
     def train_epoch(self, epoch: int, stop: _StopRequest | None = None) -> dict[str, float] | None:
         """Train one epoch (1-based `epoch`); the epoch's training metrics, or None if stopped."""
-        from itertools import islice
-
         cfg, info = self.cfg, self.info
         self.train_model.train()
-        self.train_loader.set_epoch(epoch)
         start_step = self.step_in_epoch
         totals = torch.tensor(self.partial[:3], dtype=torch.float64, device=self.device)
         seconds_before = self.partial[3]
-        batches = islice(iter(self.train_loader), start_step, None)
+        record = _ShardRecord.from_env(epoch, info.rank)
+        indices = self.epoch_indices(epoch, start_step)  # a resumed epoch skips without reading
+        batches = (fetch(self.train_arrays, idx if record is None else record.add(idx)) for idx in indices)
         pin = self.device.type == "cuda"
         global_batch = cfg.batch_size
         bar = None
@@ -721,43 +829,45 @@ class Trainer:
                 step += 1
                 if bar is not None:
                     bar.update(global_batch)
-                if step % SYNC_EVERY == 0 or step == self.steps_per_epoch:
-                    self._check_finite(totals, epoch, step)
+                last = step == self.steps_per_epoch
+                if step % SYNC_EVERY == 0 or last:
+                    # A sync point, at the same step on every rank: one all-reduce agrees on the NaN
+                    # check and on Ctrl-C, so all ranks stop together (or none waits forever).
+                    diverged, stopping = any_flags(
+                        [not bool(torch.isfinite(totals[0])), stop is not None and stop.requested],
+                        info, self.device)
+                    if diverged:
+                        self._diverged(epoch, step)
                     if bar is not None:
                         bar.set_postfix(loss=f"{totals[0].item() / max(1.0, totals[2].item()):.3f}", refresh=False)
-                if stop is not None and step < self.steps_per_epoch and self._should_stop(stop, step):
+                else:  # a single process stops at once; DDP ranks wait for the next sync point
+                    stopping = stop is not None and stop.requested and not info.active
+                if stopping and not last:  # at the last step the epoch completes, then stops
                     stopped = True
                     break
         finally:
             if bar is not None:
                 bar.close()
+            if record is not None:
+                record.save()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = seconds_before + time.perf_counter() - t0
+        all_reduce_(totals, info)  # the whole (global) epoch so far
         if stopped:
             self.step_in_epoch = step
             self.partial = totals.tolist() + [seconds]
             return None
-        self._check_finite(totals, epoch, step)
-        _all_reduce(totals, info)
         loss_sum, correct, count = totals.tolist()
         self.step_in_epoch, self.partial = 0, [0.0, 0.0, 0.0, 0.0]
         return {"train_loss": loss_sum / count, "train_accuracy": correct / count,
                 "img_per_s": count / seconds if seconds > 0 else float("nan"), "seconds": seconds}
 
-    def _should_stop(self, stop: _StopRequest, step: int | None = None) -> bool:
-        """Whether to stop now (step None: at the end of an epoch). Under DDP the ranks agree on it
-        at sync points only (an all-reduce), or one would wait forever for the others."""
-        if not self.info.active:
-            return stop.requested
-        if step is not None and step % SYNC_EVERY:
-            return False
-        flag = torch.tensor([1.0 if stop.requested else 0.0], device=self.device)
-        return bool(_all_reduce(flag, self.info).item() > 0)
+    def _should_stop(self, stop: _StopRequest) -> bool:
+        """At the end of an epoch: did Ctrl-C reach any rank? (All ranks ask together.)"""
+        return any_flags([stop.requested], self.info, self.device)[0]
 
-    def _check_finite(self, totals: torch.Tensor, epoch: int, step: int) -> None:
-        if bool(torch.isfinite(totals[0])):
-            return
+    def _diverged(self, epoch: int, step: int) -> None:
         kept = self.art_dir / "last.pt"
         keep = (f"the last good checkpoint is {kept} (epoch {self.epoch})" if kept.exists()
                 else "no checkpoint was written")
@@ -773,8 +883,6 @@ class Trainer:
         finally:
             if self.writer is not None:
                 self.writer.close()
-            if self._own_group:
-                torch.distributed.destroy_process_group()
 
     def _loop(self) -> None:
         cfg = self.cfg
@@ -794,11 +902,13 @@ class Trainer:
                 if tm is None:
                     self._interrupted(epoch)
                 # Evaluation runs in float32 (cheap next to training): the numbers are those of the
-                # exported model, whatever precision the training used.
+                # exported model, whatever precision the training used. Under DDP every rank first
+                # takes rank 0's batch-norm statistics: the model evaluated is the one saved.
+                broadcast_buffers(self.model, self.info)
                 val_loss, val_acc = evaluate(self.model, self.val_arrays, self.device, None, self.eval_batch,
                                              self.info)
                 if not math.isfinite(val_loss):
-                    self._check_finite(torch.tensor([float("nan")]), epoch, self.steps_per_epoch)
+                    self._diverged(epoch, self.steps_per_epoch)
                 self.epoch = epoch
                 self.train_seconds += tm["seconds"]
                 row = {"epoch": epoch, "train_loss": tm["train_loss"], "train_accuracy": tm["train_accuracy"],
@@ -858,13 +968,15 @@ class Trainer:
 
     def _finish(self) -> dict[str, Any]:
         cfg, info = self.cfg, self.info
-        if info.active:
-            torch.distributed.barrier()  # rank 0 has written best.pt
         best_path = self.art_dir / "best.pt"
         test_loss = test_acc = None
         if self.test_arrays is not None:
-            best, _ = model_from_checkpoint(best_path)
-            test_loss, test_acc = evaluate(best.to(self.device), self.test_arrays, self.device, None,
+            # Rank 0 reads best.pt (only it writes files; other machines may not see them) and hands
+            # the weights to the others, which share the test split with it.
+            state = load_checkpoint(best_path)["model_state"] if info.is_main else None
+            best = build_model(cfg.model, len(self.class_names), **self.model_kwargs)
+            best.load_state_dict(broadcast_object(state, info))
+            test_loss, test_acc = evaluate(best.to(self.device).eval(), self.test_arrays, self.device, None,
                                            self.eval_batch, info)
         else:
             self.say(f"{cfg.data}: no test split; test_accuracy is null")
@@ -917,10 +1029,16 @@ class Trainer:
 def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train (or resume) one run and return its metrics (also in artifacts/<run>/metrics.json).
 
+    Started by torchrun (RANK/WORLD_SIZE set), it joins the process group for the run and leaves it
+    at the end, whatever happens; every rank returns the same metrics.
+
     Raises QdkitError for bad input or divergence, TrainingInterrupted (a QdkitError) after Ctrl-C
-    once last.pt is saved.
+    once last.pt is saved. Under DDP every rank raises the same error at the same point.
     """
-    return Trainer(config, log=log).fit()
+    info = dist_info()
+    device, _ = _pick_device(config.device, config.amp, info)  # NCCL or gloo
+    with process_group(info, device):
+        return Trainer(config, log=log, info=info).fit()
 
 
 def summary(metrics: dict[str, Any]) -> str:
