@@ -115,16 +115,55 @@ def _write_text(path: str, text: str) -> None:
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="The .onnx file to write [default: model.onnx beside the checkpoint].")
 @click.option("--opset", type=click.IntRange(13, 20), default=17, show_default=True, help="ONNX opset version.")
-def export(checkpoint: str | None, out: str | None, opset: int) -> None:
+@click.option("--int8", is_flag=True,
+              help="Also write an int8 model beside it (model.int8.onnx, or OUT's stem + .int8.onnx).")
+@click.option("--data", type=click.Path(dir_okay=False), default=None,
+              help="With --int8: the store to calibrate on (train split) and gate on (validation split) "
+                   "[default: the run's store from metrics.json, else data/quickdraw.h5].")
+@click.option("--int8-min-agreement", type=click.FloatRange(0, 1), default=None,
+              help="With --int8: least top-1 agreement with the fp32 model on held-out drawings [default: 0.98].")
+def export(checkpoint: str | None, out: str | None, opset: int, int8: bool, data: str | None,
+           int8_min_agreement: float | None) -> None:
     """Export CHECKPOINT [default: newest artifacts/*/best.pt] to a self-describing ONNX model.
 
     The graph takes raw uint8 drawings (N, 1, 28, 28), 0 = background, 255 = ink, and returns
     `logits` and `probabilities`; class names and the input convention are in its metadata. The
     file is written only if onnx.checker passes and onnxruntime agrees with PyTorch.
-    """
-    from qdkit.export import export_model
 
-    click.echo(export_model(checkpoint, out, opset=opset).summary())
+    --int8 also writes a statically quantized copy (int8 weights, uint8 activations, same inputs,
+    outputs and metadata), calibrated on drawings of the store's train split and written only if
+    its top-1 class agrees with the fp32 model's on held-out drawings.
+    """
+    from pathlib import Path
+
+    from qdkit.export import default_checkpoint, export_model
+    from qdkit.quantize import int8_path, quantize_from_store
+
+    if not int8 and (data is not None or int8_min_agreement is not None):
+        raise QdkitError("--data and --int8-min-agreement apply only with --int8")
+    ckpt = Path(checkpoint) if checkpoint is not None else default_checkpoint()
+    if int8:
+        from qdkit.checkpoint import load_checkpoint
+        from qdkit.quantize import default_store, open_calibration_store
+
+        # Check the store before writing anything: a missing or mismatched one fails here, not
+        # after model.onnx has been replaced.
+        store = Path(data) if data is not None else default_store(ckpt)
+        open_calibration_store(store, load_checkpoint(ckpt)["class_names"], str(ckpt))
+    report = export_model(ckpt, out, opset=opset)
+    click.echo(report.summary())
+    target = int8_path(report.path)
+    if not int8:
+        if target.is_file():
+            _warn_line(f"{target} is from an earlier export, not from this {report.path}; "
+                       "re-export with --int8 to refresh it, or delete it")
+        return
+    try:
+        q = quantize_from_store(report.path, target, store, min_agreement=int8_min_agreement, warn=_warn_line)
+    except QdkitError as e:
+        stale = f"; {target} from an earlier export is left as it was" if target.is_file() else ""
+        raise QdkitError(f"{e} (the fp32 {report.path} is written{stale})") from None
+    click.echo(q.summary())
 
 
 @main.command()
@@ -178,14 +217,16 @@ def predict(ctx: click.Context, paths: tuple[str, ...], model: str | None, top_k
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Folder for evaluation.json and confusion_matrix.png [default: the model's folder].")
 @click.option("--batch-size", type=click.IntRange(1), default=512, show_default=True)
-@click.option("--min-agreement", type=click.FloatRange(0, 1), default=1.0, show_default=True,
-              help="Least top-1 agreement between onnxruntime and PyTorch.")
-@click.option("--max-prob-delta", type=click.FloatRange(0), default=1e-4, show_default=True,
-              help="Largest |Δprobability| allowed.")
+@click.option("--min-agreement", type=click.FloatRange(0, 1), default=None,
+              help="Least top-1 agreement between onnxruntime and PyTorch "
+                   "[default: 1.0; 0.98 for an int8 model].")
+@click.option("--max-prob-delta", type=click.FloatRange(0), default=None,
+              help="Largest |Δprobability| allowed [default: 1e-4; for an int8 model reported, not checked].")
 @click.option("--threads", type=click.IntRange(1), default=None, help="Threads for both runtimes.")
 @click.pass_context
 def evaluate(ctx: click.Context, model: str | None, checkpoint: str | None, data: str, split: str, out: str | None,
-             batch_size: int, min_agreement: float, max_prob_delta: float, threads: int | None) -> None:
+             batch_size: int, min_agreement: float | None, max_prob_delta: float | None,
+             threads: int | None) -> None:
     """Run a split through onnxruntime and PyTorch: accuracies, agreement, largest differences.
 
     Writes evaluation.json and confusion_matrix.png; exits 1 when the two disagree beyond the
@@ -290,7 +331,8 @@ def _run_options(sweep: bool = False):
         opts[:0] = [
             click.option("--lr", type=float, default=None, help=f"Peak learning rate [{_RECIPE_HELP['lr']}]."),
             click.option("--batch-size", type=click.IntRange(1), default=None,
-                         help=f"Global batch size [{_RECIPE_HELP['batch_size']}]."),
+                         help="Global batch size: with several processes each trains on its share "
+                              f"[{_RECIPE_HELP['batch_size']}]."),
             click.option("--run-name", default=None,
                          help="[default: <YYYYmmdd-HHMMSS>-<model>-lr<lr>-bs<batch>]; never overwrites a run."),
             click.option("--resume", type=click.Path(dir_okay=False), default=None,
@@ -316,27 +358,79 @@ def _train_numbers(value: str, kind: type, option: str) -> list:
     return numbers
 
 
+def _given_options(ctx: click.Context, skip: set[str]) -> list[str]:
+    """The options given on the command line (defaults left out), as arguments again: what the
+    processes `train --nproc` starts receive."""
+    from click.core import ParameterSource
+
+    args: list[str] = []
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or param.name in skip:
+            continue
+        if ctx.get_parameter_source(param.name) in (None, ParameterSource.DEFAULT):
+            continue
+        value = ctx.params[param.name]
+        if param.is_bool_flag:
+            args.append(param.opts[0] if value else param.secondary_opts[0])
+        else:
+            args += [param.opts[0], str(value)]
+    return args
+
+
 @main.command()
 @_run_options()
+@click.option("--nproc", type=click.IntRange(1), default=None,
+              help="Train in N processes on this machine with DistributedDataParallel (starts torchrun): one "
+                   "per GPU on CUDA, or N CPU processes sharing the cores. --batch-size stays the global batch.")
 @click.pass_context
-def train(ctx: click.Context, **options) -> None:
+def train(ctx: click.Context, nproc: int | None, **options) -> None:
     """Train a model on the HDF5 store: TensorBoard in runs/<run>/, checkpoints in artifacts/<run>/.
 
     Settings not given take the model's recipe: `qdkit train` is the best default measured on real
     drawings, `qdkit train --model seed-cnn` the original project's best setting. Ctrl-C saves
     last.pt and prints the command that resumes the run exactly.
+
+    Several processes: `--nproc N` on this machine; across M machines run `torchrun --nnodes M
+    --nproc-per-node N --rdzv-backend c10d --rdzv-endpoint HOST:PORT -m qdkit train ...` on each
+    (README: Scaling out). --batch-size is the GLOBAL batch, split across the processes; only the
+    first process writes files and prints.
     """
     import os
 
     from qdkit.train import TrainConfig, TrainingInterrupted, summary
     from qdkit.train import train as run_train
 
+    config = TrainConfig(**options)
+    if nproc is not None and nproc > 1:
+        from qdkit.distributed import launch
+        from qdkit.train import check_run
+
+        if "RANK" in os.environ:
+            raise QdkitError("--nproc: this process was started by torchrun already; drop --nproc")
+        check_run(config, world_size=nproc)  # bad input is one line, before any process starts
+        ctx.exit(launch(nproc, ["train", *_given_options(ctx, skip={"nproc"})]))
+
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun; rank 0 speaks for the job
+    if rank != 0:
+        import warnings
+
+        warnings.simplefilter("ignore")
     try:
-        metrics = run_train(TrainConfig(**options))
+        metrics = run_train(config)
     except TrainingInterrupted as e:
-        click.echo(f"qdkit: {e}", err=True)
+        if rank == 0:
+            click.echo(f"qdkit: {e}", err=True)
         ctx.exit(130)
-    if os.environ.get("RANK", "0") == "0":
+    except QdkitError:
+        if rank != 0:  # every rank raised it together (qdkit.distributed.agree); rank 0 prints it
+            ctx.exit(2)
+        raise
+    except KeyboardInterrupt:
+        if rank == 0:
+            click.echo("qdkit: interrupted outside the training loop (or Ctrl-C twice); nothing more was saved",
+                       err=True)
+        ctx.exit(130)
+    if rank == 0:
         click.echo(summary(metrics))
 
 

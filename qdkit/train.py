@@ -336,9 +336,9 @@ def _prefetch(batches: Iterable, depth: int, pin: bool) -> Iterator:
 class _StopRequest:
     """First Ctrl-C asks the loop to stop after the current step and save; a second one aborts."""
 
-    def __init__(self, say: Callable[[str], None]) -> None:
+    def __init__(self, say: Callable[[str], None], when: str = "after this step") -> None:
         self.requested = False
-        self._say = say
+        self._say, self._when = say, when
         self._old: Any = None
 
     def __enter__(self) -> "_StopRequest":
@@ -350,7 +350,7 @@ class _StopRequest:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        self._say("\ninterrupt: saving last.pt after this step (Ctrl-C again to abort without saving)")
+        self._say(f"\ninterrupt: saving last.pt {self._when} (Ctrl-C again to abort without saving)")
 
     def __exit__(self, *exc: Any) -> None:
         if self._old is not None:
@@ -886,16 +886,21 @@ class Trainer:
 
     def _loop(self) -> None:
         cfg = self.cfg
-        if self.epoch == 0 and self.step_in_epoch == 0:
-            self.say(f"run {self.run_name}: {cfg.model} on {len(self.class_names)} classes, "
-                     f"{len(self.train_arrays)} train / {len(self.val_arrays)} validation drawings; "
-                     f"{self._precision_name()} on {self.device}; lr {format_lr(cfg.lr)}, batch {cfg.batch_size}, "
-                     f"{cfg.epochs} epochs, {cfg.optimizer}, {cfg.schedule}")
-        else:
-            self.say(f"resuming {self.run_name} after epoch {self.epoch}"
-                     + (f", step {self.step_in_epoch}" if self.step_in_epoch else ""))
-        self._tb()
-        with _StopRequest(self.say) as stop:
+        when = f"at the next sync point (within {SYNC_EVERY} steps)" if self.info.world_size > 1 else "after this step"
+        with _StopRequest(self.say, when) as stop:  # from here on, Ctrl-C saves last.pt
+            self._tb()
+            where = str(self.device)
+            if self.info.world_size > 1:
+                where = f"{self.info.world_size} processes ({self.device.type}, DDP)"
+            if self.epoch == 0 and self.step_in_epoch == 0:
+                self.say(f"run {self.run_name}: {cfg.model} on {len(self.class_names)} classes, "
+                         f"{len(self.train_arrays)} train / {len(self.val_arrays)} validation drawings; "
+                         f"{self._precision_name()} on {where}; lr {format_lr(cfg.lr)}, batch {cfg.batch_size}, "
+                         f"{cfg.epochs} epochs, {cfg.optimizer}, {cfg.schedule}")
+            else:
+                self.say(f"resuming {self.run_name} after epoch {self.epoch}"
+                         + (f", step {self.step_in_epoch}" if self.step_in_epoch else "")
+                         + (f" on {where}" if self.info.world_size > 1 else ""))
             while self.epoch < cfg.epochs:
                 epoch = self.epoch + 1
                 tm = self.train_epoch(epoch, stop)
@@ -963,8 +968,11 @@ class Trainer:
             self.writer.flush()
         where = f"after epoch {self.epoch}" if at_epoch_end or self.step_in_epoch == 0 else \
             f"in epoch {epoch} at step {self.step_in_epoch}/{self.steps_per_epoch}"
-        raise TrainingInterrupted(f"interrupted {where}; saved {path}; resume with: qdkit train --resume {path}",
-                                  path)
+        again = f"qdkit train --resume {path}"
+        if self.info.world_size > 1:  # the same processes again (any number works; see _restore)
+            again = (f"{again} --nproc {self.info.world_size}" if self.info.world_size == self.info.local_world_size
+                     else f"{again} (under the same torchrun command)")
+        raise TrainingInterrupted(f"interrupted {where}; saved {path}; resume with: {again}", path)
 
     def _finish(self) -> dict[str, Any]:
         cfg, info = self.cfg, self.info
@@ -1044,13 +1052,15 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
 def summary(metrics: dict[str, Any]) -> str:
     """A few human lines about a finished run."""
     test = "n/a" if metrics["test_accuracy"] is None else f"{metrics['test_accuracy']:.2%}"
+    world = metrics.get("world_size", 1)
+    where = metrics["device"] if world == 1 else f"{world} processes ({metrics['device'].split(':')[0]}, DDP)"
     return "\n".join([
         f"run        {metrics['run_name']}",
         f"model      {metrics['model']}  lr {format_lr(metrics['lr'])}  batch {metrics['batch_size']}  "
         f"{metrics['optimizer']}  {metrics['epochs']}/{metrics['epochs_planned']} epochs",
         f"accuracy   test {test}  (best validation {metrics['best_val_accuracy']:.2%} "
         f"at epoch {metrics['best_epoch']})",
-        f"time       {metrics['train_seconds']:.0f}s training on {metrics['device']} ({metrics['precision']})",
+        f"time       {metrics['train_seconds']:.0f}s training on {where} ({metrics['precision']})",
         f"saved      {Path(metrics['best_checkpoint']).parent}/ (best.pt, last.pt, results.csv, metrics.json); "
         f"TensorBoard: {metrics['tensorboard']}",
     ])
