@@ -5,7 +5,8 @@ The contract (written by qdkit.export):
   input  `pixels`         uint8 (N, 1, 28, 28), 0 = background, 255 = ink (the model normalises)
   output `logits`         float32 (N, classes)
   output `probabilities`  float32 (N, classes), softmax of the logits
-  metadata_props          format (METADATA_FORMAT), class_names (JSON list), input (JSON), ...
+  metadata_props          format (METADATA_FORMAT), class_names (JSON list), input (JSON), ...;
+                          an int8 model (qdkit.quantize) adds quantization (JSON)
 """
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ from qdkit.errors import QdkitError
 
 METADATA_FORMAT = "qdkit-onnx/1"
 INPUT_NAME = "pixels"
+# Least top-1 agreement of an int8 model: with its fp32 model at export (qdkit.quantize's gate),
+# with PyTorch in evaluate. Parity to 1e-4 holds only for fp32 models.
+INT8_MIN_AGREEMENT = 0.98
 
 
 class QdkitWarning(UserWarning):
@@ -29,17 +33,24 @@ class QdkitWarning(UserWarning):
 
 # ----------------------------------------------------------------------------- model discovery
 
-def newest_file(patterns: Sequence[str], what: str, hint: str) -> Path:
-    """The most recently modified file matching any of `patterns` (relative to the working folder)."""
-    found = [Path(p) for pattern in patterns for p in glob.glob(pattern) if Path(p).is_file()]
+def newest_file(patterns: Sequence[str], what: str, hint: str, exclude: str | None = None) -> Path:
+    """The most recently modified file matching any of `patterns` (relative to the working folder)
+    and not ending in `exclude`."""
+    found = [Path(p) for pattern in patterns for p in glob.glob(pattern)
+             if Path(p).is_file() and not (exclude and p.endswith(exclude))]
     if not found:
         raise QdkitError(f"no {what} found ({' or '.join(patterns)}); {hint}")
     return max(found, key=lambda p: (p.stat().st_mtime, str(p)))
 
 
 def default_model_path() -> Path:
-    return newest_file(["artifacts/*/model.onnx", "artifacts/*/*.onnx"], "exported model",
-                       "run `qdkit export` or pass --model")
+    """The newest exported model; an int8 one (model.int8.onnx, written after model.onnx by
+    `qdkit export --int8`) only where there is no other: int8 is opt-in, via --model."""
+    patterns, hint = ["artifacts/*/model.onnx", "artifacts/*/*.onnx"], "run `qdkit export` or pass --model"
+    try:
+        return newest_file(patterns, "exported model", hint, exclude=".int8.onnx")
+    except QdkitError:
+        return newest_file(patterns, "exported model", hint)
 
 
 # ----------------------------------------------------------------------------- the session
@@ -90,7 +101,7 @@ def parse_metadata(props: dict[str, str]) -> dict[str, Any]:
         return {}
     out: dict[str, Any] = {}
     for key, value in props.items():
-        if key in ("class_names", "input", "outputs", "model_kwargs", "parity"):
+        if key in ("class_names", "input", "outputs", "model_kwargs", "parity", "quantization"):
             try:
                 out[key] = json.loads(value)
             except ValueError:
@@ -102,3 +113,20 @@ def parse_metadata(props: dict[str, str]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def is_quantized(metadata: dict[str, Any]) -> bool:
+    """Whether parsed qdkit metadata describes a quantized (int8) model."""
+    return isinstance(metadata.get("quantization"), dict)
+
+
+def check_classes(owner: str | os.PathLike, class_names: Sequence[str], store_names: Sequence[str],
+                  data: str | os.PathLike, same_names: bool = True) -> None:
+    """Raise unless `owner` (a model or checkpoint) has as many classes as the store `data` and,
+    with `same_names`, the same ones in the same order."""
+    class_names, store_names = list(class_names), list(store_names)
+    if len(class_names) != len(store_names):
+        raise QdkitError(f"{owner}: the model has {len(class_names)} classes, the store {data} has {len(store_names)}")
+    if same_names and class_names != store_names:
+        raise QdkitError(f"{owner}: its classes ({', '.join(class_names[:5])}, ...) are not "
+                         f"the store's ({', '.join(store_names[:5])}, ...) in the same order")
