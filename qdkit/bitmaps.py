@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from qdkit.atomic import atomic_path
+from qdkit.files import atomic_path
 from qdkit.errors import QdkitError
 
 SIDE = 28

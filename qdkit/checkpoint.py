@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from qdkit import __version__
-from qdkit.atomic import atomic_path
+from qdkit.files import atomic_path
 from qdkit.errors import QdkitError
 from qdkit.models import INPUT_SPEC, build_model
 

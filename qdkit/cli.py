@@ -104,7 +104,7 @@ def _warn_line(message: str) -> None:
 def _write_text(path: str, text: str) -> None:
     from pathlib import Path
 
-    from qdkit.atomic import atomic_path
+    from qdkit.files import atomic_path
 
     with atomic_path(Path(path)) as tmp:
         tmp.write_text(text)

@@ -7,7 +7,6 @@ process fills the store and hashes the sources.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import multiprocessing as mp
 import os
 import time
@@ -19,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from qdkit import __version__
-from qdkit.atomic import atomic_path
+from qdkit.files import atomic_path, sha256_file
 from qdkit.bitmaps import BitmapFile, find_bitmap_files, open_bitmaps, safe_dirname
 from qdkit.errors import QdkitError
 from qdkit.images import write_png
@@ -49,14 +48,6 @@ def _write_pngs(src: str, indices: np.ndarray, folder: str) -> int:
     for i in indices:
         write_png(drawings[i], os.path.join(folder, f"{i}.png"))
     return len(indices)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _check_rows(files: list[BitmapFile], need: int) -> None:
@@ -118,7 +109,7 @@ def convert(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, h5: bool =
                         bar.update(len(idx))
             if writer is not None:
                 sources.append({"class": bf.class_name, "file": bf.path.name, "rows": bf.rows,
-                                "sha256": _sha256(bf.path)})
+                                "sha256": sha256_file(bf.path)})
         for fut in futures:
             fut.result()  # re-raise the first worker error, if any
         if writer is not None:

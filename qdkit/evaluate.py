@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from qdkit.atomic import atomic_path
+from qdkit.files import atomic_path, sha256_file
 from qdkit.errors import QdkitError
 from qdkit.onnxmodel import INT8_MIN_AGREEMENT, check_classes, is_quantized
 
@@ -67,7 +67,6 @@ def resolve_checkpoint(predictor: Any, checkpoint: str | os.PathLike | None,
                        warn: Callable[[str], None]) -> tuple[Path, str]:
     """The checkpoint to compare with, and its SHA-256. By default the one the model's metadata
     names (its recorded path, else the same file name beside the model), whose hash must match."""
-    from qdkit.export import sha256_file
 
     meta = predictor.metadata
     recorded = meta.get("checkpoint_sha256")

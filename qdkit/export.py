@@ -22,7 +22,6 @@ onnxruntime and PyTorch, and only if they agree write the file (atomically). A r
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import io
 import json
 import os
@@ -34,10 +33,10 @@ from typing import Any
 import numpy as np
 
 from qdkit import __version__
-from qdkit.atomic import atomic_path
+from qdkit.files import atomic_path, newest_file, sha256_file
 from qdkit.errors import QdkitError
 from qdkit.images import SIDE
-from qdkit.onnxmodel import INPUT_NAME, METADATA_FORMAT, make_session, newest_file
+from qdkit.onnxmodel import INPUT_NAME, METADATA_FORMAT, make_session
 
 DEFAULT_OPSET = 17        # onnxruntime >= 1.12 and onnxruntime-web run it
 LOGIT_TOLERANCE = 1e-3    # |Δlogit| <= tol * max(1, |logit|)
@@ -68,14 +67,6 @@ class ExportReport:
 
 def default_checkpoint() -> Path:
     return newest_file(["artifacts/*/best.pt"], "checkpoint", "train one with `qdkit train` or pass CHECKPOINT")
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def parity_drawings(n: int = PARITY_DRAWINGS, seed: int = 0) -> np.ndarray:

@@ -10,7 +10,6 @@ The contract (written by qdkit.export):
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any, Sequence
 import onnxruntime as ort
 
 from qdkit.errors import QdkitError
+from qdkit.files import newest_file
 
 METADATA_FORMAT = "qdkit-onnx/1"
 INPUT_NAME = "pixels"
@@ -32,16 +32,6 @@ class QdkitWarning(UserWarning):
 
 
 # ----------------------------------------------------------------------------- model discovery
-
-def newest_file(patterns: Sequence[str], what: str, hint: str, exclude: str | None = None) -> Path:
-    """The most recently modified file matching any of `patterns` (relative to the working folder)
-    and not ending in `exclude`."""
-    found = [Path(p) for pattern in patterns for p in glob.glob(pattern)
-             if Path(p).is_file() and not (exclude and p.endswith(exclude))]
-    if not found:
-        raise QdkitError(f"no {what} found ({' or '.join(patterns)}); {hint}")
-    return max(found, key=lambda p: (p.stat().st_mtime, str(p)))
-
 
 def default_model_path() -> Path:
     """The newest exported model; an int8 one (model.int8.onnx, written after model.onnx by

@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from qdkit.atomic import atomic_path
+from qdkit.files import atomic_path, sha256_file
 from qdkit.errors import QdkitError
 from qdkit.images import SIDE
 from qdkit.onnxmodel import INPUT_NAME, INT8_MIN_AGREEMENT, check_classes, is_quantized, make_session, parse_metadata
@@ -173,7 +173,6 @@ def quantize_model(fp32_onnx: str | os.PathLike, out: str | os.PathLike | None, 
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quant_pre_process, quantize_static)
 
-    from qdkit.export import sha256_file
 
     t0 = time.perf_counter()
     src = Path(fp32_onnx)

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from qdkit.atomic import atomic_path
+from qdkit.files import atomic_path
 from qdkit.errors import QdkitError
 from qdkit.store import open_store
 from qdkit.train import TrainConfig, TrainingInterrupted, _stderr, check_run_name, format_lr, train

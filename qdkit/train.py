@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qdkit.atomic import atomic_path
+from qdkit.files import atomic_path
 from qdkit.checkpoint import load_checkpoint, save_checkpoint
 from qdkit.data import BatchLoader, fetch
 from qdkit.distributed import (DistInfo, agree, all_gather_object, all_reduce_, any_flags, broadcast_buffers,

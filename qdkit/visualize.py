@@ -9,7 +9,7 @@ from typing import Callable
 
 import numpy as np
 
-from qdkit.atomic import atomic_path
+from qdkit.files import atomic_path
 from qdkit.errors import QdkitError
 
 OK, WRONG, OTHER = "#2e7d32", "#c62828", "#90a4ae"

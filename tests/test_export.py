@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from qdkit.cli import main
 from qdkit.errors import QdkitError
-from qdkit.export import export_model, sha256_file
+from qdkit.export import export_model
+from qdkit.files import sha256_file
 from qdkit.models import INPUT_SPEC
 from qdkit.predict import Predictor
 from qdkit.store import open_store

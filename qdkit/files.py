@@ -1,11 +1,14 @@
-"""Write-then-rename, so an interrupted or failed write never leaves a file that looks complete."""
+"""The file helpers every stage needs: write-then-rename (an interrupted or failed write never
+leaves a file that looks complete), a file's SHA-256, and the newest file matching a pattern."""
 from __future__ import annotations
 
 import contextlib
+import glob
+import hashlib
 import os
 import shutil
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from qdkit.errors import QdkitError
 
@@ -49,3 +52,21 @@ def _remove(path: Path) -> None:
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def newest_file(patterns: Sequence[str], what: str, hint: str, exclude: str | None = None) -> Path:
+    """The most recently modified file matching any of `patterns` (relative to the working folder)
+    and not ending in `exclude`."""
+    found = [Path(p) for pattern in patterns for p in glob.glob(pattern)
+             if Path(p).is_file() and not (exclude and p.endswith(exclude))]
+    if not found:
+        raise QdkitError(f"no {what} found ({' or '.join(patterns)}); {hint}")
+    return max(found, key=lambda p: (p.stat().st_mtime, str(p)))
