@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
-from qdkit.errors import QdkitError
+from qdkit.errors import QdkitError, first_line
 
 SIDE = 28
 
@@ -278,5 +278,4 @@ def read_drawing(path: str | os.PathLike, invert: str | bool = "auto") -> np.nda
         raise QdkitError(f"{path}: not an image (no format PIL reads)") from None
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
         # truncated or corrupt data; PIL raises several types for it
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise QdkitError(f"{path}: unreadable image ({reason[:120]})") from None
+        raise QdkitError(f"{path}: unreadable image ({first_line(e, 120)})") from None

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import onnxruntime as ort
 
-from qdkit.errors import QdkitError
+from qdkit.errors import QdkitError, first_line
 from qdkit.files import newest_file
 
 METADATA_FORMAT = "qdkit-onnx/1"
@@ -79,7 +79,7 @@ def make_session(model: str | os.PathLike | bytes, threads: int | None = None,
     try:
         return ort.InferenceSession(model, so, providers=list(providers or available_providers()))
     except Exception as e:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        reason = first_line(e, limit=1000)
         if "[ONNXRuntimeError]" in reason:
             reason = reason.split(":", 3)[-1].strip()
         raise QdkitError(f"{label}: not a usable ONNX model ({reason[:160]})") from None
@@ -120,3 +120,13 @@ def check_classes(owner: str | os.PathLike, class_names: Sequence[str], store_na
     if same_names and class_names != store_names:
         raise QdkitError(f"{owner}: its classes ({', '.join(class_names[:5])}, ...) are not "
                          f"the store's ({', '.join(store_names[:5])}, ...) in the same order")
+
+
+def check_graph(proto: Any, owner: str | os.PathLike, what: str) -> None:
+    """onnx.checker's full check, as a one-line QdkitError naming `owner` and the graph (`what`)."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as e:  # the checker raises several types
+        raise QdkitError(f"{owner}: the {what} fails onnx.checker ({first_line(e)})") from None

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from qdkit.errors import QdkitError
+from qdkit.errors import QdkitError, first_line
 from qdkit.images import SIDE, image_to_drawing, read_drawing
 from qdkit.onnxmodel import QdkitWarning, default_model_path, make_session, parse_metadata
 
@@ -160,9 +160,8 @@ class Predictor:
         try:
             return self.session.run(names, {self.input_name: self._feed(drawings)})
         except Exception as e:  # a foreign graph whose dimensions only looked right
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise QdkitError(f"{self.path}: onnxruntime failed on a batch of {len(drawings)} drawings "
-                             f"({reason[:160]})") from None
+                             f"({first_line(e)})") from None
 
     def _run(self, drawings: np.ndarray, want_probs: bool) -> tuple[np.ndarray, np.ndarray | None]:
         names = [self._logits_name] + ([self._probs_name] if want_probs and self._probs_name else [])
