@@ -3,6 +3,7 @@ rebuild the model alone — registry name, constructor arguments, class names, i
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from torch import nn
 
 from qdkit import __version__
 from qdkit.files import atomic_path
-from qdkit.errors import QdkitError
+from qdkit.errors import QdkitError, first_line
 from qdkit.models import INPUT_SPEC, build_model
 
 FORMAT = "qdkit-checkpoint/1"
@@ -50,11 +51,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise QdkitError(f"{path}: no such checkpoint file")
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since PyTorch 1.6
+        raise QdkitError(f"{path}: not a PyTorch checkpoint (not a torch.save archive)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a bad file
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise QdkitError(f"{path}: not a loadable PyTorch checkpoint ({reason[:160]})") from None
+        raise QdkitError(f"{path}: not a loadable PyTorch checkpoint ({first_line(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise QdkitError(f"{path}: not a qdkit checkpoint (no '{FORMAT}' format tag)")
     return ckpt

@@ -121,7 +121,12 @@ def test_bad_checkpoints(tmp_path, monkeypatch):
     assert "no such checkpoint" in one_line_error(runner.invoke(main, ["export", str(tmp_path / "nope.pt")]))
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint at all")
-    assert "not a loadable PyTorch checkpoint" in one_line_error(runner.invoke(main, ["export", str(junk)]))
+    assert "not a PyTorch checkpoint" in one_line_error(runner.invoke(main, ["export", str(junk)]))
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "other.pt", "w") as z:  # a zip, but not a torch.save archive
+        z.writestr("hello.txt", "hi")
+    assert "not a loadable PyTorch checkpoint" in one_line_error(runner.invoke(main, ["export", str(tmp_path / "other.pt")]))
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
     assert "not a qdkit checkpoint" in one_line_error(runner.invoke(main, ["export", str(foreign)]))
