@@ -1,6 +1,7 @@
 """qdkit export: checker + parity for both models, the metadata round trip, the refusal path."""
 from __future__ import annotations
 
+import zipfile
 import json
 
 import numpy as np
@@ -122,8 +123,6 @@ def test_bad_checkpoints(tmp_path, monkeypatch):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint at all")
     assert "not a PyTorch checkpoint" in one_line_error(runner.invoke(main, ["export", str(junk)]))
-    import zipfile
-
     with zipfile.ZipFile(tmp_path / "other.pt", "w") as z:  # a zip, but not a torch.save archive
         z.writestr("hello.txt", "hi")
     assert "not a loadable PyTorch checkpoint" in one_line_error(runner.invoke(main, ["export", str(tmp_path / "other.pt")]))
