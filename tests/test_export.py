@@ -1,8 +1,8 @@
 """qdkit export: checker + parity for both models, the metadata round trip, the refusal path."""
 from __future__ import annotations
 
-import zipfile
 import json
+import zipfile
 
 import numpy as np
 import onnx
