@@ -10,7 +10,8 @@ source .venv/bin/activate
 stamp=".venv/.qdkit-installed"
 if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
     python -m pip install -q --upgrade pip
-    python -m pip install -q "$QDKIT_TORCH"
+    # shellcheck disable=SC2086  # word splitting intended: QDKIT_TORCH may carry pip options
+    python -m pip install -q $QDKIT_TORCH
     python -m pip install -q -e ".[dev]"
     touch "$stamp"
 fi
