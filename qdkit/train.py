@@ -60,31 +60,14 @@ from qdkit.distributed import (DistInfo, agree, all_gather_object, all_reduce_, 
                                broadcast_object, cpu_cores, dist_info, process_group)
 from qdkit.errors import QdkitError
 from qdkit.models import DEFAULT_MODEL, MODELS, build_model
+from qdkit.recipes import (AUGMENT, OPTIMIZERS, RECIPES, SCHEDULES, augment_batch, lr_factor, make_optimizer,
+                           param_groups)
 from qdkit.store import SplitArrays, Store, open_store
 
 DEFAULT_DATA = "data/quickdraw.h5"
-OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULES = ("onecycle", "cosine", "constant")
-
-# Per-model training recipes: what a setting left as None becomes. `qdnet` holds the defaults
-# measured best on real drawings (animals10, 600 train / 100 validation per class, selected on
-# validation): AdamW at 3e-3 with a one-cycle schedule, label smoothing and the random affine below;
-# 36 epochs beat 24 by ~1.7 points of validation accuracy, stronger augmentation (15 deg, 0.85-1.15,
-# 3 px) with dropout 0.4 cost ~1.4 points. `seed-cnn` is the original project's best setting
-# (Adam, constant lr 1e-4, batch 64, 50 epochs, dropout 0.5, no augmentation, plain cross-entropy).
-RECIPES: dict[str, dict[str, Any]] = {
-    "qdnet": dict(lr=3e-3, batch_size=128, epochs=36, optimizer="adamw", dropout=0.3, weight_decay=0.05,
-                  schedule="onecycle", label_smoothing=0.1, augment=True),
-    "seed-cnn": dict(lr=1e-4, batch_size=64, epochs=50, optimizer="adam", dropout=0.5, weight_decay=0.0,
-                     schedule="constant", label_smoothing=0.0, augment=False),
-}
 # Settings that define a run: a resumed run keeps them (passing a different value is an error).
 RUN_SETTINGS = ("model", "lr", "batch_size", "epochs", "optimizer", "dropout", "weight_decay", "schedule",
                 "label_smoothing", "augment", "seed")
-
-# Random affine augmentation, drawn per image: rotation (degrees), scale, translation (pixels),
-# probability of a horizontal flip. Small enough to keep every class recognisable.
-AUGMENT = {"rotate_deg": 10.0, "scale": (0.9, 1.1), "translate_px": 2.0, "hflip": 0.5}
 
 SYNC_EVERY = 20  # steps between host syncs (progress-bar loss, NaN check, DDP stop flag)
 
@@ -204,62 +187,6 @@ def cpu_has_fast_bf16() -> bool:
 
 
 # --------------------------------------------------------------------------- pieces of the loop
-
-def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None,
-                  spec: dict[str, Any] = AUGMENT) -> torch.Tensor:
-    """Random affine per image of a float batch (B, 1, 28, 28) in raw pixel units (0 = background),
-    as one affine_grid + grid_sample: rotation, scale, translation and a horizontal flip."""
-    b, _, h, w = x.shape
-    u = torch.rand(b, 5, generator=generator, device=x.device, dtype=torch.float32)
-    angle = (u[:, 0] * 2 - 1) * math.radians(spec["rotate_deg"])
-    lo, hi = spec["scale"]
-    inv_scale = 1.0 / (lo + (hi - lo) * u[:, 1])              # theta maps output -> input coordinates
-    flip = torch.where(u[:, 4] < spec["hflip"], -1.0, 1.0)
-    tx = (u[:, 2] * 2 - 1) * (2.0 * spec["translate_px"] / w)  # normalised coords span 2 per side
-    ty = (u[:, 3] * 2 - 1) * (2.0 * spec["translate_px"] / h)
-    cos, sin = torch.cos(angle) * inv_scale, torch.sin(angle) * inv_scale
-    theta = torch.stack([torch.stack([cos * flip, -sin * flip, tx], 1),
-                         torch.stack([sin, cos, ty], 1)], 1)
-    grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
-    return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def lr_factor(schedule: str, total_steps: int) -> Callable[[int], float]:
-    """Multiplier of the peak lr at each optimizer step (used through LambdaLR)."""
-    total = max(1, total_steps)
-    if schedule == "constant":
-        return lambda step: 1.0
-    if schedule == "cosine":  # short linear warm-up (5%), cosine to zero
-        warm = max(1, round(0.05 * total))
-    else:  # onecycle: 25% warm-up from lr/25, then cosine to zero
-        warm = max(1, round(0.25 * total))
-    start = 0.04 if schedule == "onecycle" else 0.0
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return start + (1.0 - start) * (step + 1) / warm
-        p = min(1.0, (step - warm) / max(1, total - warm))
-        return 0.5 * (1.0 + math.cos(math.pi * p))
-
-    return factor
-
-
-def make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-    raise QdkitError(f"--optimizer {name!r}: choose from {', '.join(OPTIMIZERS)}")
-
-
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay on biases and normalisation weights (1-D parameters)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
 
 @torch.no_grad()
 def evaluate(model: nn.Module, arrays: SplitArrays, device: torch.device, amp_dtype: torch.dtype | None = None,
@@ -630,7 +557,7 @@ class Trainer:
         torch.manual_seed(_seed_for(cfg.seed, info.rank, 1))
         self.aug_gen = torch.Generator(device=self.device)
         self.aug_gen.manual_seed(_seed_for(cfg.seed, info.rank, 2))
-        self.optimizer = make_optimizer(cfg.optimizer, _param_groups(self.model, cfg.weight_decay),
+        self.optimizer = make_optimizer(cfg.optimizer, param_groups(self.model, cfg.weight_decay),
                                         cfg.lr, cfg.weight_decay)
         self.steps_per_epoch = len(self.train_loader)  # global steps: the same for any number of ranks
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(

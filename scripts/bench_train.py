@@ -54,7 +54,8 @@ def main() -> int:
     import torch.nn.functional as F
 
     from qdkit.models import build_model
-    from qdkit.train import TrainConfig, Trainer, _param_groups, augment_batch, lr_factor, make_optimizer
+    from qdkit.recipes import augment_batch, lr_factor, make_optimizer, param_groups
+    from qdkit.train import TrainConfig, Trainer
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -76,7 +77,7 @@ def main() -> int:
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model, len(trainer.class_names), **cfg.model_kwargs())
         model = model.to(device, memory_format=torch.channels_last).train()
-        opt = make_optimizer(cfg.optimizer, _param_groups(model, cfg.weight_decay), cfg.lr, cfg.weight_decay)
+        opt = make_optimizer(cfg.optimizer, param_groups(model, cfg.weight_decay), cfg.lr, cfg.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg.schedule, 10**6))
         gen = torch.Generator(device=device).manual_seed(0)
 

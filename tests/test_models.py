@@ -80,7 +80,7 @@ def test_recipes_and_cli_help_match_the_registry():
     import re
 
     from qdkit import cli
-    from qdkit.train import RECIPES
+    from qdkit.recipes import RECIPES
 
     assert set(RECIPES) == set(MODELS) == set(cli._TRAIN_MODELS)
     assert set(cli._RECIPE_HELP) == set(RECIPES[DEFAULT_MODEL])

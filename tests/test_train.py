@@ -13,6 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+import qdkit.recipes as recipes
 import qdkit.train as T
 from qdkit.checkpoint import load_checkpoint, model_from_checkpoint
 from qdkit.cli import main
@@ -207,16 +208,16 @@ def test_augment_and_schedule():
     x = torch.zeros(16, 1, 28, 28)
     x[:, :, 10:18, 10:18] = 255.0
     g = torch.Generator().manual_seed(0)
-    y = T.augment_batch(x, g)
+    y = recipes.augment_batch(x, g)
     assert y.shape == x.shape and y.dtype == torch.float32
     assert y.min() >= 0 and y.max() <= 255.0 + 1e-3 and not torch.equal(y[0], y[1])
     assert (y[:, :, :3, :] == 0).all()  # background stays background
-    still = T.augment_batch(x, g, {"rotate_deg": 0.0, "scale": (1.0, 1.0), "translate_px": 0.0, "hflip": 0.0})
+    still = recipes.augment_batch(x, g, {"rotate_deg": 0.0, "scale": (1.0, 1.0), "translate_px": 0.0, "hflip": 0.0})
     torch.testing.assert_close(still, x)
-    f = T.lr_factor("onecycle", 100)
+    f = recipes.lr_factor("onecycle", 100)
     assert f(0) == pytest.approx(0.04 + 0.96 / 25) and f(24) == pytest.approx(1.0) and f(99) < 0.01
-    assert T.lr_factor("constant", 100)(57) == 1.0
-    c = T.lr_factor("cosine", 100)
+    assert recipes.lr_factor("constant", 100)(57) == 1.0
+    c = recipes.lr_factor("cosine", 100)
     assert c(4) == pytest.approx(1.0) and c(99) < 0.01
 
 
