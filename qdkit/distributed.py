@@ -75,6 +75,8 @@ def process_group(info: DistInfo, device: torch.device) -> Iterator[DistInfo]:
     torch.distributed.init_process_group(backend=backend)
     try:
         yield info
+        # Leave together: a rank that tears gloo down while a peer still talks to it gets aborted.
+        torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
 

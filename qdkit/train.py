@@ -33,6 +33,7 @@ rows it read in epoch E (the tests check the shards are disjoint and cover the s
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import json
 import math
@@ -973,7 +974,14 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict
     info = dist_info()
     device, _ = _pick_device(config.device, config.amp, info)  # NCCL or gloo
     with process_group(info, device):
-        return Trainer(config, log=log, info=info).fit()
+        trainer = Trainer(config, log=log, info=info)
+        try:
+            return trainer.fit()
+        finally:
+            # The DDP wrapper's reducer holds the process group and gloo's threads: free it now, while
+            # the group is alive, not at interpreter exit (where its destructor aborts the process).
+            del trainer
+            gc.collect()
 
 
 def summary(metrics: dict[str, Any]) -> str:
