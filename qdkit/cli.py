@@ -97,6 +97,13 @@ def download(classes: str, limit: int | None, out_dir: str, base_url: str | None
 
 # --- deploy: export / predict / evaluate / visualize ---------------------------------------------
 
+# Options shared by the commands that run an exported model over a store's split.
+_model_option = click.option("--model", type=click.Path(dir_okay=False), default=None,
+                             help="ONNX model [default: newest artifacts/*/model.onnx].")
+_store_option = click.option("--data", type=click.Path(), default="data/quickdraw.h5", show_default=True,
+                             help="HDF5 store.")
+_split_option = click.option("--split", default="test", show_default=True)
+
 def _warn_line(message: str) -> None:
     click.echo(f"qdkit: warning: {message}", err=True)
 
@@ -168,8 +175,7 @@ def export(checkpoint: str | None, out: str | None, opset: int, int8: bool, data
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--model", type=click.Path(dir_okay=False), default=None,
-              help="ONNX model [default: newest artifacts/*/model.onnx].")
+@_model_option
 @click.option("--top-k", type=click.IntRange(1), default=3, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
@@ -208,12 +214,11 @@ def predict(ctx: click.Context, paths: tuple[str, ...], model: str | None, top_k
 
 
 @main.command()
-@click.option("--model", type=click.Path(dir_okay=False), default=None,
-              help="ONNX model [default: newest artifacts/*/model.onnx].")
+@_model_option
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
               help="PyTorch checkpoint [default: the one the model's metadata names; its SHA-256 is verified].")
-@click.option("--data", type=click.Path(), default="data/quickdraw.h5", show_default=True, help="HDF5 store.")
-@click.option("--split", default="test", show_default=True)
+@_store_option
+@_split_option
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Folder for evaluation.json and confusion_matrix.png [default: the model's folder].")
 @click.option("--batch-size", type=click.IntRange(1), default=512, show_default=True)
@@ -242,10 +247,9 @@ def evaluate(ctx: click.Context, model: str | None, checkpoint: str | None, data
 
 
 @main.command()
-@click.option("--model", type=click.Path(dir_okay=False), default=None,
-              help="ONNX model [default: newest artifacts/*/model.onnx].")
-@click.option("--data", type=click.Path(), default="data/quickdraw.h5", show_default=True, help="HDF5 store.")
-@click.option("--split", default="test", show_default=True)
+@_model_option
+@_store_option
+@_split_option
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="PNG to write [default: predictions.png beside the model].")
 @click.option("--count", type=click.IntRange(1, 400), default=16, show_default=True, help="Drawings to show.")
