@@ -32,21 +32,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from _bench import synthetic_store  # scripts/ is on sys.path when a script runs
+
 CONFIGS = {  # name: (processes, threads per process)
     "single": (1, 1),
     "ddp2": (2, 1),
     "single_2threads": (1, 2),
 }
-
-
-def build_store(folder: Path, classes: int, per_class: int) -> Path:
-    from qdkit.convert import convert
-    from qdkit.synth import write_synth
-
-    write_synth(folder / "raw", num_classes=classes, per_class=per_class + 40, seed=0)
-    convert(folder / "raw", folder / "data", h5=True, png=False,
-            per_class={"train": per_class, "validation": 20, "test": 20}, seed=0, workers=1, progress=False)
-    return folder / "data" / "quickdraw.h5"
 
 
 def run_once(name: str, data: Path, tmp: Path, args: argparse.Namespace, round_no: int) -> dict:
@@ -94,7 +86,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="qdkit-bench-ddp-") as tmp:
         tmp = Path(tmp)
-        data = Path(args.data) if args.data else build_store(tmp, classes=10, per_class=args.per_class)
+        data = Path(args.data) if args.data else synthetic_store(tmp, classes=10, train=args.per_class, held_out=20)
         runs: dict[str, list[dict]] = {name: [] for name in CONFIGS}
         for r in range(1, args.rounds + 1):
             for name in CONFIGS:

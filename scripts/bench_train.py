@@ -22,15 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def build_store(folder: Path, classes: int, per_class: int) -> Path:
-    from qdkit.convert import convert
-    from qdkit.synth import write_synth
-
-    write_synth(folder / "raw", num_classes=classes, per_class=per_class + 20, seed=0)
-    convert(folder / "raw", folder / "data", h5=True, png=False,
-            per_class={"train": per_class, "validation": 10, "test": 10}, seed=0, workers=1, progress=False)
-    return folder / "data" / "quickdraw.h5"
+from _bench import synthetic_store  # scripts/ is on sys.path when a script runs
 
 
 def main() -> int:
@@ -61,7 +53,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="qdkit-bench-") as tmp:
         tmp = Path(tmp)
-        data = Path(args.data) if args.data else build_store(tmp, classes=10, per_class=args.per_class)
+        data = Path(args.data) if args.data else synthetic_store(tmp, classes=10, train=args.per_class, held_out=10)
         cfg = TrainConfig(data=str(data), model=args.model, batch_size=args.batch_size, device=args.device,
                           amp=args.amp, augment=args.augment, runs_dir=str(tmp / "runs"),
                           artifacts_dir=str(tmp / "artifacts"), run_name="bench", progress=args.progress)
