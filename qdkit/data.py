@@ -47,6 +47,7 @@ class QuickDrawDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         a = self.arrays
+        a.check_unchanged()
         return torch.from_numpy(np.array(a.images[index])).unsqueeze(0), int(a.labels[index])
 
     def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
@@ -59,8 +60,10 @@ def fetch(arrays: SplitArrays, indices: np.ndarray) -> tuple[torch.Tensor, torch
     """Rows `indices` as (uint8 (B, 1, 28, 28), int64 (B,)) tensors, in the order asked.
 
     Reads in ascending file order (one sorted fancy index: sequential page access), then restores
-    the requested order in memory.
+    the requested order in memory. Checks first that the store was not rewritten in place (reading a
+    mapping whose file shrank would kill the process with a bare "Bus error").
     """
+    arrays.check_unchanged()
     order = np.argsort(indices, kind="stable")
     sorted_idx = indices[order]
     images = np.empty((len(indices), 28, 28), np.uint8)

@@ -4,12 +4,23 @@ neither chunked nor compressed — so it can be memory-mapped), `labels` and `so
 `StoreWriter` is used by convert; `open_store` by everyone else. Readers memory-map `images` at
 the dataset's file offset instead of reading through h5py, which makes batch reads a single
 numpy fancy index and keeps readers picklable (no h5py object survives past `open_store`).
+
+A store is never modified in place: convert writes it under a temporary name and renames it, so a
+reader that has it mapped keeps the old file (inode) until it closes it. A store rewritten in place
+by something else (`cp other.h5 quickdraw.h5`) would make a mapped read fault with SIGBUS, which
+Python cannot recover from; every batch read therefore first checks that the file it mapped has
+not changed size or modification time (`SplitArrays.check_unchanged`) and stops with one line.
+
+`open_store` trusts nothing in the file: class names, labels (dtype, shape, range), source
+indices, the layout of each split, and no external storage, virtual datasets or links to other
+files (an HDF5 file can make a dataset read from any file on the machine).
 """
 from __future__ import annotations
 
 import json
 import os
-import warnings
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +85,21 @@ class StoreWriter:
             self._file.close()
 
 
+@dataclass(frozen=True)
+class FileStamp:
+    """What identifies one version of a file on disk."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileStamp:
+        st = path.stat()
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 @dataclass
 class SplitArrays:
     """One split: `images` (N, 28, 28) uint8, memory-mapped when the store allows it."""
@@ -82,9 +108,29 @@ class SplitArrays:
     images: np.ndarray
     labels: np.ndarray
     source_index: np.ndarray
+    path: Path | None = None
+    stamp: FileStamp | None = None  # set when `images` is a memory-map of `path`
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def check_unchanged(self) -> None:
+        """Raise a QdkitError when the mapped store file was rewritten in place since it was opened.
+
+        Reading a mapping whose file shrank kills the process with SIGBUS ("Bus error", nothing
+        else printed); a same-size rewrite silently changes the data. A store replaced by rename
+        (how qdkit writes stores) is fine: the mapping keeps the old file.
+        """
+        if self.stamp is None or self.path is None:
+            return
+        try:
+            now = FileStamp.of(self.path)
+        except OSError:
+            return  # deleted or renamed away: the mapping still holds the old file
+        if (now.dev, now.ino) == (self.stamp.dev, self.stamp.ino) and now != self.stamp:
+            raise QdkitError(f"{self.path}: the store changed on disk while in use (rewritten in place: "
+                             f"{self.stamp.size} -> {now.size} bytes); replace a store in use by renaming "
+                             "a new file over it, as `qdkit convert` does")
 
 
 @dataclass
@@ -100,18 +146,23 @@ class Store:
     def split(self, name: str) -> SplitArrays:
         if name not in self.counts:
             raise QdkitError(f"{self.path}: no split {name!r} (has {', '.join(self.counts)})")
+        stamp = None
         with _open_h5(self.path) as f:
             g = f[name]
             labels = g["labels"][()].astype(np.int64)
-            source_index = g["source_index"][()]
+            source_index = g["source_index"][()].astype(np.int64)
             layout = self._layout[name]
             if layout is None:
                 images = g["images"][()]
             elif layout[1][0] == 0:
                 images = np.zeros((0, SIDE, SIDE), np.uint8)
             else:
+                stamp = FileStamp.of(self.path)
+                if stamp.size < layout[0] + int(np.prod(layout[1])):
+                    raise QdkitError(f"{self.path}: the store changed on disk since it was opened (now "
+                                     f"{stamp.size} bytes)")
                 images = np.memmap(self.path, dtype=np.uint8, mode="r", offset=layout[0], shape=layout[1])
-        return SplitArrays(name, images, labels, source_index)
+        return SplitArrays(name, images, labels, source_index, self.path, stamp)
 
 
 def _open_h5(path: Path) -> h5py.File:
@@ -123,25 +174,26 @@ def _open_h5(path: Path) -> h5py.File:
         raise QdkitError(f"{path}: not a readable HDF5 store (truncated or corrupt: {e})") from None
 
 
-def open_store(path: str | os.PathLike, warn: bool = True) -> Store:
-    """Open and validate a store; readers get memory-maps where the layout allows."""
+def open_store(path: str | os.PathLike, warn: bool | Callable[[str], None] = True) -> Store:
+    """Open and validate a store; readers get memory-maps where the layout allows.
+
+    `warn`: True prints a one-line `qdkit: warning:` on stderr, a callable gets the message, False
+    stays quiet.
+    """
     path = Path(path)
     with _open_h5(path) as f:
         if f.attrs.get("format") != "qdkit-store":
             raise QdkitError(f"{path}: not a qdkit store (no 'qdkit-store' format attribute)")
         attrs = {k: _decode(v) for k, v in f.attrs.items()}
-        class_names = attrs.pop("class_names")
-        counts, layout = {}, {}
+        _check_version(path, attrs.get("format_version"))
+        class_names = _check_class_names(path, attrs.pop("class_names", None))
+        _check_sources(path, attrs.get("sources"))
+        counts: dict[str, int] = {}
+        layout: dict[str, tuple[int, tuple[int, ...]] | None] = {}
         size = path.stat().st_size
         for split in [s for s in SPLITS if s in f] + sorted(set(f) - set(SPLITS)):
-            g = f[split]
-            missing = {"images", "labels"} - set(g)
-            if missing:
-                raise QdkitError(f"{path}: split {split!r} lacks {', '.join(sorted(missing))}")
+            g = _check_split(path, f, split, len(class_names))
             ds = g["images"]
-            if ds.dtype != np.uint8 or ds.shape[1:] != (SIDE, SIDE) or len(g["labels"]) != len(ds):
-                raise QdkitError(f"{path}: split {split!r} has images {ds.shape} {ds.dtype}, "
-                                 f"expected (N, 28, 28) uint8 with one label each")
             counts[split] = len(ds)
             offset = ds.id.get_offset()
             if ds.chunks is None and not ds.compression and offset is not None:
@@ -153,11 +205,99 @@ def open_store(path: str | os.PathLike, warn: bool = True) -> Store:
                 layout[split] = (0, ds.shape)
             else:
                 layout[split] = None
+        if not counts:
+            raise QdkitError(f"{path}: holds no splits")
     mappable = all(v is not None for v in layout.values())
     if not mappable and warn:
-        warnings.warn(f"{path}: images are chunked or compressed; reading through h5py (slower). "
-                      "Re-create it with `qdkit convert --h5` for memory-mapped loading.", stacklevel=2)
+        message = (f"{path}: images are chunked or compressed; reading through h5py (slower). "
+                   "Re-create it with `qdkit convert --h5` for memory-mapped loading.")
+        if callable(warn):
+            warn(message)
+        else:
+            print(f"qdkit: warning: {message}", file=sys.stderr)
     return Store(path, class_names, attrs, counts, mappable, layout)
+
+
+def _check_version(path: Path, version: Any) -> None:
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise QdkitError(f"{path}: format_version is {version!r}, expected an integer")
+    if version > FORMAT_VERSION:
+        raise QdkitError(f"{path}: store format {version} is newer than this qdkit reads ({FORMAT_VERSION}); "
+                         "upgrade qdkit")
+
+
+def _check_class_names(path: Path, names: Any) -> list[str]:
+    if names is None:
+        raise QdkitError(f"{path}: no class_names attribute")
+    if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise QdkitError(f"{path}: class_names is not a JSON list of non-empty names: {str(names)[:60]!r}")
+    if not names:
+        raise QdkitError(f"{path}: class_names is empty (a store needs at least one class)")
+    if len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise QdkitError(f"{path}: class_names lists {twice!r} twice")
+    return names
+
+
+def _check_sources(path: Path, sources: Any) -> None:
+    if sources is None:
+        return
+    if not isinstance(sources, list) or not all(isinstance(s, dict) and isinstance(s.get("file"), str)
+                                                for s in sources):
+        raise QdkitError(f"{path}: malformed 'sources' attribute (expected a JSON list of objects with a file name)")
+
+
+_INTEGER_KINDS = "iu"
+
+
+def _check_split(path: Path, f: h5py.File, split: str, num_classes: int) -> h5py.Group:
+    """The split's group, after checking it is one, holds only local data, and has valid labels."""
+    where = f"{path}: split {split!r}"
+    g = _local(path, f, split)
+    if not isinstance(g, h5py.Group):
+        raise QdkitError(f"{where} is a dataset, expected a group with images, labels and source_index")
+    missing = {"images", "labels", "source_index"} - set(g)
+    if missing:
+        raise QdkitError(f"{where} lacks {', '.join(sorted(missing))}")
+    for name in g:
+        ds = _local(path, g, name)
+        if not isinstance(ds, h5py.Dataset):
+            raise QdkitError(f"{where}: {name} is a group, expected a dataset")
+    images, labels, source_index = g["images"], g["labels"], g["source_index"]
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (SIDE, SIDE):
+        raise QdkitError(f"{where} has images {images.shape} {images.dtype}, expected (N, 28, 28) uint8")
+    n = len(images)
+    for name, ds in (("labels", labels), ("source_index", source_index)):
+        if ds.dtype.kind not in _INTEGER_KINDS or ds.shape != (n,):
+            raise QdkitError(f"{where} has {name} {ds.shape} {ds.dtype}, expected ({n},) integers "
+                             "(one per image)")
+    lo, hi = _min_max(labels)
+    if n and (lo < 0 or hi >= num_classes):
+        bad = lo if lo < 0 else hi
+        raise QdkitError(f"{where} has label {bad}, outside 0..{num_classes - 1} ({num_classes} classes)")
+    return g
+
+
+def _local(path: Path, parent: h5py.Group, name: str) -> Any:
+    """parent[name], refusing anything that reads from another file."""
+    where = f"{path}: {parent.name.rstrip('/')}/{name}"
+    link = parent.get(name, getlink=True)
+    if not isinstance(link, h5py.HardLink):
+        raise QdkitError(f"{where} is a {type(link).__name__}; a qdkit store holds no links")
+    obj = parent[name]
+    if isinstance(obj, h5py.Dataset) and (obj.external or obj.is_virtual):
+        raise QdkitError(f"{where} reads its data from another file (external or virtual storage); refused")
+    return obj
+
+
+def _min_max(ds: h5py.Dataset, block: int = 1 << 22) -> tuple[int, int]:
+    """The smallest and largest value of a 1-D integer dataset, read in blocks (bounded memory)."""
+    lo, hi = 0, 0
+    for start in range(0, len(ds), block):
+        part = ds[start:start + block]
+        lo, hi = (int(part.min()), int(part.max())) if start == 0 else (min(lo, int(part.min())),
+                                                                        max(hi, int(part.max())))
+    return lo, hi
 
 
 def _decode(value: Any) -> Any:
@@ -173,6 +313,11 @@ def _decode(value: Any) -> Any:
     return value
 
 
+def _source_field(source: dict, key: str) -> str:
+    value = str(source[key])
+    return f"{key}={value[:16]}…" if key == "sha256" else f"{key}={value}"
+
+
 def describe(path: str | os.PathLike) -> str:
     """A human-readable summary: classes, counts per split and class, mappability, sources."""
     store = open_store(path, warn=False)
@@ -182,7 +327,8 @@ def describe(path: str | os.PathLike) -> str:
     lines = [
         f"store      {store.path} ({store.path.stat().st_size / 2**20:.1f} MiB)",
         f"format     {store.attrs.get('format_version')}  (qdkit {store.attrs.get('qdkit_version')})",
-        f"mappable   {'yes (contiguous uint8 images)' if store.memory_mappable else 'no (chunked or compressed; read through h5py)'}",
+        "mappable   " + ("yes (contiguous uint8 images)" if store.memory_mappable
+                            else "no (chunked or compressed; read through h5py)"),
         f"seed       {store.attrs.get('seed')}",
         f"classes    {len(store.class_names)}",
         "",
@@ -194,5 +340,6 @@ def describe(path: str | os.PathLike) -> str:
     sources = store.attrs.get("sources") or []
     if sources:
         lines += ["", "sources"]
-        lines += [f"  {s['file']}  rows={s['rows']}  sha256={s['sha256'][:16]}…" for s in sources]
+        lines += ["  " + "  ".join([s["file"]] + [_source_field(s, k) for k in ("format", "rows", "sha256") if k in s])
+                  for s in sources]
     return "\n".join(lines)
