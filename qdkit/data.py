@@ -53,7 +53,7 @@ class QuickDrawDataset(torch.utils.data.Dataset):
     def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
         # DataLoader's batched fetch: one fancy index for the whole batch.
         images, labels = fetch(self.arrays, np.asarray(indices))
-        return list(zip(images, labels.tolist()))
+        return list(zip(images, labels.tolist(), strict=True))
 
 
 def fetch(arrays: SplitArrays, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

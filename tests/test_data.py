@@ -21,7 +21,7 @@ def test_dataloader_with_two_workers(store_path, start_method):
     ds = QuickDrawDataset(store_path, "validation")
     loader = torch.utils.data.DataLoader(ds, batch_size=32, shuffle=False, num_workers=2,
                                          multiprocessing_context=start_method)
-    images, labels = zip(*loader)
+    images, labels = zip(*loader, strict=True)
     images, labels = torch.cat(images), torch.cat(labels)
     arrays = open_store(store_path).split("validation")
     assert images.dtype == torch.uint8 and images.shape == (len(arrays), 1, 28, 28)
@@ -126,3 +126,129 @@ def test_info_lists_classes_counts_and_sources(store_path, tmp_path):
     copy = tmp_path / "copy.h5"
     shutil.copy(store_path, copy)
     assert CliRunner().invoke(main, ["info", str(copy)]).exit_code == 0
+
+
+def _edited_copy(store_path, tmp_path, edit):
+    """A copy of the session store with `edit(h5py.File)` applied."""
+    copy = tmp_path / "edited.h5"
+    shutil.copy(store_path, copy)
+    with h5py.File(copy, "r+") as f:
+        edit(f)
+    return copy
+
+
+def _refused(path, match: str) -> str:
+    """open_store and `qdkit info` both fail with the same one line naming the file."""
+    with pytest.raises(QdkitError, match=match) as err:
+        open_store(path)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+    result = CliRunner().invoke(main, ["info", str(path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("qdkit: error: "), result.stderr
+    return str(err.value)
+
+
+def _set_label(f, value):
+    f["test/labels"][3] = value
+
+
+@pytest.mark.parametrize("value, shown", [(4, "label 4, outside 0..3"), (-1, "label -1, outside 0..3"),
+                                          (999, "label 999")])
+def test_labels_out_of_range_are_refused(store_path, tmp_path, value, shown):
+    """Issue 10 group 3: a label >= the class count or negative is refused where the store is opened."""
+    _refused(_edited_copy(store_path, tmp_path, lambda f: _set_label(f, value)), shown)
+
+
+def _replace(split: str, name: str, data):
+    def edit(f):
+        del f[split][name]
+        if data is not None:
+            f[split][name] = data
+    return edit
+
+
+def _attr(name: str, value):
+    def edit(f):
+        if value is None:
+            del f.attrs[name]
+        else:
+            f.attrs[name] = value
+    return edit
+
+
+def _split_as_dataset(f):
+    del f["validation"]
+    f["validation"] = np.zeros((3, 28, 28), np.uint8)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (_replace("train", "source_index", None), "split 'train' lacks source_index"),
+    (_attr("class_names", None), "no class_names attribute"),
+    (_attr("class_names", "a,b,c,d"), "class_names is not a JSON list"),
+    (_attr("class_names", "[1, 2, 3, 4]"), "class_names is not a JSON list"),
+    (_attr("class_names", '["a", "b", "a", "c"]'), "lists 'a' twice"),
+    (_attr("class_names", "[]"), "class_names is empty"),
+    (_attr("sources", '"not a list"'), "malformed 'sources'"),
+    (_attr("sources", '[{"rows": 3}]'), "malformed 'sources'"),
+    (_attr("format_version", "one"), "format_version is 'one'"),
+    (_attr("format_version", 99), "store format 99 is newer"),
+    (_split_as_dataset, "split 'validation' is a dataset"),
+    (_replace("test", "labels", np.array(["cat"] * 200, dtype="S3")), r"labels \(200,\) \|S3"),
+    (_replace("test", "labels", np.zeros((200, 2), np.int16)), r"labels \(200, 2\) int16"),
+    (_replace("test", "labels", np.zeros(199, np.int16)), r"labels \(199,\) int16, expected \(200,\)"),
+    (_replace("test", "labels", np.zeros(200, np.float32)), r"labels \(200,\) float32"),
+], ids=["no-source-index", "no-class-names", "comma-string", "numbers", "duplicate", "empty", "sources-string",
+        "sources-no-file", "version-string", "version-newer", "split-dataset", "string-labels", "2d-labels",
+        "short-labels", "float-labels"])
+def test_malformed_stores_are_refused(store_path, tmp_path, edit, match):
+    """Issue 10 group 4."""
+    _refused(_edited_copy(store_path, tmp_path, edit), match)
+
+
+def test_external_storage_and_links_are_refused(store_path, tmp_path):
+    """Issue 10 group 4: a dataset may not read from another file (this one pointed at /etc/passwd)."""
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(bytes(range(256)) * 200)
+
+    def external(f):
+        del f["test/images"]
+        f["test"].create_dataset("images", shape=(200, 28, 28), dtype=np.uint8, external=[(str(secret), 0, 200 * 784)])
+
+    _refused(_edited_copy(store_path, tmp_path, external), "reads its data from another file")
+
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["labels"] = np.zeros(200, np.int16)
+
+    def external_link(f):
+        del f["test/labels"]
+        f["test/labels"] = h5py.ExternalLink(str(other), "/labels")
+
+    _refused(_edited_copy(store_path, tmp_path, external_link), r"/test/labels is a ExternalLink")
+
+
+def test_store_rewritten_in_place_while_mapped_is_one_line(store_path, tmp_path):
+    """Issue 10 group 9: truncating a mapped store in place would end in SIGBUS; the reader stops first."""
+    copy = tmp_path / "live.h5"
+    shutil.copy(store_path, copy)
+    arrays = open_store(copy).split("train")
+    loader = BatchLoader(arrays, batch_size=64, shuffle=False)
+    next(iter(loader))
+    with open(copy, "r+b") as f:  # what `cp other.h5 live.h5` does: same inode, truncated, rewritten
+        f.truncate(4096)
+    with pytest.raises(QdkitError, match="the store changed on disk while in use") as err:
+        next(iter(loader))
+    assert str(copy) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_store_replaced_by_rename_keeps_serving_the_old_data(store_path, tmp_path):
+    """The way qdkit writes a store (temp + rename) never disturbs a reader that has it mapped."""
+    copy = tmp_path / "live.h5"
+    shutil.copy(store_path, copy)
+    arrays = open_store(copy).split("train")
+    expected = np.array(arrays.images[:10])
+    new = tmp_path / "new.h5"
+    new.write_bytes(b"\0" * 100)
+    new.replace(copy)
+    images, _ = fetch(arrays, np.arange(10))
+    np.testing.assert_array_equal(images[:, 0].numpy(), expected)
