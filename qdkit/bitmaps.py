@@ -8,19 +8,45 @@ from __future__ import annotations
 
 import os
 import re
+import stat
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 
-from qdkit.files import atomic_path
 from qdkit.errors import QdkitError
+from qdkit.files import atomic_path
 
 SIDE = 28
 PIXELS = SIDE * SIDE
 OFFICIAL_PREFIX = "full_numpy_bitmap_"
 _NPY_MAGIC = b"\x93NUMPY"
+# Official files have 128-byte headers; numpy itself refuses more than 10,000 bytes by default. The cap
+# is checked from the declared length before anything is read, so a crafted header claiming 4 GiB
+# costs 12 bytes, not a 4 GiB read.
+MAX_HEADER_BYTES = 1 << 16
+
+
+def header_end(prefix: bytes, name: str) -> int:
+    """Where the .npy header that `prefix` (at least its first 12 bytes) starts ends, checked
+    against MAX_HEADER_BYTES before the header itself is read."""
+    if not prefix.startswith(_NPY_MAGIC):
+        hint = " (it looks like an HTML page)" if prefix.lstrip().startswith(b"<") else ""
+        raise QdkitError(f"{name}: not a .npy file{hint}")
+    major = prefix[6:7]
+    if major not in (b"\x01", b"\x02", b"\x03"):
+        raise QdkitError(f"{name}: unreadable .npy header (unknown format version {prefix[6:8].hex()})")
+    len_end = 10 if major == b"\x01" else 12  # the header length: 2 bytes in format 1.0, 4 in 2.0 and 3.0
+    if len(prefix) < len_end:
+        raise QdkitError(f"{name}: unreadable .npy header (file ends after {len(prefix)} bytes)")
+    length = int.from_bytes(prefix[8:len_end], "little")
+    if length > MAX_HEADER_BYTES:
+        raise QdkitError(f"{name}: .npy header claims {length} bytes (more than {MAX_HEADER_BYTES}): "
+                         "not a Quick Draw file")
+    return len_end + length
 
 
 @dataclass(frozen=True)
@@ -53,17 +79,16 @@ def parse_header(f: BinaryIO, name: str) -> tuple[tuple[int, ...], np.dtype, int
 
     `name` (a path or URL) is what error messages call the file.
     """
-    head = f.read(len(_NPY_MAGIC))
-    if head != _NPY_MAGIC:
-        hint = " (it looks like an HTML page)" if head.lstrip().startswith(b"<") else ""
-        raise QdkitError(f"{name}: not a .npy file{hint}")
+    header_end(f.read(12), name)
     f.seek(0)
     try:
         version = np.lib.format.read_magic(f)
         read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read(f)
-    except (ValueError, SyntaxError, EOFError) as e:
+        shape, fortran, dtype = read(f, max_header_size=MAX_HEADER_BYTES + 1)
+    except (ValueError, SyntaxError, EOFError, TypeError, OverflowError) as e:
         raise QdkitError(f"{name}: unreadable .npy header ({e})") from None
+    if any(n < 0 for n in shape):
+        raise QdkitError(f"{name}: unreadable .npy header (negative dimension in shape {tuple(shape)})")
     if dtype.hasobject:
         raise QdkitError(f"{name}: holds Python objects (a pickled array); qdkit never unpickles data")
     if fortran:
@@ -88,12 +113,43 @@ def read_header(path: str | os.PathLike) -> tuple[tuple[int, ...], np.dtype, int
     """(shape, dtype, data offset) of a .npy file, read without loading or unpickling anything."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait forever for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with open(fd, "rb") as f:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                raise QdkitError(f"{path}: not a regular file ({_file_kind(mode)})")
             return parse_header(f, str(path))
     except FileNotFoundError:
         raise QdkitError(f"{path}: no such file") from None
     except OSError as e:
         raise QdkitError(f"{path}: unreadable ({e.strerror})") from None
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a folder"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "not a plain file"
+
+
+def _stderr_warning(message: str) -> None:
+    print(f"qdkit: warning: {message}", file=sys.stderr)
+
+
+def input_folder(folder: str | os.PathLike, what: str) -> Path:
+    """`folder` as a Path after checking it is a folder; the error says what it is otherwise."""
+    folder = Path(folder)
+    if folder.is_dir():
+        return folder
+    if folder.exists():
+        try:
+            kind = "a file" if folder.is_file() else _file_kind(folder.stat().st_mode)
+        except OSError:
+            kind = "not readable"
+        raise QdkitError(f"{folder}: is {kind}, not a folder (--in takes the folder holding the {what})")
+    raise QdkitError(f"{folder}: no such folder")
 
 
 def open_bitmaps(path: str | os.PathLike) -> np.ndarray:
@@ -110,13 +166,23 @@ def open_bitmaps(path: str | os.PathLike) -> np.ndarray:
     return np.memmap(path, dtype=np.uint8, mode="r", offset=offset, shape=(rows, PIXELS))
 
 
-def find_bitmap_files(folder: str | os.PathLike, classes: list[str] | None = None) -> list[BitmapFile]:
-    """Every valid bitmap file in `folder`, sorted by class name; `classes` picks (and orders) some."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise QdkitError(f"{folder}: no such folder")
+def find_bitmap_files(folder: str | os.PathLike, classes: list[str] | None = None,
+                      warn: Callable[[str], None] = _stderr_warning) -> list[BitmapFile]:
+    """Every valid bitmap file in `folder`, sorted by class name; `classes` picks (and orders) some.
+
+    Anything that is not a regular file (a FIFO, a socket, a folder named *.npy) is skipped with a
+    warning: opening a FIFO would wait forever.
+    """
+    folder = input_folder(folder, ".npy bitmap files")
     by_class: dict[str, Path] = {}
     for path in sorted(folder.glob("*.npy")):
+        if not path.is_file():
+            try:
+                kind = _file_kind(path.stat().st_mode)
+            except OSError:
+                kind = "a dangling link"
+            warn(f"{path}: skipped: {kind}, not a regular file")
+            continue
         name = class_name_from_path(path)
         if name in by_class:
             raise QdkitError(f"{path}: class {name!r} also comes from {by_class[name].name}")
