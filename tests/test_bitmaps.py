@@ -1,7 +1,11 @@
 """Finding, naming and validating Quick Draw bitmap files, and the one-line errors for bad ones."""
 from __future__ import annotations
 
+import os
 import pickle
+import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -62,7 +66,20 @@ BAD_FILES = {
     "truncated": (lambda p: p.write_bytes(_npy(p, np.zeros((10, 784), np.uint8)).read_bytes()[:2000]),
                   "truncated"),
     "empty_file": (lambda p: p.write_bytes(b""), "not a .npy file"),
+    # Issue 10 groups 5/13: crafted headers.
+    "negative_shape": (lambda p: _raw_header(p, "{'descr': '|u1', 'fortran_order': False, 'shape': (-5, 784), }"),
+                       r"negative dimension in shape \(-5, 784\)"),
+    "huge_header": (lambda p: p.write_bytes(b"\x93NUMPY\x02\x00" + struct.pack("<I", 2**32 - 1) + b" " * 4096),
+                    "header claims 4294967295 bytes"),
+    "header_cut": (lambda p: p.write_bytes(b"\x93NUMPY\x01"), "unreadable .npy header"),
+    "bad_version": (lambda p: p.write_bytes(b"\x93NUMPY\x09\x00" + b" " * 200), "unknown format version"),
 }
+
+
+def _raw_header(path, header: str, version: int = 1):
+    text = header + " " * (127 - 10 - len(header)) + "\n"
+    path.write_bytes(b"\x93NUMPY" + bytes([version, 0]) + struct.pack("<H", len(text)) + text.encode())
+    return path
 
 
 @pytest.mark.parametrize("case", sorted(BAD_FILES))
@@ -98,3 +115,36 @@ def test_input_folder_errors(tmp_path):
                                "--train", "25", "--validation", "5", "--test", "5"])
     assert few.exit_code == 2 and "has 30 drawings" in few.stderr and "need 35" in few.stderr
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_input_that_is_a_file_says_so(tmp_path):
+    """Issue 10 group 18: `--in FILE` is not "no such folder"."""
+    f = _npy(tmp_path / "cat.npy", np.zeros((30, 784), np.uint8))
+    result = CliRunner().invoke(main, ["convert", "--in", str(f), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "no such folder" not in result.stderr
+    assert result.stderr == f"qdkit: error: {f}: is a file, not a folder (--in takes the folder holding the " \
+                            ".npy bitmap files)\n"
+
+
+def test_fifo_among_inputs_is_skipped_with_a_warning(tmp_path):
+    """Issue 10 group 8: a FIFO named like a class file must not hang convert (run as a subprocess with a
+    timeout, so a regression fails instead of hanging the suite)."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    _npy(raw / "full_numpy_bitmap_cat.npy", np.random.default_rng(0).integers(0, 256, (30, 784), np.uint8))
+    os.mkfifo(raw / "full_numpy_bitmap_pipe.npy")
+    os.symlink(raw / "full_numpy_bitmap_pipe.npy", raw / "link.npy")
+    (raw / "folder.npy").mkdir()
+    result = subprocess.run([sys.executable, "-m", "qdkit", "convert", "--in", str(raw), "--out", str(tmp_path / "o"),
+                             "--no-png", "--h5", "--train", "5", "--validation", "1", "--test", "1"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("qdkit: warning:")]
+    assert sorted(warnings) == sorted([
+        f"qdkit: warning: {raw / 'folder.npy'}: skipped: a folder, not a regular file",
+        f"qdkit: warning: {raw / 'full_numpy_bitmap_pipe.npy'}: skipped: a FIFO, not a regular file",
+        f"qdkit: warning: {raw / 'link.npy'}: skipped: a FIFO, not a regular file",
+    ])
+    assert "converted 1 classes" in result.stdout
+    with pytest.raises(QdkitError, match="not a regular file \\(a FIFO\\)"):
+        open_bitmaps(raw / "full_numpy_bitmap_pipe.npy")
