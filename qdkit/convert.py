@@ -18,11 +18,12 @@ import numpy as np
 from tqdm import tqdm
 
 from qdkit import __version__
-from qdkit.files import atomic_path, sha256_file
 from qdkit.bitmaps import BitmapFile, find_bitmap_files, open_bitmaps, safe_dirname
 from qdkit.errors import QdkitError
+from qdkit.files import atomic_path, disk_full_is_error, output_lock, sha256_file
 from qdkit.images import write_png
 from qdkit.store import SPLITS, StoreWriter
+from qdkit.workers import die_with_parent, sigterm_as_interrupt
 
 STORE_NAME = "quickdraw.h5"
 PNG_DIR = "png"
@@ -57,6 +58,22 @@ def _check_rows(files: list[BitmapFile], need: int) -> None:
                              f"(lower --train/--validation/--test)")
 
 
+def _check_outputs(out_dir: Path, png: bool, h5: bool) -> None:
+    """Refuse, before any work, outputs that are in the way as the wrong kind of thing."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise QdkitError(f"{out_dir}: is a file, not an output folder")
+    if png and (out_dir / PNG_DIR).exists() and not (out_dir / PNG_DIR).is_dir():
+        raise QdkitError(f"{out_dir / PNG_DIR}: is a file, not the PNG folder qdkit writes (move it away first)")
+    if h5 and (out_dir / STORE_NAME).is_dir():
+        raise QdkitError(f"{out_dir / STORE_NAME}: is a folder, not a store qdkit writes (move it away first)")
+
+
+def _remove_if_empty(folder: Path, created: bool) -> None:
+    if created:
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only succeeds when empty, i.e. after a failed run
+
+
 def convert(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, h5: bool = False, png: bool = True,
             per_class: dict[str, int] | None = None, classes: list[str] | None = None, seed: int = 0,
             workers: int | None = None, overwrite: bool = False, progress: bool = True) -> str:
@@ -64,6 +81,8 @@ def convert(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, h5: bool =
     per_class = per_class or {"train": 2000, "validation": 400, "test": 100}
     if not (h5 or png):
         raise QdkitError("nothing to do: neither PNGs nor the HDF5 store requested")
+    if classes is not None and not [c for c in classes if c.strip()]:
+        raise QdkitError("--classes names no class (give comma-separated names, e.g. cat,dog)")
     files = find_bitmap_files(in_dir, classes)
     _check_rows(files, sum(per_class.values()))
     class_names = [bf.class_name for bf in files]
@@ -71,17 +90,22 @@ def convert(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, h5: bool =
     if len(set(dirnames)) != len(dirnames):
         raise QdkitError(f"{in_dir}: two class names map to the same folder name")
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise QdkitError(f"{out_dir}: is a file, not an output folder")
+    _check_outputs(out_dir, png, h5)
     workers = workers or os.cpu_count() or 1
     t0 = time.perf_counter()
+    created = not out_dir.exists()
     with contextlib.ExitStack() as stack:
+        stack.callback(_remove_if_empty, out_dir, created)  # runs last: a failed run leaves no empty folder
+        stack.enter_context(sigterm_as_interrupt())
+        stack.enter_context(output_lock(out_dir, [PNG_DIR, STORE_NAME], "qdkit convert"))
         png_tmp = stack.enter_context(atomic_path(out_dir / PNG_DIR, overwrite)) if png else None
         h5_tmp = stack.enter_context(atomic_path(out_dir / STORE_NAME, overwrite)) if h5 else None
         pool = None
         if png_tmp is not None:
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=ctx))
+            # Workers die with this process (even on kill -9); on any failure queued tasks are dropped.
+            pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=die_with_parent, initargs=(os.getpid(),))
+            stack.callback(pool.shutdown, wait=True, cancel_futures=True)
         writer = None
         if h5_tmp is not None:
             counts = {s: per_class.get(s, 0) * len(files) for s in SPLITS}
@@ -97,7 +121,8 @@ def convert(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, h5: bool =
             for split, idx in splits.items():
                 if pool is not None:
                     folder = png_tmp / split / dirname
-                    folder.mkdir(parents=True, exist_ok=True)
+                    with disk_full_is_error(out_dir / PNG_DIR):
+                        folder.mkdir(parents=True, exist_ok=True)
                     for start in range(0, len(idx), _PNG_TASK_ROWS):
                         chunk = idx[start:start + _PNG_TASK_ROWS]
                         fut = pool.submit(_write_pngs, str(bf.path), chunk, str(folder))
@@ -110,8 +135,9 @@ def convert(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, h5: bool =
             if writer is not None:
                 sources.append({"class": bf.class_name, "file": bf.path.name, "rows": bf.rows,
                                 "sha256": sha256_file(bf.path)})
-        for fut in futures:
-            fut.result()  # re-raise the first worker error, if any
+        with disk_full_is_error(out_dir / PNG_DIR):
+            for fut in futures:
+                fut.result()  # re-raise the first worker error, if any
         if writer is not None:
             writer.close({"sources": sources})
         bar.close()

@@ -17,6 +17,7 @@ files (an HDF5 file can make a dataset read from any file on the machine).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -41,6 +42,8 @@ class StoreWriter:
 
     def __init__(self, path: str | os.PathLike, class_names: list[str], counts: dict[str, int],
                  attrs: dict[str, Any]) -> None:
+        if not class_names:
+            raise QdkitError(f"{path}: a store needs at least one class")
         self.path = Path(path)
         self.counts = counts
         self._next = {s: 0 for s in counts}
@@ -81,8 +84,17 @@ class StoreWriter:
         self._file.close()
 
     def abort(self) -> None:
+        """Close a store whose writing failed (the caller deletes the file).
+
+        After a failed write (a full disk) HDF5 cannot close the file — it still has metadata to
+        flush — and crashes the interpreter when the handle is collected later; emptying the file
+        first frees the space that close needs.
+        """
         if self._file.id.valid:
-            self._file.close()
+            with contextlib.suppress(OSError):
+                os.truncate(self.path, 0)
+            with contextlib.suppress(Exception):
+                self._file.close()
 
 
 @dataclass(frozen=True)
