@@ -209,5 +209,8 @@ def save_bitmaps(path: str | os.PathLike, drawings: np.ndarray, overwrite: bool 
     path = Path(path)
     with atomic_path(path, overwrite=overwrite) as tmp:
         with open(tmp, "wb") as f:
-            np.lib.format.write_array(f, drawings, allow_pickle=False)
+            np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(drawings))
+            # Python's write, not ndarray.tofile: on a full disk it raises OSError(ENOSPC), which
+            # atomic_path turns into one line; tofile's short-write error carries no errno.
+            f.write(drawings.data)
     return path

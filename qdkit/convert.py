@@ -11,7 +11,8 @@ import multiprocessing as mp
 import os
 import time
 import zlib
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,11 @@ def _check_outputs(out_dir: Path, png: bool, h5: bool) -> None:
         raise QdkitError(f"{out_dir / PNG_DIR}: is a file, not the PNG folder qdkit writes (move it away first)")
     if h5 and (out_dir / STORE_NAME).is_dir():
         raise QdkitError(f"{out_dir / STORE_NAME}: is a folder, not a store qdkit writes (move it away first)")
+
+
+def _count_into(bar: tqdm) -> Callable[[Future], None]:
+    """A done-callback adding a finished PNG task's rows to the bar (failed or cancelled tasks add none)."""
+    return lambda f: bar.update(f.result()) if not f.cancelled() and f.exception() is None else None
 
 
 def _remove_if_empty(folder: Path, created: bool) -> None:
@@ -126,7 +132,7 @@ def convert(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, h5: bool =
                     for start in range(0, len(idx), _PNG_TASK_ROWS):
                         chunk = idx[start:start + _PNG_TASK_ROWS]
                         fut = pool.submit(_write_pngs, str(bf.path), chunk, str(folder))
-                        fut.add_done_callback(lambda f: bar.update(f.result()) if not f.exception() else None)
+                        fut.add_done_callback(_count_into(bar))
                         futures.append(fut)
                 if writer is not None:
                     writer.append(split, np.asarray(drawings[idx]), label, idx)
