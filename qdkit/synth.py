@@ -7,9 +7,10 @@ at 4x resolution and box-downsampled to an antialiased 28x28 image (0 = backgrou
 """
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -230,8 +231,21 @@ def write_synth(
         for path in paths:
             if path.exists():
                 raise QdkitError(f"{path}: already exists (pass --overwrite to replace it)")
-    bar = tqdm(list(zip(names, paths)), desc="synth", unit="class")
-    for index, (name, path) in enumerate(bar):
-        bar.set_postfix_str(name)
-        save_bitmaps(path, render_class(name, per_class, class_rng(seed, index)), overwrite=True)
+    created_dir = not out_dir.exists()
+    new = [path for path in paths if not path.exists()]
+    bar = tqdm(list(zip(names, paths, strict=True)), desc="synth", unit="class")
+    try:
+        for index, (name, path) in enumerate(bar):
+            bar.set_postfix_str(name)
+            save_bitmaps(path, render_class(name, per_class, class_rng(seed, index)), overwrite=True)
+    except BaseException:
+        # A failed run (a full disk, Ctrl-C) leaves no half set of classes: remove the files it created.
+        bar.close()
+        for path in new:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        if created_dir:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
+        raise
     return paths
