@@ -166,16 +166,21 @@ def open_bitmaps(path: str | os.PathLike) -> np.ndarray:
     return np.memmap(path, dtype=np.uint8, mode="r", offset=offset, shape=(rows, PIXELS))
 
 
-def find_bitmap_files(folder: str | os.PathLike, classes: list[str] | None = None,
-                      warn: Callable[[str], None] = _stderr_warning) -> list[BitmapFile]:
-    """Every valid bitmap file in `folder`, sorted by class name; `classes` picks (and orders) some.
+def find_class_files(folder: str | os.PathLike, class_of: Callable[[Path], str | None], what: str,
+                     classes: list[str] | None = None,
+                     warn: Callable[[str], None] = _stderr_warning) -> list[tuple[str, Path]]:
+    """(class name, path) of every file in `folder` that `class_of` names, sorted by class name;
+    `classes` picks (and orders) some. One file per class.
 
     Anything that is not a regular file (a FIFO, a socket, a folder named *.npy) is skipped with a
     warning: opening a FIFO would wait forever.
     """
-    folder = input_folder(folder, ".npy bitmap files")
+    folder = input_folder(folder, what)
     by_class: dict[str, Path] = {}
-    for path in sorted(folder.glob("*.npy")):
+    for path in sorted(folder.iterdir()):
+        name = class_of(path)
+        if name is None:
+            continue
         if not path.is_file():
             try:
                 kind = _file_kind(path.stat().st_mode)
@@ -183,12 +188,11 @@ def find_bitmap_files(folder: str | os.PathLike, classes: list[str] | None = Non
                 kind = "a dangling link"
             warn(f"{path}: skipped: {kind}, not a regular file")
             continue
-        name = class_name_from_path(path)
         if name in by_class:
             raise QdkitError(f"{path}: class {name!r} also comes from {by_class[name].name}")
         by_class[name] = path
     if not by_class:
-        raise QdkitError(f"{folder}: no .npy bitmap files found")
+        raise QdkitError(f"{folder}: no {what} found")
     if classes is None:
         names = sorted(by_class)
     else:
@@ -200,7 +204,19 @@ def find_bitmap_files(folder: str | os.PathLike, classes: list[str] | None = Non
         if len(set(classes)) != len(classes):
             raise QdkitError(f"--classes names a class twice: {', '.join(classes)}")
         names = list(classes)
-    return [BitmapFile(by_class[n], n, len(open_bitmaps(by_class[n]))) for n in names]
+    return [(n, by_class[n]) for n in names]
+
+
+def bitmap_class(path: Path) -> str | None:
+    """The class a bitmap file's name denotes, or None for other files."""
+    return class_name_from_path(path) if path.name.endswith(".npy") and len(path.name) > 4 else None
+
+
+def find_bitmap_files(folder: str | os.PathLike, classes: list[str] | None = None,
+                      warn: Callable[[str], None] = _stderr_warning) -> list[BitmapFile]:
+    """Every valid bitmap file in `folder`, sorted by class name; `classes` picks (and orders) some."""
+    found = find_class_files(folder, bitmap_class, ".npy bitmap files", classes, warn)
+    return [BitmapFile(path, name, len(open_bitmaps(path))) for name, path in found]
 
 
 def save_bitmaps(path: str | os.PathLike, drawings: np.ndarray, overwrite: bool = True) -> Path:
