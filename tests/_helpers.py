@@ -107,3 +107,49 @@ def clean_run(result, code: int = 0) -> str:
     assert result.exit_code == code, result.output
     assert "Traceback" not in result.output
     return result.output
+
+
+def small_tmpfs(path: Path, size: str = "1m"):
+    """Mount a tiny tmpfs at `path` (a real full disk); skips the test, saying why, where mounting is
+    not permitted (not root, or no CAP_SYS_ADMIN in a container). Use as a context manager."""
+    import contextlib
+    import subprocess
+
+    import pytest
+
+    @contextlib.contextmanager
+    def mounted():
+        path.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"disk-full test needs a small tmpfs and cannot mount one here: {done.stderr.strip()}")
+        try:
+            yield path
+        finally:
+            subprocess.run(["umount", "-l", str(path)], check=False)
+
+    return mounted()
+
+
+def children_of(pid: int) -> list[int]:
+    """PIDs whose parent is `pid` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` exists and is not a zombie."""
+    try:
+        stat = (Path("/proc") / str(pid) / "stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

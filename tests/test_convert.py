@@ -122,3 +122,161 @@ def test_output_folder_that_is_a_file(raw_dir, tmp_path):
 def test_nothing_to_do_is_an_error(raw_dir, tmp_path):
     with pytest.raises(QdkitError):
         convert(raw_dir, tmp_path, h5=False, png=False)
+
+
+# --- issue 10: faults and hostile use of convert --------------------------------------------------
+
+def _cli(args: list[str]):
+    return CliRunner().invoke(main, ["convert", *args])
+
+
+def _small(raw_dir, out) -> list[str]:
+    return ["--in", str(raw_dir), "--out", str(out), "--train", "20", "--validation", "5", "--test", "5"]
+
+
+@pytest.mark.parametrize("what, flags", [("quickdraw.h5", ["--no-png", "--h5"]), ("png", ["--png"])])
+def test_disk_full_is_one_line_and_leaves_nothing(raw_dir, tmp_path, what, flags):
+    """Issue 10 group 6, on a real 1 MiB tmpfs (the 4 x 300 drawings need ~1 MiB in either form)."""
+    from _helpers import one_line_error, small_tmpfs
+
+    with small_tmpfs(tmp_path / "disk", "600k") as disk:
+        out = disk / "out"
+        result = _cli(["--in", str(raw_dir), "--out", str(out), *flags, "--train", "200", "--validation", "50",
+                       "--test", "50", "--workers", "2"])
+        line = one_line_error(result)
+        assert line == f"qdkit: error: no space left on device while writing {out / what}"
+        assert list(disk.iterdir()) == [], "temporaries and the empty output folder removed"
+
+
+def test_disk_full_in_the_store_writer_by_a_failing_write(raw_dir, tmp_path, monkeypatch):
+    """The same without root: HDF5 reports ENOSPC as text in a RuntimeError; that is recognised too."""
+    import qdkit.store as store
+
+    def full(self, *args):
+        raise RuntimeError("Can't write data (file write failed: errno = 28, error message = 'No space left on "
+                           "device')")
+
+    monkeypatch.setattr(store.StoreWriter, "append", full)
+    with pytest.raises(QdkitError, match=r"^no space left on device while writing .*quickdraw\.h5$"):
+        convert(raw_dir, tmp_path / "out", h5=True, png=False, per_class=PER_CLASS, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("classes", [",", " ", " , ,"])
+def test_empty_class_list_is_one_line_and_writes_nothing(raw_dir, tmp_path, classes):
+    """Issue 10 group 10: no traceback, no 0-class store; with --no-png no "converted 0 classes", exit 0."""
+    from _helpers import one_line_error
+
+    for flags in (["--h5"], ["--no-png", "--h5"]):
+        line = one_line_error(_cli([*_small(raw_dir, tmp_path / "out"), "--classes", classes, *flags]))
+        assert "--classes names no class" in line
+        assert not (tmp_path / "out").exists()
+
+
+def test_overwrite_when_png_is_a_file_or_the_store_a_folder(raw_dir, tmp_path):
+    """Issue 10 group 16: a file where png/ goes (or a folder where the store goes) is one line, untouched."""
+    from _helpers import one_line_error
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "png").write_text("mine")
+    line = one_line_error(_cli([*_small(raw_dir, out), "--overwrite"]))
+    assert f"{out / 'png'}: is a file" in line and (out / "png").read_text() == "mine"
+    (out / "png").unlink()
+    (out / "quickdraw.h5").mkdir()
+    (out / "quickdraw.h5" / "keep.txt").write_text("mine")
+    line = one_line_error(_cli([*_small(raw_dir, out), "--overwrite", "--h5", "--no-png"]))
+    assert f"{out / 'quickdraw.h5'}: is a folder" in line and (out / "quickdraw.h5" / "keep.txt").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["quickdraw.h5"], "no temporaries left"
+
+
+def test_old_png_folder_that_cannot_be_removed(raw_dir, tmp_path, monkeypatch):
+    """Issue 10 group 16: non-zero, and nothing hidden left behind (what is left is named and visible)."""
+    import shutil
+
+    import qdkit.files as files
+    from _helpers import one_line_error
+
+    out = tmp_path / "out"
+    assert _cli(_small(raw_dir, out)).exit_code == 0
+    real = shutil.rmtree
+
+    def stubborn(path, ignore_errors=False, onerror=None, **kw):
+        if onerror is not None and ".png.old-" in str(path):
+            return onerror(None, str(path), (PermissionError, PermissionError(13, "Permission denied"), None))
+        return real(path, ignore_errors=ignore_errors, onerror=onerror, **kw)
+
+    monkeypatch.setattr(files.shutil, "rmtree", stubborn)
+    line = one_line_error(_cli([*_small(raw_dir, out), "--overwrite", "--seed", "3"]))
+    assert "the old folder could not be removed" in line and str(out / "png.old") in line
+    assert sorted(p.name for p in out.iterdir()) == ["png", "png.old"], "nothing hidden"
+
+
+def test_old_png_folder_not_writable_is_refused_before_any_work(raw_dir, tmp_path, monkeypatch):
+    import qdkit.files as files
+    from _helpers import one_line_error
+
+    out = tmp_path / "out"
+    assert _cli(_small(raw_dir, out)).exit_code == 0
+    locked = out / "png" / "test"
+    real = files.os.access
+    monkeypatch.setattr(files.os, "access", lambda p, mode: False if str(p) == str(locked) else real(p, mode))
+    line = one_line_error(_cli([*_small(raw_dir, out), "--overwrite"]))
+    assert f"{locked} cannot be removed (not writable); nothing was written" in line
+    assert sorted(p.name for p in out.iterdir()) == ["png"]
+
+
+def test_a_second_convert_into_the_same_folder_is_refused(raw_dir, tmp_path):
+    """Issue 10 group 9: while one convert holds OUT, another fails at once (one line) instead of racing it."""
+    from qdkit.files import output_lock
+    from _helpers import one_line_error
+
+    out = tmp_path / "out"
+    with output_lock(out, ["png", "quickdraw.h5"]):
+        line = one_line_error(_cli([*_small(raw_dir, out), "--h5", "--overwrite"]))
+    assert "another qdkit convert is writing into this folder" in line
+    assert list(out.iterdir()) == []
+
+
+def test_two_real_converts_at_once_never_both_succeed(raw_dir, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "qdkit", "convert", *_small(raw_dir, out), "--h5", "--workers", "1"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    for p in procs:
+        p.stdout.close()
+        p.stderr.close()
+    assert sorted(code for code, _ in results) == [0, 2], results
+    loser = next(err for code, err in results if code == 2)
+    assert "another qdkit convert is writing" in loser or "already exists" in loser, loser
+    assert sorted(p.name for p in out.iterdir()) == ["png", "quickdraw.h5"]
+    open_store(out / "quickdraw.h5")
+
+
+def test_temporaries_of_a_killed_run_are_cleared_and_a_live_ones_refused(raw_dir, tmp_path):
+    import os
+    import subprocess
+
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (out / f".quickdraw.h5.tmp-{dead.pid}").write_bytes(b"half a store")
+    (out / f".png.tmp-{dead.pid}").mkdir()
+    assert _cli([*_small(raw_dir, out), "--h5"]).exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["png", "quickdraw.h5"]
+
+    from _helpers import one_line_error
+
+    live = subprocess.Popen(["sleep", "30"])
+    try:
+        (out / f".quickdraw.h5.tmp-{live.pid}").write_bytes(b"another run, still writing")
+        line = one_line_error(_cli([*_small(raw_dir, out), "--h5", "--overwrite"]))
+        assert f"a temporary of a run still in progress (PID {live.pid})" in line
+    finally:
+        live.kill()
+        live.wait()
+    assert os.path.exists(out / f".quickdraw.h5.tmp-{live.pid}"), "another run's file is not ours to delete"
