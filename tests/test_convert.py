@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _helpers import one_line_error, small_tmpfs
 from click.testing import CliRunner
+from conftest import CLASSES, PER_CLASS
 from PIL import Image
 
 from qdkit.bitmaps import find_bitmap_files, open_bitmaps
@@ -11,8 +13,6 @@ from qdkit.cli import main
 from qdkit.convert import convert, split_indices
 from qdkit.errors import QdkitError
 from qdkit.store import SPLITS, open_store
-
-from conftest import CLASSES, PER_CLASS
 
 
 def test_store_holds_exactly_the_source_rows(raw_dir, store_path):
@@ -137,7 +137,6 @@ def _small(raw_dir, out) -> list[str]:
 @pytest.mark.parametrize("what, flags", [("quickdraw.h5", ["--no-png", "--h5"]), ("png", ["--png"])])
 def test_disk_full_is_one_line_and_leaves_nothing(raw_dir, tmp_path, what, flags):
     """Issue 10 group 6, on a real 1 MiB tmpfs (the 4 x 300 drawings need ~1 MiB in either form)."""
-    from _helpers import one_line_error, small_tmpfs
 
     with small_tmpfs(tmp_path / "disk", "600k") as disk:
         out = disk / "out"
@@ -165,7 +164,6 @@ def test_disk_full_in_the_store_writer_by_a_failing_write(raw_dir, tmp_path, mon
 @pytest.mark.parametrize("classes", [",", " ", " , ,"])
 def test_empty_class_list_is_one_line_and_writes_nothing(raw_dir, tmp_path, classes):
     """Issue 10 group 10: no traceback, no 0-class store; with --no-png no "converted 0 classes", exit 0."""
-    from _helpers import one_line_error
 
     for flags in (["--h5"], ["--no-png", "--h5"]):
         line = one_line_error(_cli([*_small(raw_dir, tmp_path / "out"), "--classes", classes, *flags]))
@@ -175,7 +173,6 @@ def test_empty_class_list_is_one_line_and_writes_nothing(raw_dir, tmp_path, clas
 
 def test_overwrite_when_png_is_a_file_or_the_store_a_folder(raw_dir, tmp_path):
     """Issue 10 group 16: a file where png/ goes (or a folder where the store goes) is one line, untouched."""
-    from _helpers import one_line_error
 
     out = tmp_path / "out"
     out.mkdir()
@@ -195,7 +192,6 @@ def test_old_png_folder_that_cannot_be_removed(raw_dir, tmp_path, monkeypatch):
     import shutil
 
     import qdkit.files as files
-    from _helpers import one_line_error
 
     out = tmp_path / "out"
     assert _cli(_small(raw_dir, out)).exit_code == 0
@@ -214,7 +210,6 @@ def test_old_png_folder_that_cannot_be_removed(raw_dir, tmp_path, monkeypatch):
 
 def test_old_png_folder_not_writable_is_refused_before_any_work(raw_dir, tmp_path, monkeypatch):
     import qdkit.files as files
-    from _helpers import one_line_error
 
     out = tmp_path / "out"
     assert _cli(_small(raw_dir, out)).exit_code == 0
@@ -229,7 +224,6 @@ def test_old_png_folder_not_writable_is_refused_before_any_work(raw_dir, tmp_pat
 def test_a_second_convert_into_the_same_folder_is_refused(raw_dir, tmp_path):
     """Issue 10 group 9: while one convert holds OUT, another fails at once (one line) instead of racing it."""
     from qdkit.files import output_lock
-    from _helpers import one_line_error
 
     out = tmp_path / "out"
     with output_lock(out, ["png", "quickdraw.h5"]):
@@ -269,7 +263,6 @@ def test_temporaries_of_a_killed_run_are_cleared_and_a_live_ones_refused(raw_dir
     assert _cli([*_small(raw_dir, out), "--h5"]).exit_code == 0
     assert sorted(p.name for p in out.iterdir()) == ["png", "quickdraw.h5"]
 
-    from _helpers import one_line_error
 
     live = subprocess.Popen(["sleep", "30"])
     try:
