@@ -41,10 +41,13 @@ class StoreWriter:
     """Writes a store in one pass, class by class, into preallocated contiguous datasets."""
 
     def __init__(self, path: str | os.PathLike, class_names: list[str], counts: dict[str, int],
-                 attrs: dict[str, Any]) -> None:
+                 attrs: dict[str, Any], extras: dict[str, Any] | None = None) -> None:
+        """`extras`: per-drawing datasets beside the images, name -> dtype (stroke sources keep
+        `key_id` and `countrycode`)."""
         if not class_names:
             raise QdkitError(f"{path}: a store needs at least one class")
         self.path = Path(path)
+        self.extras = extras or {}
         self.counts = counts
         self._next = {s: 0 for s in counts}
         self._file = h5py.File(self.path, "w", libver="latest")
@@ -62,9 +65,13 @@ class StoreWriter:
             g.create_dataset("images", shape=(n, SIDE, SIDE), dtype=np.uint8)
             g.create_dataset("labels", shape=(n,), dtype=label_dtype)
             g.create_dataset("source_index", shape=(n,), dtype=np.int64)
+            for name, dtype in self.extras.items():
+                g.create_dataset(name, shape=(n,), dtype=dtype)
             g.attrs["count"] = n
 
-    def append(self, split: str, images: np.ndarray, label: int, source_index: np.ndarray) -> None:
+    def append(self, split: str, images: np.ndarray, label: int, source_index: np.ndarray,
+               extras: dict[str, np.ndarray] | None = None) -> None:
+        """Rows of one class; `extras` fills the extra datasets (left zero/empty where not given)."""
         start, n = self._next[split], len(images)
         if n == 0:
             return
@@ -72,6 +79,8 @@ class StoreWriter:
         g["images"][start:start + n] = images.reshape(n, SIDE, SIDE)
         g["labels"][start:start + n] = label
         g["source_index"][start:start + n] = source_index
+        for name, values in (extras or {}).items():
+            g[name][start:start + n] = values
         self._next[split] = start + n
 
     def close(self, attrs: dict[str, Any] | None = None) -> None:
