@@ -74,12 +74,6 @@ def _count_into(bar: tqdm) -> Callable[[Future], None]:
     return lambda f: bar.update(f.result()) if not f.cancelled() and f.exception() is None else None
 
 
-def _remove_if_empty(folder: Path, created: bool) -> None:
-    if created:
-        with contextlib.suppress(OSError):
-            folder.rmdir()  # only succeeds when empty, i.e. after a failed run
-
-
 def convert(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, h5: bool = False, png: bool = True,
             per_class: dict[str, int] | None = None, classes: list[str] | None = None, seed: int = 0,
             workers: int | None = None, overwrite: bool = False, progress: bool = True) -> str:
@@ -99,9 +93,7 @@ def convert(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, h5: bool =
     _check_outputs(out_dir, png, h5)
     workers = workers or os.cpu_count() or 1
     t0 = time.perf_counter()
-    created = not out_dir.exists()
     with contextlib.ExitStack() as stack:
-        stack.callback(_remove_if_empty, out_dir, created)  # runs last: a failed run leaves no empty folder
         stack.enter_context(sigterm_as_interrupt())
         stack.enter_context(output_lock(out_dir, [PNG_DIR, STORE_NAME], "qdkit convert"))
         png_tmp = stack.enter_context(atomic_path(out_dir / PNG_DIR, overwrite)) if png else None

@@ -122,9 +122,11 @@ def output_lock(folder: str | os.PathLike, names: Sequence[str], what: str = "qd
     A second run into the same folder fails at once with one line instead of racing the first
     (both would pass the "already exists" check, and the second rename would silently win).
     Under the lock, temporaries of `names` left by a run that was killed (their PID is gone) are
-    removed; those of a live process that holds no lock (an older qdkit) are refused.
+    removed; those of a live process that holds no lock (an older qdkit) are refused. A folder
+    this call created is removed again when the block fails and leaves it empty.
     """
     folder = Path(folder)
+    created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
@@ -137,7 +139,13 @@ def output_lock(folder: str | os.PathLike, names: Sequence[str], what: str = "qd
             raise QdkitError(f"{folder}: another {what} is writing into this folder; wait for it to finish "
                              "or choose another output folder") from None
         _clear_stale_temporaries(folder, names)
-        yield
+        try:
+            yield
+        except BaseException:
+            if created:  # a failed run leaves no empty folder (only the lock holder may remove it)
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            raise
     finally:
         os.close(fd)  # releases the lock
 
