@@ -1,0 +1,119 @@
+"""Dynamic batching: items submitted by concurrent requests go through one function call per batch.
+
+Requests await `submit(items)`; a single task on the event loop takes the waiting jobs (up to
+`max_batch` items; a larger job runs alone) and runs `fn` on them in one worker thread, so the
+event loop keeps reading requests while a batch is computed. Under load, requests that arrive
+during a batch form the next one by themselves. When requests have been arriving together (the
+last batch held several jobs, or more were waiting), the loop also waits up to `max_wait` seconds
+for stragglers before it starts a batch; a lone request (one client) goes straight through.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# fn(items) -> arrays whose first axis runs over the items (e.g. bitmaps, logits, probabilities)
+BatchFn = Callable[[list[Any]], Sequence[np.ndarray]]
+
+
+@dataclass
+class _Job:
+    items: list[Any]
+    future: asyncio.Future = field(repr=False)
+
+
+@dataclass
+class BatcherStats:
+    batches: int = 0
+    items: int = 0
+    largest: int = 0
+
+
+class DynamicBatcher:
+    def __init__(self, fn: BatchFn, max_batch: int = 64, max_wait: float = 0.001) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self.fn, self.max_batch, self.max_wait = fn, int(max_batch), float(max_wait)
+        self.stats = BatcherStats()
+        self._pending: collections.deque[_Job] = collections.deque()
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._crowded = False  # requests arrived together lately: worth waiting for stragglers
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._wakeup = asyncio.Event()
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="qdkit-batch")
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="qdkit-batcher")
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        while self._pending:
+            job = self._pending.popleft()
+            if not job.future.done():
+                job.future.set_exception(RuntimeError("the server is shutting down"))
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def submit(self, items: list[Any]) -> tuple[np.ndarray, ...]:
+        """fn's arrays for `items` (in order), computed together with other requests' items."""
+        if self._task is None:
+            await self.start()
+        assert self._wakeup is not None
+        job = _Job(list(items), asyncio.get_running_loop().create_future())
+        self._pending.append(job)
+        self._wakeup.set()
+        return await job.future
+
+    def _take(self) -> list[_Job]:
+        jobs = [self._pending.popleft()]
+        n = len(jobs[0].items)
+        while self._pending and n + len(self._pending[0].items) <= self.max_batch:
+            job = self._pending.popleft()
+            jobs.append(job)
+            n += len(job.items)
+        return jobs
+
+    async def _loop(self) -> None:
+        assert self._wakeup is not None and self._executor is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            if self._crowded and self.max_wait > 0 and sum(len(j.items) for j in self._pending) < self.max_batch:
+                await asyncio.sleep(self.max_wait)
+            jobs = self._take()
+            items = [item for job in jobs for item in job.items]
+            try:
+                arrays = await loop.run_in_executor(self._executor, self.fn, items)
+            except Exception as e:  # handed to every waiting request; the loop serves on
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(e)
+                continue
+            finally:
+                self._crowded = len(jobs) > 1 or bool(self._pending)
+            self.stats.batches += 1
+            self.stats.items += len(items)
+            self.stats.largest = max(self.stats.largest, len(items))
+            start = 0
+            for job in jobs:
+                stop = start + len(job.items)
+                if not job.future.done():  # a request whose client went away is cancelled
+                    job.future.set_result(tuple(a[start:stop] for a in arrays))
+                start = stop

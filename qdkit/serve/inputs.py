@@ -1,0 +1,104 @@
+"""Request bodies -> model inputs, each mistake an ApiError naming the field.
+
+`/predict` JSON: {"drawing": [[xs, ys], ...]} or {"drawings": [[[xs, ys], ...], ...]}, optionally
+"simplified": true (the strokes already are the dataset's simplified 0..255 strokes: rendered as
+they are, giving the official bitmap byte for byte; otherwise they are raw strokes in any coordinate
+range and go through the published simplification first). Images: PNG, JPEG, GIF, BMP or WebP,
+normalised like `qdkit predict` (qdkit.images).
+"""
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from typing import Any
+
+import numpy as np
+
+from qdkit.errors import first_line
+from qdkit.serve.errors import ApiError
+from qdkit.strokes import Drawing, StrokeError, parse_drawing
+
+MAX_DRAWINGS = 1024               # drawings in one request ({"drawings": [...]} or a v2 batch)
+MAX_IMAGE_PIXELS = 4096 * 4096    # an upload decoding to more pixels is refused before it is decoded
+IMAGE_FORMATS = ["PNG", "JPEG", "GIF", "BMP", "WEBP"]
+PREDICT_KEYS = ("drawing", "drawings", "simplified")
+
+
+def parse_json(body: bytes) -> Any:
+    if not body:
+        raise ApiError(400, "body: empty (send JSON)")
+    try:
+        return json.loads(body)
+    except UnicodeDecodeError:
+        raise ApiError(400, "body: not UTF-8 text (send JSON)") from None
+    except ValueError as e:
+        raise ApiError(400, f"body: malformed JSON ({first_line(e, 100)})") from None
+
+
+def predict_drawings(body: Any) -> tuple[list[Drawing], bool]:
+    """The drawings of a /predict JSON body, and whether it was a single one ("drawing")."""
+    if not isinstance(body, dict):
+        raise ApiError(400, f"body: a JSON object with 'drawing' or 'drawings' expected, got {_kind(body)}")
+    unknown = sorted(set(body) - set(PREDICT_KEYS))
+    if unknown:
+        raise ApiError(400, f"{unknown[0]}: unknown field (expected {', '.join(PREDICT_KEYS)})")
+    simplified = body.get("simplified", False)
+    if not isinstance(simplified, bool):
+        raise ApiError(400, f"simplified: true or false expected, got {_kind(simplified)}")
+    if ("drawing" in body) == ("drawings" in body):
+        raise ApiError(400, "body: give exactly one of 'drawing' (one drawing) or 'drawings' (a list)")
+    if "drawing" in body:
+        return [_drawing(body["drawing"], "drawing", simplified)], True
+    many = body["drawings"]
+    if not isinstance(many, list):
+        raise ApiError(400, f"drawings: a list of drawings expected, got {_kind(many)}")
+    if not many:
+        raise ApiError(400, "drawings: empty list")
+    if len(many) > MAX_DRAWINGS:
+        raise ApiError(400, f"drawings: {len(many)} drawings (at most {MAX_DRAWINGS} per request)")
+    return [_drawing(d, f"drawings[{i}]", simplified) for i, d in enumerate(many)], False
+
+
+def _drawing(strokes: Any, field: str, simplified: bool) -> Drawing:
+    # parse_drawing also takes ndjson objects ({"drawing": ...}); the API takes stroke lists only.
+    if not isinstance(strokes, list):
+        raise ApiError(400, f"{field}: a list of strokes [[xs, ys], ...] expected, got {_kind(strokes)}")
+    try:
+        return parse_drawing(strokes, simplified=simplified)
+    except StrokeError as e:
+        message = str(e)  # "drawing has no strokes" -> "drawings[2]: has no strokes"
+        raise ApiError(400, f"{field}: {message.removeprefix('drawing ')}") from None
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def image_to_bitmap(data: bytes, invert: str = "auto") -> np.ndarray:
+    """An uploaded image -> a (28, 28) uint8 drawing, as `qdkit predict` reads image files."""
+    from PIL import Image, ImageOps
+
+    from qdkit.images import image_to_drawing
+
+    if not data:
+        raise ApiError(400, "image: empty upload")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
+                width, height = im.size  # from the header: checked before any pixel is decoded
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise ApiError(413, f"image: {width}x{height} pixels is over the limit of "
+                                        f"{MAX_IMAGE_PIXELS:,} (a decompression-bomb guard)")
+                return image_to_drawing(ImageOps.exif_transpose(im), invert)
+    except ApiError:
+        raise
+    except Image.UnidentifiedImageError:
+        raise ApiError(415, f"image: not an image ({', '.join(IMAGE_FORMATS)} expected)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ApiError(413, "image: too many pixels (a decompression-bomb guard)") from None
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:  # truncated or corrupt data
+        raise ApiError(400, f"image: unreadable ({first_line(e, 100)})") from None

@@ -1,0 +1,84 @@
+"""`qdkit serve`: the app under uvicorn, in one process or `workers` processes sharing one socket.
+
+The socket is bound here first, so a taken port or a bad host is one line (QdkitError) and the
+printed URL carries the real port (port 0 picks a free one). Ctrl-C / SIGTERM: uvicorn finishes the
+requests in flight and stops.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from qdkit.errors import QdkitError
+from qdkit.onnxmodel import default_model_path
+
+GRACEFUL_SHUTDOWN_S = 5
+
+
+def bind(host: str, port: int) -> socket.socket:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise QdkitError(f"--host {host}: cannot resolve it ({e.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        raise QdkitError(f"{host}:{port}: cannot listen ({e.strerror}); pick another --port or --host") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(sock: socket.socket, host: str) -> str:
+    port = sock.getsockname()[1]
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
+    shown = f"[{shown}]" if ":" in shown and not shown.startswith("[") else shown
+    return f"http://{shown}:{port}/"
+
+
+def serve(model: str | os.PathLike | None = None, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
+          max_batch: int = 64, max_body: int | None = None, name: str | None = None,
+          echo: Callable[[str], None] = print) -> None:
+    """Serve `model` [default: the newest exported one] until Ctrl-C / SIGTERM."""
+    import uvicorn
+
+    from qdkit.predict import Predictor
+    from qdkit.serve.app import DEFAULT_MAX_BODY, create_app
+    from qdkit.triton import DEFAULT_NAME
+
+    path = Path(model) if model is not None else default_model_path()
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    settings: dict[str, Any] = {"name": name or DEFAULT_NAME, "max_batch": max_batch,
+                                "max_body": max_body or DEFAULT_MAX_BODY, "threads": threads}
+    app = create_app(Predictor(path, threads=threads, spin=False, warn=lambda message: None), **settings)
+    facts = app.state.service.facts()
+    sock = bind(host, port)
+    common: dict[str, Any] = {"log_level": "warning", "access_log": False,
+                              "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S}
+    line = (f"qdkit serve: {url_of(sock, host)} (model {path}, {len(facts['classes'])} classes, "
+            f"{workers} worker{'s' if workers > 1 else ''}, max batch {max_batch}; API at /docs, Ctrl-C stops)")
+    try:
+        if workers == 1:
+            server = uvicorn.Server(uvicorn.Config(app, **common))
+            echo(line)
+            server.run(sockets=[sock])
+        else:
+            from uvicorn.supervisors import Multiprocess
+
+            del app  # each worker process builds its own from the environment
+            os.environ["QDKIT_SERVE"] = json.dumps({"model": os.fspath(path.resolve()), **settings})
+            config = uvicorn.Config("qdkit.serve.app:app_from_environment", factory=True, workers=workers, **common)
+            echo(line)
+            Multiprocess(config, sockets=[sock]).run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()

@@ -1,0 +1,137 @@
+"""A Triton Inference Server model repository for an exported qdkit model (`qdkit export --triton DIR`).
+
+    DIR/<name>/config.pbtxt     onnxruntime backend, dynamic batching, the qdkit tensor contract
+    DIR/<name>/labels.txt       one class name per line (Triton's classification extension)
+    DIR/<name>/1/model.onnx     the model, copied
+
+Triton (or KServe with the Triton runtime) then serves the same Open Inference Protocol (v2) that
+`qdkit serve` speaks, under the same model name, so one client talks to either.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from qdkit.constants import SIDE
+from qdkit.errors import QdkitError, first_line
+from qdkit.files import atomic_path
+
+DEFAULT_NAME = "qdkit"        # the model name in v2 URLs, for `qdkit serve` and for the repository
+MAX_BATCH = 64                # Triton's max_batch_size, the same default as `qdkit serve --max-batch`
+QUEUE_DELAY_US = 1000         # how long Triton may hold a request to fill a batch (as `qdkit serve`)
+MARKER = "# written by qdkit export --triton"  # a repository with this line may be replaced by a re-export
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class TritonRepository:
+    folder: Path          # DIR/<name>
+    config: Path
+    model: Path
+    labels: Path
+
+    def summary(self) -> str:
+        return f"wrote Triton model repository {self.folder} (config.pbtxt, labels.txt, 1/model.onnx)"
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise QdkitError(f"model name {name!r}: use letters, digits, '_', '-' or '.' (at most 64)")
+    return name
+
+
+def config_text(name: str, class_names: list[str], max_batch: int = MAX_BATCH,
+                queue_delay_us: int = QUEUE_DELAY_US) -> str:
+    """config.pbtxt (protobuf text format of Triton's ModelConfig) for a qdkit ONNX model."""
+    classes = len(class_names)
+    return f"""{MARKER}
+name: "{check_name(name)}"
+platform: "onnxruntime_onnx"
+max_batch_size: {int(max_batch)}
+input [
+  {{
+    name: "pixels"
+    data_type: TYPE_UINT8
+    dims: [ 1, {SIDE}, {SIDE} ]
+  }}
+]
+output [
+  {{
+    name: "logits"
+    data_type: TYPE_FP32
+    dims: [ {classes} ]
+  }},
+  {{
+    name: "probabilities"
+    data_type: TYPE_FP32
+    dims: [ {classes} ]
+    label_filename: "labels.txt"
+  }}
+]
+dynamic_batching {{
+  max_queue_delay_microseconds: {int(queue_delay_us)}
+}}
+instance_group [
+  {{
+    count: 1
+    kind: KIND_CPU
+  }}
+]
+"""
+
+
+def model_class_names(model: str | os.PathLike) -> list[str]:
+    """The class names in an exported qdkit model's metadata."""
+    import onnx
+
+    from qdkit.onnxmodel import parse_metadata
+
+    model = Path(model)
+    if not model.is_file():
+        raise QdkitError(f"{model}: no such model file")
+    try:
+        proto = onnx.load(os.fspath(model), load_external_data=False)
+    except Exception as e:  # onnx raises DecodeError and others for a file that is not a model
+        raise QdkitError(f"{model}: not an ONNX model ({first_line(e)})") from None
+    names = parse_metadata({p.key: p.value for p in proto.metadata_props}).get("class_names")
+    if not isinstance(names, list) or not names:
+        raise QdkitError(f"{model}: no qdkit metadata (class names); export it with `qdkit export`")
+    return [str(c) for c in names]
+
+
+def write_repository(model: str | os.PathLike, out_dir: str | os.PathLike, name: str = DEFAULT_NAME,
+                     max_batch: int = MAX_BATCH) -> TritonRepository:
+    """Write OUT_DIR/<name>/ for `model` (an exported qdkit ONNX file) in one rename.
+
+    A folder there that an earlier `qdkit export --triton` wrote is replaced; anything else is an error.
+    """
+    model = Path(model)
+    class_names = model_class_names(model)
+    if any("\n" in c for c in class_names):
+        raise QdkitError(f"{model}: a class name holds a line break; labels.txt takes one name per line")
+    folder = Path(out_dir) / check_name(name)
+    check_target(folder)
+    with atomic_path(folder) as tmp:
+        (tmp / "1").mkdir(parents=True)
+        shutil.copyfile(model, tmp / "1" / "model.onnx")
+        (tmp / "labels.txt").write_text("".join(f"{c}\n" for c in class_names), encoding="utf-8")
+        (tmp / "config.pbtxt").write_text(config_text(name, class_names, max_batch), encoding="utf-8")
+    return TritonRepository(folder, folder / "config.pbtxt", folder / "1" / "model.onnx", folder / "labels.txt")
+
+
+def check_target(folder: str | os.PathLike) -> None:
+    """Raise unless `folder` is free or a repository qdkit wrote (checked before any work starts)."""
+    folder = Path(folder)
+    if not folder.exists():
+        return
+    config = folder / "config.pbtxt"
+    try:
+        ours = folder.is_dir() and config.read_text(encoding="utf-8", errors="replace").startswith(MARKER)
+    except OSError:
+        ours = False
+    if not ours:
+        raise QdkitError(f"{folder}: already exists and was not written by `qdkit export --triton`; "
+                         "move it away or choose another folder")
