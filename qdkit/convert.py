@@ -1,8 +1,10 @@
 """Split each class into train/validation/test and write PNG folders and/or the HDF5 store.
 
-Streams class by class from memory-mapped inputs, so peak memory is one class's selected rows
-whatever the dataset size. PNG encoding runs in a process pool over all cores while the main
-process fills the store and hashes the sources.
+A class comes from a bitmap file (.npy) or a stroke file (ndjson, binary, CSV: qdkit.strokefiles),
+whose chosen drawings are rasterized by qdkit.strokes. Streams class by class from memory-mapped
+inputs, so peak memory is one class's selected rows whatever the dataset size. Rasterizing and PNG
+encoding run in a process pool over all cores while the main process fills the store and hashes
+the sources.
 """
 from __future__ import annotations
 
@@ -11,19 +13,20 @@ import multiprocessing as mp
 import os
 import time
 import zlib
-from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from qdkit import __version__
-from qdkit.bitmaps import BitmapFile, find_bitmap_files, open_bitmaps, safe_dirname
+from qdkit.bitmaps import BitmapFile, bitmap_class, find_class_files, open_bitmaps, safe_dirname
 from qdkit.errors import QdkitError
 from qdkit.files import atomic_path, disk_full_is_error, output_lock, sha256_file
 from qdkit.images import write_png
 from qdkit.store import SPLITS, StoreWriter
+from qdkit.strokefiles import StrokeFile, eligible_records, index_records, render_records, stroke_file
 from qdkit.workers import die_with_parent, sigterm_as_interrupt
 
 STORE_NAME = "quickdraw.h5"
@@ -44,12 +47,65 @@ def split_indices(rows: int, per_class: dict[str, int], seed: int, class_name: s
     return out
 
 
-def _write_pngs(src: str, indices: np.ndarray, folder: str) -> int:
-    """Pool task: write rows `indices` of bitmap file `src` as `<folder>/<source row>.png`."""
-    drawings = open_bitmaps(src)
-    for i in indices:
-        write_png(drawings[i], os.path.join(folder, f"{i}.png"))
-    return len(indices)
+def _write_pngs(images: np.ndarray, names: np.ndarray, folder: str) -> int:
+    """Pool task: write each drawing as `<folder>/<source row>.png`."""
+    for image, name in zip(images, names.tolist(), strict=True):
+        write_png(image, os.path.join(folder, f"{name}.png"))
+    return len(images)
+
+
+Source = BitmapFile | StrokeFile
+STROKE_EXTRAS = {"key_id": np.uint64, "countrycode": "S2"}  # per drawing, when a class comes from strokes
+
+
+def _source_class(path: Path) -> str | None:
+    sf = stroke_file(path)
+    return bitmap_class(path) or (sf.class_name if sf else None)
+
+
+def find_sources(folder: str | os.PathLike, classes: list[str] | None = None) -> list[Source]:
+    """One source per class: a bitmap file or a stroke file, sorted by class (or in `classes` order)."""
+    found = find_class_files(folder, _source_class, ".npy bitmap files or .ndjson/.bin/.csv stroke files", classes)
+    return [BitmapFile(path, name, len(open_bitmaps(path))) if bitmap_class(path) else stroke_file(path)  # type: ignore[misc]
+            for name, path in found]
+
+
+Rows = tuple[str, np.ndarray, np.ndarray, dict[str, np.ndarray] | None]  # split, images, source rows, extras
+
+
+def _bitmap_rows(bf: BitmapFile, per_class: dict[str, int], seed: int, info: dict) -> Iterator[Rows]:
+    info.update(format="bitmap", rows=bf.rows)
+    drawings = open_bitmaps(bf.path)
+    for split, idx in split_indices(bf.rows, per_class, seed, bf.class_name).items():
+        yield split, np.asarray(drawings[idx]), idx, None
+
+
+def _stroke_rows(sf: StrokeFile, per_class: dict[str, int], seed: int, info: dict, pool: Executor, *,
+                 recognized_only: bool, skip_invalid: bool, progress: Callable[[int], None] | None) -> Iterator[Rows]:
+    """The chosen drawings of a stroke file, rasterized on the pool. Splits draw from the eligible
+    records (valid, recognized when asked) exactly as from the rows of a bitmap file."""
+    index = index_records(sf)
+    info.update(format=sf.kind, rows=len(index))
+
+    def skipped(count: int, first: str | None) -> None:
+        info["skipped_invalid"] = count
+        tqdm.write(f"qdkit: warning: skipped {count} invalid drawing(s); first: {first}")
+
+    eligible = eligible_records(sf, index, pool, recognized_only=recognized_only, skip_invalid=skip_invalid,
+                                on_skip=skipped)
+    need = sum(per_class.values())
+    if len(eligible) < need:
+        what = "recognized valid" if recognized_only and skip_invalid else "recognized" if recognized_only \
+            else "valid" if skip_invalid else ""
+        raise QdkitError(f"{sf.path}: has {len(eligible)} {what + ' ' if what else ''}drawings, but the splits need "
+                         f"{need} per class (lower --train/--validation/--test)")
+    splits = split_indices(len(eligible), per_class, seed, sf.class_name)
+    chosen = np.sort(np.concatenate(list(splits.values())))
+    rendered = render_records(sf, eligible.take(chosen), pool, progress)
+    for split, positions in splits.items():
+        rows = np.searchsorted(chosen, positions)
+        yield split, rendered.images[rows], eligible.numbers[positions], \
+            {"key_id": rendered.key_ids[rows], "countrycode": rendered.countrycodes[rows]}
 
 
 def _check_rows(files: list[BitmapFile], need: int) -> None:
@@ -76,15 +132,19 @@ def _count_into(bar: tqdm) -> Callable[[Future], None]:
 
 def convert(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, h5: bool = False, png: bool = True,
             per_class: dict[str, int] | None = None, classes: list[str] | None = None, seed: int = 0,
-            workers: int | None = None, overwrite: bool = False, progress: bool = True) -> str:
-    """Convert every bitmap file in `in_dir`; returns a one-paragraph summary."""
+            workers: int | None = None, overwrite: bool = False, progress: bool = True,
+            recognized_only: bool = False, skip_invalid: bool = False) -> str:
+    """Convert every bitmap or stroke file in `in_dir`; returns a one-paragraph summary.
+
+    `recognized_only` keeps the drawings the game recognized (stroke sources; bitmaps carry no flag);
+    `skip_invalid` skips bad drawings of stroke files (and reports how many) instead of failing."""
     per_class = per_class or {"train": 2000, "validation": 400, "test": 100}
     if not (h5 or png):
         raise QdkitError("nothing to do: neither PNGs nor the HDF5 store requested")
     if classes is not None and not [c for c in classes if c.strip()]:
         raise QdkitError("--classes names no class (give comma-separated names, e.g. cat,dog)")
-    files = find_bitmap_files(in_dir, classes)
-    _check_rows(files, sum(per_class.values()))
+    files = find_sources(in_dir, classes)
+    _check_rows([f for f in files if isinstance(f, BitmapFile)], sum(per_class.values()))
     class_names = [bf.class_name for bf in files]
     dirnames = [safe_dirname(c) for c in class_names]
     if len(set(dirnames)) != len(dirnames):
@@ -99,7 +159,8 @@ def convert(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, h5: bool =
         png_tmp = stack.enter_context(atomic_path(out_dir / PNG_DIR, overwrite)) if png else None
         h5_tmp = stack.enter_context(atomic_path(out_dir / STORE_NAME, overwrite)) if h5 else None
         pool = None
-        if png_tmp is not None:
+        has_strokes = any(isinstance(f, StrokeFile) for f in files)
+        if png_tmp is not None or has_strokes:
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
             # Workers die with this process (even on kill -9); on any failure queued tasks are dropped.
             pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=die_with_parent, initargs=(os.getpid(),))
@@ -107,32 +168,38 @@ def convert(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, h5: bool =
         writer = None
         if h5_tmp is not None:
             counts = {s: per_class.get(s, 0) * len(files) for s in SPLITS}
-            writer = StoreWriter(h5_tmp, class_names, counts, {"seed": seed, "per_class": per_class})
+            writer = StoreWriter(h5_tmp, class_names, counts, {"seed": seed, "per_class": per_class},
+                                 STROKE_EXTRAS if has_strokes else None)
             stack.callback(writer.abort)
         total = sum(per_class.values()) * len(files)
         bar = stack.enter_context(tqdm(total=total, unit="img", desc="convert", disable=not progress,
                                        dynamic_ncols=True))
         futures, sources = [], []
-        for label, (bf, dirname) in enumerate(zip(files, dirnames)):
-            splits = split_indices(bf.rows, per_class, seed, bf.class_name)
-            drawings = open_bitmaps(bf.path)
-            for split, idx in splits.items():
-                if pool is not None:
+        for label, (source, dirname) in enumerate(zip(files, dirnames, strict=True)):
+            info: dict = {}
+            if isinstance(source, StrokeFile):
+                assert pool is not None
+                rows = _stroke_rows(source, per_class, seed, info, pool, recognized_only=recognized_only,
+                                    skip_invalid=skip_invalid, progress=bar.update if png_tmp is None else None)
+            else:
+                rows = _bitmap_rows(source, per_class, seed, info)
+            for split, images, source_index, extras in rows:
+                if pool is not None and png_tmp is not None:
                     folder = png_tmp / split / dirname
                     with disk_full_is_error(out_dir / PNG_DIR):
                         folder.mkdir(parents=True, exist_ok=True)
-                    for start in range(0, len(idx), _PNG_TASK_ROWS):
-                        chunk = idx[start:start + _PNG_TASK_ROWS]
-                        fut = pool.submit(_write_pngs, str(bf.path), chunk, str(folder))
+                    for start in range(0, len(images), _PNG_TASK_ROWS):
+                        part = slice(start, start + _PNG_TASK_ROWS)
+                        fut = pool.submit(_write_pngs, images[part], source_index[part], str(folder))
                         fut.add_done_callback(_count_into(bar))
                         futures.append(fut)
                 if writer is not None:
-                    writer.append(split, np.asarray(drawings[idx]), label, idx)
+                    writer.append(split, images, label, source_index, extras)
                     if pool is None:
-                        bar.update(len(idx))
+                        bar.update(len(images))
             if writer is not None:
-                sources.append({"class": bf.class_name, "file": bf.path.name, "rows": bf.rows,
-                                "sha256": sha256_file(bf.path)})
+                sources.append({"class": source.class_name, "file": source.path.name, **info,
+                                "sha256": sha256_file(source.path)})
         with disk_full_is_error(out_dir / PNG_DIR):
             for fut in futures:
                 fut.result()  # re-raise the first worker error, if any

@@ -1,0 +1,299 @@
+"""Quick Draw stroke files on disk: name them, index their records, read chosen records as bitmaps.
+
+Formats (the official per-class files and the Kaggle Doodle competition's CSVs):
+
+| file name                                        | kind         | a record is                      |
+|--------------------------------------------------|--------------|----------------------------------|
+| `full_simplified_<class>.ndjson`                 | `simplified` | one JSON line                    |
+| `full_raw_<class>.ndjson`                        | `raw`        | one JSON line (simplified first) |
+| `<class>.ndjson`                                 | `ndjson`     | one JSON line, raw iff timed     |
+| `full_binary_<class>.bin`, `<class>.bin`         | `binary`     | one binary record                |
+| `<class>.csv`                                    | `csv`        | one CSV row with a `drawing`     |
+
+A record's number (line or record of the file, counted from 0; for CSV the row after the header)
+is its `source_index` in the store, so every stored bitmap traces back to its strokes. Files are
+memory-mapped and indexed with numpy (newline positions) or by walking record lengths (binary), so
+memory stays bounded for 100k+ drawings per class; records are parsed and rasterized in pool
+workers, which die with their parent.
+"""
+from __future__ import annotations
+
+import csv
+import mmap
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from qdkit.errors import QdkitError
+from qdkit.strokes import SIDE, Drawing, StrokeError, binary_record_end, parse_ndjson_line, rasterize_many, read_binary
+
+# (prefix, suffix, kind), most specific first
+_NAMES = (
+    ("full_simplified_", ".ndjson", "simplified"),
+    ("full_raw_", ".ndjson", "raw"),
+    ("", ".ndjson", "ndjson"),
+    ("full_binary_", ".bin", "binary"),
+    ("", ".bin", "binary"),
+    ("", ".csv", "csv"),
+)
+STROKE_SUFFIXES = (".ndjson", ".bin", ".csv")
+_TASK_RECORDS = 1000   # records per pool task: amortises IPC, small enough to balance two cores
+MAX_RECORD_BYTES = 8 << 20  # one drawing's line or record; beyond this it is not a drawing
+
+
+@dataclass(frozen=True)
+class StrokeFile:
+    path: Path
+    class_name: str
+    kind: str  # simplified | raw | ndjson | binary | csv
+
+    @property
+    def unit(self) -> str:
+        return "record" if self.kind == "binary" else "line"
+
+
+def stroke_file(path: str | os.PathLike) -> StrokeFile | None:
+    """The StrokeFile a name denotes (`full_raw_cat.ndjson` → class `cat`, kind `raw`), else None."""
+    path = Path(path)
+    for prefix, suffix, kind in _NAMES:
+        name = path.name
+        if name.endswith(suffix) and name.startswith(prefix) and len(name) > len(prefix) + len(suffix):
+            return StrokeFile(path, name[len(prefix):-len(suffix)], kind)
+    return None
+
+
+@dataclass(frozen=True)
+class RecordIndex:
+    """Where each record of a file lies: bytes [starts[i], ends[i]) and its number in the file."""
+
+    starts: np.ndarray
+    ends: np.ndarray
+    numbers: np.ndarray  # line (or record) number counted from 0 — the store's source_index
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def take(self, rows: np.ndarray) -> RecordIndex:
+        return RecordIndex(self.starts[rows], self.ends[rows], self.numbers[rows])
+
+
+def _map(path: Path) -> mmap.mmap | None:
+    """The file memory-mapped read-only; None when it is empty (mmap refuses size 0)."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return None
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def _line_index(buf: mmap.mmap, first_number: int = 0, skip_first: bool = False) -> RecordIndex:
+    """Records = non-empty lines. Newlines found with numpy over the mapped bytes, block by block."""
+    size = len(buf)
+    view = np.frombuffer(buf, dtype=np.uint8)
+    newlines = [np.flatnonzero(view[i:i + (64 << 20)] == 10) + i for i in range(0, size, 64 << 20)]
+    ends = np.concatenate(newlines + [np.array([size])]).astype(np.int64)
+    starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
+    numbers = np.arange(len(starts), dtype=np.int64)
+    if skip_first:  # a CSV header: rows are numbered from the line after it
+        starts, ends, numbers = starts[1:], ends[1:], numbers[1:] - 1
+    stripped = ends - starts - (view[np.maximum(ends - 1, 0)] == 13)  # CRLF line ends
+    keep = stripped > 0
+    del view
+    return RecordIndex(starts[keep], ends[keep], numbers[keep] + first_number)
+
+
+def _binary_index(sf: StrokeFile, buf: mmap.mmap) -> RecordIndex:
+    starts, pos, size = [], 0, len(buf)
+    while pos < size:
+        starts.append(pos)
+        try:
+            pos = binary_record_end(buf, pos)
+        except StrokeError as err:
+            raise QdkitError(f"{sf.path}: record {len(starts) - 1}: {err} (file cut short?)") from err
+    s = np.array(starts, dtype=np.int64)
+    return RecordIndex(s, np.append(s[1:], size), np.arange(len(s), dtype=np.int64))
+
+
+def _csv_columns(sf: StrokeFile, header: bytes) -> dict[str, int]:
+    names = next(csv.reader([header.decode("utf-8", "replace").strip()]))
+    if "drawing" not in names:
+        raise QdkitError(f"{sf.path}: CSV header has no 'drawing' column (found: {', '.join(names)[:80]})")
+    return {n: i for i, n in enumerate(names)}
+
+
+def index_records(sf: StrokeFile) -> RecordIndex:
+    """Every record of the file (one pass over its bytes; nothing parsed but binary lengths)."""
+    try:
+        buf = _map(sf.path)
+    except OSError as err:
+        raise QdkitError(f"{sf.path}: cannot read ({err.strerror})") from err
+    if buf is None:
+        raise QdkitError(f"{sf.path}: is empty")
+    with buf:
+        if buf[:2] == b"\x1f\x8b":
+            raise QdkitError(f"{sf.path}: is gzip-compressed, not {sf.kind} data (gunzip it first)")
+        if sf.kind == "binary":
+            index = _binary_index(sf, buf)
+        elif sf.kind == "csv":
+            _csv_columns(sf, buf[:buf.find(b"\n") if buf.find(b"\n") >= 0 else len(buf)])
+            index = _line_index(buf, skip_first=True)
+        else:
+            index = _line_index(buf)
+    if len(index) == 0:
+        raise QdkitError(f"{sf.path}: holds no drawings")
+    return index
+
+
+class _RecordReader:
+    """Parses records of one file in a worker: the format's one function from bytes to Drawing."""
+
+    def __init__(self, sf: StrokeFile) -> None:
+        self.sf = sf
+        self.buf = _map(sf.path)
+        self.columns: dict[str, int] = {}
+        if sf.kind == "csv" and self.buf is not None:
+            self.columns = _csv_columns(sf, self.buf[:self.buf.find(b"\n")])
+
+    def drawing(self, start: int, end: int) -> Drawing:
+        sf, buf = self.sf, self.buf
+        assert buf is not None
+        if end - start > MAX_RECORD_BYTES:
+            raise StrokeError(f"is {(end - start) >> 20} MiB long (at most {MAX_RECORD_BYTES >> 20} MiB per drawing)")
+        if sf.kind == "binary":
+            return read_binary(buf[start:end])[0]
+        line = buf[start:end]
+        if sf.kind == "csv":
+            return self._csv_drawing(line)
+        return parse_ndjson_line(line, simplified={"simplified": True, "raw": False}.get(sf.kind))
+
+    def _csv_drawing(self, line: bytes) -> Drawing:
+        try:
+            row = next(csv.reader([line.decode("utf-8").rstrip("\r")]))
+        except (UnicodeDecodeError, csv.Error) as err:
+            raise StrokeError(f"is not a CSV row ({err})") from err
+        if len(row) != len(self.columns):
+            raise StrokeError(f"has {len(row)} fields, the header {len(self.columns)}")
+        fields = dict(zip(self.columns, row, strict=True))
+        meta = {k: fields[k] for k in ("key_id", "countrycode", "word", "timestamp") if fields.get(k)}
+        recognized = {"true": True, "false": False}.get(fields.get("recognized", "").lower())
+        return replace(parse_ndjson_line(fields["drawing"].encode()), recognized=recognized, **meta)
+
+
+_readers: dict[Path, _RecordReader] = {}
+
+
+def _reader(sf: StrokeFile) -> _RecordReader:
+    """One reader per file per worker process (the map and CSV header are reused across tasks)."""
+    if sf.path not in _readers:
+        _readers.clear()
+        _readers[sf.path] = _RecordReader(sf)
+    return _readers[sf.path]
+
+
+def _where(sf: StrokeFile, number: int) -> str:
+    # Messages count lines from 1 as editors do; record numbers (binary) from 0 as source_index does.
+    return f"{sf.path}: line {number + 2 if sf.kind == 'csv' else number + 1}" if sf.unit == "line" \
+        else f"{sf.path}: record {number}"
+
+
+@dataclass
+class Scan:
+    """What a worker learnt about a chunk of records without rasterizing them."""
+
+    valid: np.ndarray       # bool
+    recognized: np.ndarray  # bool (False where unknown)
+    first_error: str | None
+
+
+def _scan_task(sf: StrokeFile, index: RecordIndex) -> Scan:
+    reader = _reader(sf)
+    valid = np.zeros(len(index), dtype=bool)
+    recognized = np.zeros(len(index), dtype=bool)
+    first_error = None
+    for i, (start, end, number) in enumerate(zip(index.starts.tolist(), index.ends.tolist(),
+                                                 index.numbers.tolist(), strict=True)):
+        try:
+            d = reader.drawing(start, end)
+        except StrokeError as err:
+            first_error = first_error or f"{_where(sf, number)}: {err}"
+            continue
+        valid[i] = True
+        recognized[i] = bool(d.recognized)
+    return Scan(valid, recognized, first_error)
+
+
+@dataclass
+class Rendered:
+    images: np.ndarray      # uint8 (k, 28, 28)
+    key_ids: np.ndarray     # uint64, 0 where the source has none
+    countrycodes: np.ndarray  # S2, b"" where the source has none
+
+
+def _render_task(sf: StrokeFile, index: RecordIndex) -> Rendered:
+    reader = _reader(sf)
+    drawings = []
+    for start, end, number in zip(index.starts.tolist(), index.ends.tolist(), index.numbers.tolist(), strict=True):
+        try:
+            drawings.append(reader.drawing(start, end))
+        except StrokeError as err:
+            raise QdkitError(f"{_where(sf, number)}: {err}") from None  # pickled back: keep it plain
+    key_ids = np.array([_key_id(d.key_id) for d in drawings], dtype=np.uint64)
+    countrycodes = np.array([(d.countrycode or "").encode("ascii", "replace")[:2] for d in drawings], dtype="S2")
+    return Rendered(rasterize_many(drawings), key_ids, countrycodes)
+
+
+def _key_id(value: str | None) -> int:
+    return int(value) if value and value.isdigit() and int(value) < 2**64 else 0
+
+
+def _chunks(index: RecordIndex, size: int = _TASK_RECORDS) -> Iterator[RecordIndex]:
+    for start in range(0, len(index), size):
+        yield RecordIndex(index.starts[start:start + size], index.ends[start:start + size],
+                          index.numbers[start:start + size])
+
+
+def eligible_records(sf: StrokeFile, index: RecordIndex, pool: Executor, *, recognized_only: bool,
+                     skip_invalid: bool, on_skip: Callable[[int, str | None], None]) -> RecordIndex:
+    """The records a split may draw from: all of them, or (parsing every record on the pool) only
+    the valid ones (`skip_invalid`) and/or those the game recognized. `on_skip(count, first_error)`
+    hears about invalid records skipped; without `skip_invalid` the first invalid one is an error."""
+    if not (recognized_only or skip_invalid):
+        return index
+    scans = [f.result() for f in [pool.submit(_scan_task, sf, chunk) for chunk in _chunks(index, 4 * _TASK_RECORDS)]]
+    valid = np.concatenate([s.valid for s in scans])
+    first_error = next((s.first_error for s in scans if s.first_error), None)
+    if first_error and not skip_invalid:
+        raise QdkitError(f"{first_error} (--skip-invalid skips bad drawings)")
+    if first_error:
+        on_skip(int((~valid).sum()), first_error)
+    keep = valid & np.concatenate([s.recognized for s in scans]) if recognized_only else valid
+    return index.take(np.flatnonzero(keep))
+
+
+def render_records(sf: StrokeFile, index: RecordIndex, pool: Executor,
+                   progress: Callable[[int], None] | None = None) -> Rendered:
+    """Parse and rasterize the records of `index` on the pool, in order."""
+    futures = [pool.submit(_render_task, sf, chunk) for chunk in _chunks(index)]
+    parts = []
+    for fut in futures:
+        parts.append(fut.result())
+        if progress is not None:
+            progress(len(parts[-1].images))
+    if not parts:
+        return Rendered(np.empty((0, SIDE, SIDE), np.uint8), np.empty(0, np.uint64), np.empty(0, "S2"))
+    return Rendered(np.concatenate([p.images for p in parts]), np.concatenate([p.key_ids for p in parts]),
+                    np.concatenate([p.countrycodes for p in parts]))
+
+
+def iter_drawings(sf: StrokeFile) -> Iterator[tuple[int, Drawing]]:
+    """(record number, Drawing) for every record, in this process (for predict and small jobs)."""
+    index = index_records(sf)
+    reader = _RecordReader(sf)
+    for start, end, number in zip(index.starts.tolist(), index.ends.tolist(), index.numbers.tolist(), strict=True):
+        try:
+            yield number, reader.drawing(start, end)
+        except StrokeError as err:
+            raise QdkitError(f"{_where(sf, number)}: {err}") from err
