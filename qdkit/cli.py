@@ -15,19 +15,42 @@ def _csv(value: str | None) -> list[str] | None:
 
 
 class _Group(click.Group):
-    """Turns a QdkitError into one line on stderr and exit code 2: a user never sees a traceback."""
+    """Turns a QdkitError into one line on stderr and exit code 2, a Python warning into one
+    `qdkit: warning:` line, Ctrl-C into `qdkit: interrupted` and exit code 130: a user never sees a
+    traceback. With --debug (or QDKIT_DEBUG=1) the full traceback of an error comes first, and
+    warnings keep Python's format (file and line): what a bug report needs."""
 
     def invoke(self, ctx: click.Context):
+        import warnings
+
+        debug = bool(ctx.params.get("debug"))
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                if not debug:
+                    warnings.showwarning = _show_warning
+                return super().invoke(ctx)
         except QdkitError as e:
+            if debug:
+                import traceback
+
+                traceback.print_exception(e)
             click.echo(f"qdkit: error: {e}", err=True)
             ctx.exit(2)
+        except KeyboardInterrupt:
+            click.echo("qdkit: interrupted", err=True)
+            ctx.exit(130)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    text = str(message).strip().splitlines()
+    click.echo(f"qdkit: warning: {text[0] if text else category.__name__}", err=True)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="qdkit")
-def main() -> None:
+@click.option("--debug", is_flag=True, envvar="QDKIT_DEBUG",
+              help="On an error, print the full traceback before the one-line message (also QDKIT_DEBUG=1).")
+def main(debug: bool) -> None:
     """Quick, Draw! doodles: numpy bitmaps -> PNG splits + HDF5 store -> CNN -> ONNX -> predictions."""
 
 
@@ -49,7 +72,8 @@ def synth(out_dir: str, num_classes: int, per_class: int, seed: int, overwrite: 
 
 @main.command()
 @click.option("--in", "in_dir", type=click.Path(), default="data/raw", show_default=True,
-              help="Folder of Quick Draw .npy bitmap files.")
+              help="Folder of Quick Draw files, one per class: .npy bitmaps, .ndjson (simplified or raw), "
+                   ".bin or Kaggle .csv strokes.")
 @click.option("--out", "out_dir", type=click.Path(), default="data", show_default=True)
 @click.option("--h5/--no-h5", default=False, help="Also pack the splits into OUT/quickdraw.h5.")
 @click.option("--png/--no-png", default=True, show_default=True, help="Write OUT/png/{split}/{class}/*.png.")
@@ -58,9 +82,13 @@ def synth(out_dir: str, num_classes: int, per_class: int, seed: int, overwrite: 
 @click.option("--test", type=click.IntRange(0), default=100, show_default=True, help="Drawings per class.")
 @click.option("--classes", help="Comma-separated class names (default: every file in --in).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the per-class shuffle.")
-@click.option("--workers", type=click.IntRange(1), default=None, help="PNG writer processes [default: CPU count].")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Rasterizer and PNG writer processes [default: CPU count].")
+@click.option("--recognized-only", is_flag=True, help="Stroke files: keep only drawings the game recognized.")
+@click.option("--skip-invalid", is_flag=True, help="Stroke files: skip bad drawings (and say how many) instead of failing.")
 @click.option("--overwrite", is_flag=True, help="Replace existing output.")
-def convert(in_dir, out_dir, h5, png, train, validation, test, classes, seed, workers, overwrite) -> None:
+def convert(in_dir, out_dir, h5, png, train, validation, test, classes, seed, workers, recognized_only, skip_invalid,
+            overwrite) -> None:
     """Split each class into train/validation/test; write PNG folders and/or the HDF5 store."""
     from qdkit.convert import convert as run_convert
 
@@ -69,6 +97,7 @@ def convert(in_dir, out_dir, h5, png, train, validation, test, classes, seed, wo
     summary = run_convert(
         in_dir, out_dir, h5=h5, png=png, per_class={"train": train, "validation": validation, "test": test},
         classes=_csv(classes), seed=seed, workers=workers, overwrite=overwrite,
+        recognized_only=recognized_only, skip_invalid=skip_invalid,
     )
     click.echo(summary)
 
