@@ -273,3 +273,76 @@ def test_temporaries_of_a_killed_run_are_cleared_and_a_live_ones_refused(raw_dir
         live.kill()
         live.wait()
     assert os.path.exists(out / f".quickdraw.h5.tmp-{live.pid}"), "another run's file is not ours to delete"
+
+
+@pytest.fixture(scope="module")
+def big_raw(tmp_path_factory):
+    """Enough drawings that PNG writing takes seconds: time to find and kill the workers mid-run."""
+    from qdkit.bitmaps import save_bitmaps
+
+    raw = tmp_path_factory.mktemp("bigraw")
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        save_bitmaps(raw / f"{name}.npy", rng.integers(0, 256, (30000, 784), dtype=np.uint8))
+    return raw
+
+
+def _start_busy_convert(big_raw, out):
+    import subprocess
+    import sys
+    import time
+
+    from _helpers import children_of
+
+    proc = subprocess.Popen([sys.executable, "-m", "qdkit", "convert", "--in", str(big_raw), "--out", str(out),
+                             "--train", "29000", "--validation", "0", "--test", "0", "--workers", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        workers = children_of(proc.pid)
+        if len(workers) >= 2 and any(out.glob(".png.tmp-*/train/*/*.png")):
+            return proc, workers
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail("the pool workers never started")
+
+
+def _gone(pids, seconds=10.0) -> list[int]:
+    import time
+
+    from _helpers import alive
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.05)
+    return [p for p in pids if alive(p)]
+
+
+def test_kill_9_of_convert_takes_its_workers_with_it(big_raw, tmp_path):
+    """Issue 10 group 7: no pool worker outlives a SIGKILLed convert (they used to live on with PPID 1)."""
+    import signal
+
+    proc, workers = _start_busy_convert(big_raw, tmp_path / "out")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    proc.stderr.close()
+    assert _gone(workers) == [], "orphaned pool workers"
+    # What a SIGKILL cannot clean up (its temporaries) the next run clears, under the output lock.
+    assert any((tmp_path / "out").glob(".png.tmp-*"))
+    small = ["--train", "5", "--validation", "0", "--test", "0"]
+    assert _cli(["--in", str(big_raw), "--out", str(tmp_path / "out"), *small]).exit_code == 0
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["png"]
+
+
+def test_sigterm_is_handled_like_ctrl_c(big_raw, tmp_path):
+    """Issue 10 group 7: SIGTERM stops cleanly: workers gone, temporaries and the new folder removed."""
+    import signal
+
+    proc, workers = _start_busy_convert(big_raw, tmp_path / "out")
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=60)
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert code != 0 and "Traceback" not in err, err
+    assert _gone(workers) == []
+    assert not (tmp_path / "out").exists(), "a killed run leaves nothing behind"
