@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _helpers import one_line_error, small_tmpfs
 from click.testing import CliRunner
 
 from qdkit.bitmaps import PIXELS, SIDE, bitmap_filename, find_bitmap_files, open_bitmaps
@@ -117,3 +118,34 @@ def test_cli_synth(tmp_path):
     forced = runner.invoke(main, ["synth", str(out), "--classes", "3", "--per-class", "4", "--overwrite"])
     assert forced.exit_code == 0, forced.output
     assert [f.rows for f in find_bitmap_files(out)] == [4, 4, 4]
+
+
+def test_disk_full_is_one_line_and_leaves_no_half_set(tmp_path):
+    """Issue 10 group 6: on a full disk, one line naming the file; the class files of this run and the
+    folder it created are removed (a half set of classes would convert into a different dataset)."""
+    with small_tmpfs(tmp_path / "disk", "1m") as disk:
+        out = disk / "raw"
+        result = CliRunner().invoke(main, ["synth", str(out), "--classes", "3", "--per-class", "600"])
+        line = one_line_error(result)
+        assert line.startswith(f"qdkit: error: no space left on device while writing {out}/full_numpy_bitmap_")
+        assert list(disk.iterdir()) == []
+
+
+def test_files_that_were_there_survive_a_failed_run(tmp_path, monkeypatch):
+    """Only what the failed run created is removed; files it was told to overwrite stay complete."""
+    import qdkit.synth as synth
+
+    write_synth(tmp_path, num_classes=1, per_class=5, seed=0)
+    before = _read_all(tmp_path)
+    real, calls = synth.save_bitmaps, []
+
+    def full_on_third(path, drawings, overwrite=True):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real(path, drawings, overwrite=overwrite)
+
+    monkeypatch.setattr(synth, "save_bitmaps", full_on_third)
+    with pytest.raises(OSError):
+        write_synth(tmp_path, num_classes=3, per_class=5, seed=0, overwrite=True)
+    assert _read_all(tmp_path) == before
