@@ -61,12 +61,15 @@ def main(debug: bool) -> None:
 @click.option("--per-class", type=click.IntRange(1), default=2500, show_default=True,
               help="Drawings per class.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["bitmap", "ndjson"]), default="bitmap", show_default=True,
+              help="numpy bitmaps, or the same drawings as simplified ndjson strokes.")
 @click.option("--overwrite", is_flag=True, help="Replace existing files.")
-def synth(out_dir: str, num_classes: int, per_class: int, seed: int, overwrite: bool) -> None:
+def synth(out_dir: str, num_classes: int, per_class: int, seed: int, fmt: str, overwrite: bool) -> None:
     """Write SYNTHETIC Quick-Draw-format files of simple shapes (the offline default data)."""
     from qdkit.synth import write_synth
 
-    paths = write_synth(out_dir, num_classes=num_classes, per_class=per_class, seed=seed, overwrite=overwrite)
+    paths = write_synth(out_dir, num_classes=num_classes, per_class=per_class, seed=seed, overwrite=overwrite,
+                        fmt=fmt)
     click.echo(f"wrote {len(paths)} synthetic class files ({per_class} drawings each) to {out_dir}")
 
 
@@ -85,7 +88,8 @@ def synth(out_dir: str, num_classes: int, per_class: int, seed: int, overwrite: 
 @click.option("--workers", type=click.IntRange(1), default=None,
               help="Rasterizer and PNG writer processes [default: CPU count].")
 @click.option("--recognized-only", is_flag=True, help="Stroke files: keep only drawings the game recognized.")
-@click.option("--skip-invalid", is_flag=True, help="Stroke files: skip bad drawings (and say how many) instead of failing.")
+@click.option("--skip-invalid", is_flag=True,
+              help="Stroke files: skip bad drawings (and say how many) instead of failing.")
 @click.option("--overwrite", is_flag=True, help="Replace existing output.")
 def convert(in_dir, out_dir, h5, png, train, validation, test, classes, seed, workers, recognized_only, skip_invalid,
             overwrite) -> None:
@@ -137,13 +141,9 @@ def _warn_line(message: str) -> None:
     click.echo(f"qdkit: warning: {message}", err=True)
 
 
-def _write_text(path: str, text: str) -> None:
-    from pathlib import Path
-
-    from qdkit.files import atomic_path
-
-    with atomic_path(Path(path)) as tmp:
-        tmp.write_text(text)
+_overwrite_option = click.option("--overwrite", is_flag=True,
+                                 help="Replace existing files qdkit did not write (its own earlier outputs are "
+                                      "always replaced).")
 
 
 @main.command()
@@ -158,10 +158,9 @@ def _write_text(path: str, text: str) -> None:
                    "[default: the run's store from metrics.json, else data/quickdraw.h5].")
 @click.option("--int8-min-agreement", type=click.FloatRange(0, 1), default=None,
               help="With --int8: least top-1 agreement with the fp32 model on held-out drawings [default: 0.98].")
-@click.option("--triton", type=click.Path(file_okay=False), default=None,
-              help="Also write a Triton model repository: TRITON/qdkit/{config.pbtxt,labels.txt,1/model.onnx}.")
+@_overwrite_option
 def export(checkpoint: str | None, out: str | None, opset: int, int8: bool, data: str | None,
-           int8_min_agreement: float | None, triton: str | None) -> None:
+           int8_min_agreement: float | None, overwrite: bool) -> None:
     """Export CHECKPOINT [default: newest artifacts/*/best.pt] to a self-describing ONNX model.
 
     The graph takes raw uint8 drawings (N, 1, 28, 28), 0 = background, 255 = ink, and returns
@@ -172,42 +171,13 @@ def export(checkpoint: str | None, out: str | None, opset: int, int8: bool, data
     outputs and metadata), calibrated on drawings of the store's train split and written only if
     its top-1 class agrees with the fp32 model's on held-out drawings.
     """
-    from pathlib import Path
-
-    from qdkit.export import default_checkpoint, export_model
-    from qdkit.quantize import int8_path, quantize_from_store
+    from qdkit.export import export_models
 
     if not int8 and (data is not None or int8_min_agreement is not None):
         raise QdkitError("--data and --int8-min-agreement apply only with --int8")
-    ckpt = Path(checkpoint) if checkpoint is not None else default_checkpoint()
-    if int8:
-        from qdkit.checkpoint import load_checkpoint
-        from qdkit.quantize import default_store, open_calibration_store
-
-        # Check the store before writing anything: a missing or mismatched one fails here, not
-        # after model.onnx has been replaced.
-        store = Path(data) if data is not None else default_store(ckpt)
-        open_calibration_store(store, load_checkpoint(ckpt)["class_names"], str(ckpt))
-    if triton:
-        from qdkit.triton import DEFAULT_NAME, check_target, write_repository
-
-        check_target(Path(triton) / DEFAULT_NAME)  # before anything is written
-    report = export_model(ckpt, out, opset=opset)
-    click.echo(report.summary())
-    if triton:
-        click.echo(write_repository(report.path, triton).summary())
-    target = int8_path(report.path)
-    if not int8:
-        if target.is_file():
-            _warn_line(f"{target} is from an earlier export, not from this {report.path}; "
-                       "re-export with --int8 to refresh it, or delete it")
-        return
-    try:
-        q = quantize_from_store(report.path, target, store, min_agreement=int8_min_agreement, warn=_warn_line)
-    except QdkitError as e:
-        stale = f"; {target} from an earlier export is left as it was" if target.is_file() else ""
-        raise QdkitError(f"{e} (the fp32 {report.path} is written{stale})") from None
-    click.echo(q.summary())
+    result = export_models(checkpoint, out, opset=opset, int8=int8, data=data,
+                           int8_min_agreement=int8_min_agreement, overwrite=overwrite, warn=_warn_line)
+    click.echo(result.summary())
 
 
 @main.command()
@@ -224,25 +194,34 @@ def export(checkpoint: str | None, out: str | None, opset: int, int8: bool, data
               help="onnxruntime intra-op threads [default: one per core].")
 @click.option("--workers", type=click.IntRange(1), default=None,
               help="Image decoding processes [default: CPU count, at most 8].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --output file.")
 @click.pass_context
 def predict(ctx: click.Context, paths: tuple[str, ...], model: str | None, top_k: int, batch_size: int,
-            fmt: str, output: str | None, invert: str, threads: int | None, workers: int | None) -> None:
-    """Top-k classes of images: files, folders (searched recursively) and glob patterns.
+            fmt: str, output: str | None, invert: str, threads: int | None, workers: int | None,
+            overwrite: bool) -> None:
+    """Top-k classes of images and drawings: files, folders (searched recursively) and glob patterns.
 
     Any image PIL reads is normalised to a 28x28 drawing (grayscale, ink polarity, cropped and fitted
-    like Quick Draw). A file that fails is one warning line and the rest go on; the exit code is 1
-    if any failed.
+    like Quick Draw). In a .ndjson file each line is a drawing (a Quick Draw ndjson object or a bare
+    stroke list), rasterized exactly as the dataset's bitmaps and named FILE:LINE. An input that
+    cannot be read (a bad file or line, a FIFO, a folder without permission) is one warning line and
+    the rest go on; the exit code is 1 if any failed. SIGTERM stops it like Ctrl-C (exit code 130).
     """
-    from qdkit.predict import format_predictions, predict_files
+    from qdkit.formatting import format_predictions
+    from qdkit.outfiles import output_file, write_text
+    from qdkit.predict import predict_files
+    from qdkit.workers import sigterm_as_interrupt
 
-    result = predict_files(paths, model, top_k=top_k, batch_size=batch_size, invert=invert, threads=threads,
-                           workers=workers, warn=_warn_line)
+    target = output_file(output, "predictions file", overwrite=overwrite, option="--output") if output else None
+    with sigterm_as_interrupt():
+        result = predict_files(paths, model, top_k=top_k, batch_size=batch_size, invert=invert, threads=threads,
+                               workers=workers, warn=_warn_line)
     text = format_predictions(result.predictions, fmt, top_k)
     n, failed = len(result.predictions), len(result.errors)
-    if output:
-        _write_text(output, text)
+    if target:
+        write_text(target, text)
         rate = n / result.seconds if result.seconds > 0 else 0.0
-        click.echo(f"wrote {n} predictions to {output} ({result.seconds:.2f} s, {rate:,.0f} images/s)", err=True)
+        click.echo(f"wrote {n} predictions to {target} ({result.seconds:.2f} s, {rate:,.0f} images/s)", err=True)
     else:
         click.echo(text, nl=False)
     if failed:
@@ -265,10 +244,11 @@ def predict(ctx: click.Context, paths: tuple[str, ...], model: str | None, top_k
 @click.option("--max-prob-delta", type=click.FloatRange(0), default=None,
               help="Largest |Δprobability| allowed [default: 1e-4; for an int8 model reported, not checked].")
 @click.option("--threads", type=click.IntRange(1), default=None, help="Threads for both runtimes.")
+@_overwrite_option
 @click.pass_context
 def evaluate(ctx: click.Context, model: str | None, checkpoint: str | None, data: str, split: str, out: str | None,
              batch_size: int, min_agreement: float | None, max_prob_delta: float | None,
-             threads: int | None) -> None:
+             threads: int | None, overwrite: bool) -> None:
     """Run a split through onnxruntime and PyTorch: accuracies, agreement, largest differences.
 
     Writes evaluation.json and confusion_matrix.png; exits 1 when the two disagree beyond the
@@ -277,7 +257,7 @@ def evaluate(ctx: click.Context, model: str | None, checkpoint: str | None, data
     from qdkit.evaluate import evaluate_model
 
     report = evaluate_model(model, checkpoint, data, split, out, batch_size=batch_size, min_agreement=min_agreement,
-                            max_prob_delta=max_prob_delta, threads=threads, warn=_warn_line)
+                            max_prob_delta=max_prob_delta, threads=threads, warn=_warn_line, overwrite=overwrite)
     click.echo(report.summary())
     if not report.passed:
         ctx.exit(1)
@@ -295,36 +275,15 @@ def evaluate(ctx: click.Context, model: str | None, checkpoint: str | None, data
 @click.option("--seed", type=int, default=0, show_default=True, help="Which random drawings.")
 @click.option("--mistakes", is_flag=True, help="Show only misclassified drawings.")
 @click.option("--threads", type=click.IntRange(1), default=None)
+@_overwrite_option
 def visualize(model: str | None, data: str, split: str, out: str | None, count: int, top_k: int, columns: int,
-              seed: int, mistakes: bool, threads: int | None) -> None:
+              seed: int, mistakes: bool, threads: int | None, overwrite: bool) -> None:
     """A grid of drawings, each with a bar chart of its top class probabilities (mistakes in red)."""
     from qdkit.visualize import visualize as draw_grid
 
     _, summary = draw_grid(model, data, split, out, count=count, top_k=top_k, columns=columns, seed=seed,
-                           mistakes=mistakes, threads=threads, warn=_warn_line)
+                           mistakes=mistakes, threads=threads, warn=_warn_line, overwrite=overwrite)
     click.echo(summary)
-
-
-@main.command()
-@click.argument("model", type=click.Path(dir_okay=False), required=False)
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on; 0.0.0.0 opens the service to other machines.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0 picks a free port.")
-@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Server processes sharing the port (each with its own model session and batcher).")
-@click.option("--max-batch", type=click.IntRange(1, 4096), default=64, show_default=True,
-              help="Most drawings per onnxruntime call when concurrent requests are batched.")
-@click.option("--max-body-mb", type=click.FloatRange(0.01, 1024), default=4.0, show_default=True,
-              help="Largest request body in MiB (larger ones get 413).")
-@click.option("--name", default="qdkit", show_default=True, help="The model's name in the v2 API URLs.")
-def serve(model: str | None, host: str, port: int, workers: int, max_batch: int, max_body_mb: float,
-          name: str) -> None:
-    """Serve MODEL [default: newest artifacts/*/model.onnx]: the drawing page at /, POST /predict,
-    the Open Inference Protocol under /v2, the API docs at /docs. Ctrl-C stops it."""
-    from qdkit.serve.server import serve as run_server
-
-    run_server(model, host=host, port=port, workers=workers, max_batch=max_batch,
-               max_body=int(max_body_mb * 1024 * 1024), name=name, echo=lambda line: click.echo(line, err=True))
 
 
 # --- train / sweep --------------------------------------------------------------------------------

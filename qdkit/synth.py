@@ -1,9 +1,10 @@
 """Synthetic Quick-Draw-format doodles of ten simple shapes: the offline stand-in for the real data.
 
 Each drawing is a few jittered pen strokes (random rotation, aspect, shear, wobbly control points,
-varying pen width, now and then a missing or an extra stroke). Like the real Quick Draw bitmaps,
-the strokes are scaled so the drawing's longer side fills the frame (aspect kept, centred), drawn
-at 4x resolution and box-downsampled to an antialiased 28x28 image (0 = background, 255 = ink).
+now and then a missing or an extra stroke), taken through the dataset's own pipeline exactly like a
+real drawing: `strokes.simplify` (the published simplification of raw strokes) and then
+`strokes.rasterize` (the published rendering) — so a synthetic bitmap is the rendering of its
+simplified strokes, and `--format ndjson` writes those strokes.
 """
 from __future__ import annotations
 
@@ -13,19 +14,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+import orjson
 from tqdm import tqdm
 
-from qdkit.bitmaps import PIXELS, SIDE, bitmap_filename, save_bitmaps
+from qdkit.bitmaps import PIXELS, bitmap_filename, save_bitmaps
 from qdkit.errors import QdkitError
+from qdkit.files import atomic_path
+from qdkit.strokes import Drawing, rasterize_many, simplify
 
 CLASS_NAMES: tuple[str, ...] = (
     "circle", "square", "triangle", "star", "line", "zigzag", "spiral", "cross", "arrow", "house",
 )
 
-_SCALE = 4                # drawn at 112x112: each output pixel averages a 4x4 block (antialiasing)
-_CANVAS = SIDE * _SCALE
-_WIDTH = (5.0, 10.0)      # pen width in canvas pixels: ~1.2-2.5 px at 28x28, like the real strokes
+FORMATS = ("bitmap", "ndjson")
 
 Stroke = np.ndarray       # (k, 2) float points, x right and y down, roughly within [-1, 1]
 
@@ -180,33 +181,30 @@ def _distort(strokes: list[Stroke], rng: np.random.Generator, rotation: float) -
     return strokes
 
 
-def _rasterise(strokes: list[Stroke], width: float) -> np.ndarray:
-    """Fit the drawing's bounding box to the frame (aspect kept, centred), draw, box-downsample."""
-    pts = np.vstack(strokes)
-    lo, hi = pts.min(0), pts.max(0)
-    margin = width / 2  # so the ink, not the pen's centre line, touches the frame
-    scale = (_CANVAS - 1 - 2 * margin) / max(float((hi - lo).max()), 1e-6)
-    offset = (_CANVAS - 1) / 2 - (lo + hi) / 2 * scale
-    image = Image.new("L", (_CANVAS, _CANVAS), 0)
-    draw = ImageDraw.Draw(image)
-    w, r = int(round(width)), width / 2
-    for stroke in strokes:
-        xy = stroke * scale + offset
-        draw.line(xy.ravel().tolist(), fill=255, width=w)
-        for x, y in (xy[0], xy[-1]):  # round pen tips; PIL's line ends are square-cut
-            draw.ellipse((x - r, y - r, x + r, y + r), fill=255)
-    return np.asarray(image.resize((SIDE, SIDE), Image.Resampling.BOX), dtype=np.uint8).reshape(PIXELS)
+def class_drawings(name: str, n: int, rng: np.random.Generator) -> list[Drawing]:
+    """`n` synthetic doodles of shape `name`, as simplified strokes (y down, 0..255)."""
+    if name not in _SHAPES:
+        raise QdkitError(f"unknown synthetic class {name!r} (available: {', '.join(CLASS_NAMES)})")
+    shape, rotation = _SHAPES[name]
+    return [Drawing.from_strokes(simplify([st.T for st in _distort(shape(rng), rng, rotation)]), True, word=name,
+                                 recognized=True)
+            for _ in range(n)]
 
 
 def render_class(name: str, n: int, rng: np.random.Generator) -> np.ndarray:
     """`n` synthetic doodles of shape `name` as an (n, 784) uint8 array (0 = background, 255 = ink)."""
-    if name not in _SHAPES:
-        raise QdkitError(f"unknown synthetic class {name!r} (available: {', '.join(CLASS_NAMES)})")
-    shape, rotation = _SHAPES[name]
-    out = np.empty((n, PIXELS), np.uint8)
-    for i in range(n):
-        out[i] = _rasterise(_distort(shape(rng), rng, rotation), rng.uniform(*_WIDTH))
-    return out
+    return rasterize_many(class_drawings(name, n, rng)).reshape(n, PIXELS)
+
+
+def ndjson_filename(class_name: str) -> str:
+    return f"full_simplified_{class_name}.ndjson"
+
+
+def _write_ndjson(path: Path, drawings: list[Drawing]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        for key_id, d in enumerate(drawings):
+            f.write(orjson.dumps({"word": d.word, "countrycode": "", "recognized": True, "key_id": str(key_id),
+                                  "drawing": d.to_json()}) + b"\n")
 
 
 def class_rng(seed: int, index: int) -> np.random.Generator:
@@ -217,16 +215,19 @@ def class_rng(seed: int, index: int) -> np.random.Generator:
 
 def write_synth(
     out_dir: str | os.PathLike, num_classes: int = 10, per_class: int = 2500, seed: int = 0,
-    overwrite: bool = False,
+    overwrite: bool = False, fmt: str = "bitmap",
 ) -> list[Path]:
-    """Write `full_numpy_bitmap_<shape>.npy` for the first `num_classes` shapes; return the paths."""
+    """Write `full_numpy_bitmap_<shape>.npy` (fmt "bitmap") or the same drawings' strokes as
+    `full_simplified_<shape>.ndjson` (fmt "ndjson") for the first `num_classes` shapes; return the paths."""
+    if fmt not in FORMATS:
+        raise QdkitError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if not 1 <= num_classes <= len(CLASS_NAMES):
         raise QdkitError(f"--classes must be between 1 and {len(CLASS_NAMES)}, got {num_classes}")
     if per_class < 1:
         raise QdkitError(f"--per-class must be at least 1, got {per_class}")
     out_dir = Path(out_dir)
     names = CLASS_NAMES[:num_classes]
-    paths = [out_dir / bitmap_filename(name) for name in names]
+    paths = [out_dir / (bitmap_filename(name) if fmt == "bitmap" else ndjson_filename(name)) for name in names]
     if not overwrite:  # refuse before any work, so a refusal never leaves half the classes rewritten
         for path in paths:
             if path.exists():
@@ -237,7 +238,11 @@ def write_synth(
     try:
         for index, (name, path) in enumerate(bar):
             bar.set_postfix_str(name)
-            save_bitmaps(path, render_class(name, per_class, class_rng(seed, index)), overwrite=True)
+            drawings = class_drawings(name, per_class, class_rng(seed, index))
+            if fmt == "bitmap":
+                save_bitmaps(path, rasterize_many(drawings).reshape(per_class, PIXELS), overwrite=True)
+            else:
+                _write_ndjson(path, drawings)
     except BaseException:
         # A failed run (a full disk, Ctrl-C) leaves no half set of classes: remove the files it created.
         bar.close()
