@@ -12,15 +12,18 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from qdkit.constants import DEFAULT_STORE
+from qdkit.errors import QdkitError, first_line
 from qdkit.files import atomic_path, sha256_file
-from qdkit.errors import QdkitError
-from qdkit.onnxmodel import INT8_MIN_AGREEMENT, check_classes, is_quantized
+from qdkit.onnxmodel import INT8_MIN_AGREEMENT, OnnxModel, check_classes, is_quantized
+from qdkit.outfiles import PNG_SOFTWARE, is_qdkit_json, is_qdkit_png, output_file, output_folder
 
 MIN_AGREEMENT = 1.0
 MAX_PROB_DELTA = 1e-4
@@ -63,7 +66,7 @@ class EvaluationReport:
         return "\n".join(lines)
 
 
-def resolve_checkpoint(predictor: Any, checkpoint: str | os.PathLike | None,
+def resolve_checkpoint(predictor: OnnxModel, checkpoint: str | os.PathLike | None,
                        warn: Callable[[str], None]) -> tuple[Path, str]:
     """The checkpoint to compare with, and its SHA-256. By default the one the model's metadata
     names (its recorded path, else the same file name beside the model), whose hash must match."""
@@ -85,9 +88,10 @@ def resolve_checkpoint(predictor: Any, checkpoint: str | os.PathLike | None,
     candidates = [Path(meta["checkpoint_path"])] if meta.get("checkpoint_path") else []
     if meta.get("checkpoint_file"):
         candidates.append(predictor.path.parent / meta["checkpoint_file"])
-    path = next((c for c in candidates if c.is_file()), None)
-    if path is None:
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
         raise QdkitError(f"{predictor.path}: its checkpoint {candidates[0]} is gone; pass --checkpoint")
+    path = found
     sha = sha256_file(path)
     if recorded and sha != recorded:
         raise QdkitError(f"{path}: changed since {predictor.path} was exported from it (SHA-256 "
@@ -106,21 +110,27 @@ def tolerances(metadata: dict[str, Any], min_agreement: float | None,
 
 
 def evaluate_model(model: str | os.PathLike | None = None, checkpoint: str | os.PathLike | None = None,
-                   data: str | os.PathLike = "data/quickdraw.h5", split: str = "test",
+                   data: str | os.PathLike = DEFAULT_STORE, split: str = "test",
                    out: str | os.PathLike | None = None, *, batch_size: int = 512,
                    min_agreement: float | None = None, max_prob_delta: float | None = None,
-                   threads: int | None = None, warn: Callable[[str], None] | None = None) -> EvaluationReport:
+                   threads: int | None = None, warn: Callable[[str], None] | None = None,
+                   overwrite: bool = False) -> EvaluationReport:
     """Compare the ONNX model with its checkpoint on one split; tolerances left None take the
-    defaults for the model's kind (see `tolerances`)."""
+    defaults for the model's kind (see `tolerances`). Writes evaluation.json and
+    confusion_matrix.png into `out` (default: the model's folder); files there that qdkit did not
+    write are replaced only with `overwrite` (qdkit.outfiles)."""
     import torch
 
     from qdkit.checkpoint import load_checkpoint, model_from_checkpoint
-    from qdkit.predict import Predictor
     from qdkit.store import open_store
 
     warn = warn or (lambda msg: None)
     t0 = time.perf_counter()
-    predictor = Predictor(model, threads=threads, batch_size=batch_size, warn=warn)
+    predictor = OnnxModel(model, threads=threads, batch_size=batch_size, warn=warn)
+    out_dir = output_folder(out if out is not None else predictor.path.parent)
+    json_path = output_file(out_dir / JSON_NAME, "report", overwrite=overwrite,
+                            ours=lambda p: is_qdkit_json(p, "confusion_matrix_axes"))
+    png_path = output_file(out_dir / PNG_NAME, "picture", overwrite=overwrite, ours=is_qdkit_png)
     min_agreement, max_prob_delta = tolerances(predictor.metadata, min_agreement, max_prob_delta)
     ckpt_path, sha = resolve_checkpoint(predictor, checkpoint, warn)
     try:
@@ -128,7 +138,7 @@ def evaluate_model(model: str | os.PathLike | None = None, checkpoint: str | os.
     except QdkitError:
         raise
     except Exception as e:
-        raise QdkitError(f"{ckpt_path}: cannot rebuild the model ({str(e).strip().splitlines()[0][:160]})") from None
+        raise QdkitError(f"{ckpt_path}: cannot rebuild the model ({first_line(e)})") from e
     store = open_store(data)
     arrays = store.split(split)
     names = list(store.class_names)
@@ -147,7 +157,8 @@ def evaluate_model(model: str | os.PathLike | None = None, checkpoint: str | os.
     max_dl = max_dp = 0.0
     for s in range(0, n, batch_size):
         x = np.array(arrays.images[s:s + batch_size])  # a writable copy: torch refuses read-only memory
-        o_logits, o_probs = predictor.logits_and_proba(x)
+        o_logits, o_probs = predictor.run(x)
+        assert o_probs is not None
         with torch.inference_mode():
             t = net(torch.from_numpy(x).unsqueeze(1)).float()
             t_probs = torch.softmax(t, dim=1).numpy()
@@ -189,8 +200,6 @@ def evaluate_model(model: str | os.PathLike | None = None, checkpoint: str | os.
         "confusion_matrix_axes": "rows = true class, columns = onnxruntime's top-1, in class_names order",
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    out_dir = Path(out) if out is not None else predictor.path.parent
-    json_path, png_path = out_dir / JSON_NAME, out_dir / PNG_NAME
     with atomic_path(json_path) as tmp:
         tmp.write_text(json.dumps(figures, indent=1, allow_nan=True) + "\n")
     plot_confusion(confusion, names, png_path,
@@ -226,6 +235,6 @@ def plot_confusion(confusion: np.ndarray, names: list[str], path: Path, title: s
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", metadata={"Software": PNG_SOFTWARE})
     plt.close(fig)
     return path

@@ -18,6 +18,9 @@ metadata_props (strings; JSON where structured), read back by qdkit.onnxmodel.pa
 
 Order of work: export to memory, add metadata, onnx.checker (full), run a batch of drawings through
 onnxruntime and PyTorch, and only if they agree write the file (atomically). A refusal leaves no file.
+
+`export_models` is what `qdkit export` runs: the fp32 model and, with int8, its quantized copy
+(qdkit.quantize, a step of this stage), with every input checked before anything is written.
 """
 from __future__ import annotations
 
@@ -26,17 +29,22 @@ import io
 import json
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from qdkit import __version__
-from qdkit.files import atomic_path, newest_file, sha256_file
+from qdkit.constants import SIDE
 from qdkit.errors import QdkitError, first_line
-from qdkit.images import SIDE
-from qdkit.onnxmodel import INPUT_NAME, METADATA_FORMAT, check_graph, make_session
+from qdkit.files import atomic_path, newest_file, sha256_file
+from qdkit.onnxmodel import INPUT_NAME, METADATA_FORMAT, check_graph, is_qdkit_model, make_session
+from qdkit.outfiles import output_file
+
+if TYPE_CHECKING:
+    from qdkit.quantize import QuantizeReport
 
 DEFAULT_OPSET = 17        # onnxruntime >= 1.12 and onnxruntime-web run it
 LOGIT_TOLERANCE = 1e-3    # |Δlogit| <= tol * max(1, |logit|)
@@ -107,10 +115,17 @@ def _accuracies(ckpt: dict[str, Any], ckpt_path: Path) -> tuple[float | None, fl
     return as_float(val), as_float(test)
 
 
+def model_path(checkpoint: Path, out: str | os.PathLike | None, overwrite: bool = False) -> Path:
+    """Where the fp32 model goes: `out`, default model.onnx beside the checkpoint, checked by the
+    replace rule (qdkit.outfiles: an earlier qdkit model is replaced, anything else needs overwrite)."""
+    target = out if out is not None else checkpoint.parent / "model.onnx"
+    return output_file(target, ".onnx model", overwrite=overwrite, ours=is_qdkit_model)
+
+
 def export_model(checkpoint: str | os.PathLike | None = None, out: str | os.PathLike | None = None, *,
                  opset: int = DEFAULT_OPSET, logit_tolerance: float = LOGIT_TOLERANCE,
                  prob_tolerance: float = PROB_TOLERANCE, drawings: np.ndarray | None = None,
-                 threads: int | None = None) -> ExportReport:
+                 threads: int | None = None, overwrite: bool = False) -> ExportReport:
     """Export `checkpoint` (default: the newest artifacts/*/best.pt) to `out` (default: model.onnx
     beside it); raise QdkitError, writing nothing, if the checker or the parity gate fails."""
     import time
@@ -122,16 +137,14 @@ def export_model(checkpoint: str | os.PathLike | None = None, out: str | os.Path
 
     t0 = time.perf_counter()
     ckpt_path = Path(checkpoint) if checkpoint is not None else default_checkpoint()
-    out = Path(out) if out is not None else ckpt_path.parent / "model.onnx"
-    if out.exists() and out.is_dir():
-        raise QdkitError(f"{out}: is a folder; --out names the .onnx file to write")
+    out = model_path(ckpt_path, out, overwrite)
     ckpt = load_checkpoint(ckpt_path)
     try:
         model, ckpt = model_from_checkpoint(ckpt)
     except QdkitError as e:
-        raise QdkitError(f"{ckpt_path}: {e}") from None
+        raise QdkitError(f"{ckpt_path}: {e}") from e
     except Exception as e:  # a state dict that does not fit its own model description
-        raise QdkitError(f"{ckpt_path}: cannot rebuild the model ({str(e).strip().splitlines()[0][:160]})") from None
+        raise QdkitError(f"{ckpt_path}: cannot rebuild the model ({first_line(e)})") from e
     class_names = [str(c) for c in ckpt["class_names"]]
 
     class Exportable(torch.nn.Module):
@@ -152,13 +165,14 @@ def export_model(checkpoint: str | os.PathLike | None = None, out: str | os.Path
             # The TorchScript ("legacy") exporter: ~0.05 s for these nets against ~1-3 s for
             # dynamo=True (torch.export + onnxscript, measured on torch 2.13), with the same graph
             # after onnxruntime's optimisation, and BatchNorm folded into the convolutions for us.
-            torch.onnx.export(
-                wrapped, (sample,), buf, dynamo=False, opset_version=int(opset), do_constant_folding=True,
+            torch.onnx.export(  # a BytesIO target works (torch's documented file-like f)
+                wrapped, (sample,), buf, dynamo=False,  # type: ignore[arg-type]
+                opset_version=int(opset), do_constant_folding=True,
                 input_names=[INPUT_NAME], output_names=["logits", "probabilities"],
                 dynamic_axes={INPUT_NAME: {0: "N"}, "logits": {0: "N"}, "probabilities": {0: "N"}},
             )
     except Exception as e:
-        raise QdkitError(f"{ckpt_path}: ONNX export failed at opset {opset} ({first_line(e)})") from None
+        raise QdkitError(f"{ckpt_path}: ONNX export failed at opset {opset} ({first_line(e)})") from e
     proto = onnx.load_from_string(buf.getvalue())
 
     val_acc, test_acc = _accuracies(ckpt, ckpt_path)
@@ -212,3 +226,49 @@ def export_model(checkpoint: str | os.PathLike | None = None, out: str | os.Path
     with atomic_path(out) as tmp:
         onnx.save(proto, os.fspath(tmp))
     return ExportReport(out, ckpt_path, meta, float(d_logit.max()), d_prob, int(len(x)), time.perf_counter() - t0)
+
+
+@dataclass
+class ExportResult:
+    """What `export_models` wrote: the fp32 model and, where asked for, the int8 one."""
+
+    fp32: ExportReport
+    int8: QuantizeReport | None = None
+
+    def summary(self) -> str:
+        return self.fp32.summary() + (f"\n{self.int8.summary()}" if self.int8 else "")
+
+
+def export_models(checkpoint: str | os.PathLike | None = None, out: str | os.PathLike | None = None, *,
+                  opset: int = DEFAULT_OPSET, int8: bool = False, data: str | os.PathLike | None = None,
+                  int8_min_agreement: float | None = None, overwrite: bool = False,
+                  warn: Callable[[str], None] | None = None) -> ExportResult:
+    """`qdkit export`: the fp32 model (`export_model`) and, with `int8`, its int8 copy beside it,
+    calibrated on the store `data` (default: the run's store). Every input — the checkpoint, the
+    store and its classes, both output paths — is checked before anything is written. Without
+    `int8`, an int8 model left beside the new fp32 one by an earlier export is `warn`ed about."""
+    from qdkit.quantize import default_store, int8_path, open_calibration_store, quantize_from_store
+
+    warn = warn or (lambda msg: None)
+    ckpt = Path(checkpoint) if checkpoint is not None else default_checkpoint()
+    target = int8_path(model_path(ckpt, out, overwrite))
+    store = None
+    if int8:
+        from qdkit.checkpoint import load_checkpoint
+
+        output_file(target, "int8 .onnx model", overwrite=overwrite, ours=is_qdkit_model)
+        store = Path(data) if data is not None else default_store(ckpt)
+        open_calibration_store(store, load_checkpoint(ckpt)["class_names"], str(ckpt))
+    report = export_model(ckpt, out, opset=opset, overwrite=overwrite)
+    if store is None:
+        if target.is_file():
+            warn(f"{target} is from an earlier export, not from this {report.path}; "
+                 "re-export with --int8 to refresh it, or delete it")
+        return ExportResult(report)
+    try:
+        quantized = quantize_from_store(report.path, target, store, min_agreement=int8_min_agreement, warn=warn,
+                                        overwrite=overwrite)
+    except QdkitError as e:
+        stale = f"; {target} from an earlier export is left as it was" if target.is_file() else ""
+        raise QdkitError(f"{e} (the fp32 {report.path} is written{stale})") from e
+    return ExportResult(report, quantized)

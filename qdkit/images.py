@@ -9,11 +9,11 @@ import os
 import warnings
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image, ImageOps
 
+from qdkit.constants import SIDE
 from qdkit.errors import QdkitError, first_line
-
-SIDE = 28
 
 
 def drawing_to_png_image(drawing: np.ndarray) -> Image.Image:
@@ -41,6 +41,15 @@ _CANVAS = 4 * SIDE   # the drawing is fitted at 4x (112x112), then box-downsampl
 _SPAN = 4 * (SIDE - 2)  # its longer side spans 104 canvas pixels = 26 output pixels
 _BIG = 2048 * 2048     # images with more pixels are max-pooled in uint8 before anything else
 _PEN = 3             # strokes thinner than ~5 canvas pixels (~1.2 px at 28x28) are thickened
+_WORN = 0.2          # a stroke is as wide as the erosions it takes to leave 20% of its ink
+
+# What counts as ink when fitting (intensities 0..255 after the background is subtracted):
+_MAD_TO_SIGMA = 1.4826  # median absolute deviation -> standard deviation, for Gaussian noise
+_MIN_PEAK = 16.0        # the darkest ink must stand this far above the background ...
+_PEAK_NOISE = 3         # ... and this many noise levels: otherwise nothing is drawn
+_INK_FLOOR = 40.0       # after stretching to 255: fainter pixels are paper texture or JPEG ringing
+_INK_NOISE = 4          # ... as are pixels within this many (stretched) noise levels
+_INK_CEILING = 128.0    # ... but the floor never rises above half the ink
 
 
 def _border(a: np.ndarray) -> np.ndarray:
@@ -96,21 +105,13 @@ def _to_gray(image: Image.Image) -> np.ndarray:
 
 
 def _max3(a: np.ndarray) -> np.ndarray:
-    """3x3 grayscale dilation."""
-    p = np.pad(a, 1)
-    h, w = a.shape
-    return np.max([p[y:y + h, x:x + w] for y in range(3) for x in range(3)], axis=0)
+    """3x3 grayscale dilation (outside the image counts as background)."""
+    return sliding_window_view(np.pad(a, 1), (3, 3)).max(axis=(2, 3))
 
 
 def _min3(a: np.ndarray) -> np.ndarray:
-    """3x3 binary erosion."""
-    p = np.pad(a, 1)
-    h, w = a.shape
-    out = a.copy()
-    for y in range(3):
-        for x in range(3):
-            out &= p[y:y + h, x:x + w]
-    return out
+    """3x3 binary erosion (outside the image counts as background)."""
+    return np.asarray(sliding_window_view(np.pad(a, 1), (3, 3)).all(axis=(2, 3)))
 
 
 def _fit(ink: np.ndarray) -> np.ndarray:
@@ -119,15 +120,15 @@ def _fit(ink: np.ndarray) -> np.ndarray:
     ring = _border(ink)
     background = float(np.median(ring))
     # The noise level: the ring's median deviation (robust to strokes that touch the frame).
-    noise = 1.4826 * float(np.median(np.abs(ring - background)))
+    noise = _MAD_TO_SIGMA * float(np.median(np.abs(ring - background)))
     ink -= background  # a grey paper or a lit photo: its background becomes 0
     np.maximum(ink, 0, out=ink)
     peak = float(ink.max()) if ink.size else 0.0
-    if peak < max(16.0, 3 * noise):  # nothing drawn (or only noise)
+    if peak < max(_MIN_PEAK, _PEAK_NOISE * noise):  # nothing drawn (or only noise)
         return np.zeros((SIDE, SIDE), np.uint8)
     ink *= 255.0 / peak
     # Paper texture, sensor noise, JPEG ringing and the faintest antialiasing are not ink.
-    ink[ink < min(128.0, max(40.0, 4 * noise * 255.0 / peak))] = 0
+    ink[ink < min(_INK_CEILING, max(_INK_FLOOR, _INK_NOISE * noise * 255.0 / peak))] = 0
     rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
     if rows.size == 0:
         return np.zeros((SIDE, SIDE), np.uint8)
@@ -148,7 +149,7 @@ def _fit(ink: np.ndarray) -> np.ndarray:
     # Stroke width: how many 3x3 erosions it takes to wear most of the ink away.
     mask = canvas >= 128
     area, erosions = int(mask.sum()), 0
-    while mask.sum() > 0.2 * area and erosions < _PEN:
+    while mask.sum() > _WORN * area and erosions < _PEN:
         mask, erosions = _min3(mask), erosions + 1
     for _ in range(_PEN - erosions):
         canvas = _max3(canvas)
@@ -181,6 +182,8 @@ def image_to_drawing(image: Image.Image | np.ndarray, invert: str | bool = "auto
 def _gray_to_drawing(gray: np.ndarray, invert: str | bool) -> np.ndarray:
     if gray.size == 0:
         raise ValueError("the image has no pixels")
+    if gray.dtype != np.uint8 and not np.isfinite(gray).all():
+        raise ValueError("the image has NaN or infinite pixels")
     flip = _wants_invert(gray, invert)
     if gray.shape == (SIDE, SIDE):  # already a Quick Draw bitmap: never re-cropped or resampled
         g = gray if gray.dtype == np.uint8 else np.clip(np.rint(gray), 0, 255).astype(np.uint8)
@@ -263,19 +266,19 @@ def read_drawing(path: str | os.PathLike, invert: str | bool = "auto") -> np.nda
                     im = ImageOps.exif_transpose(im) if im.format in ("JPEG", "MPO", "TIFF", "WEBP") else im
                     gray = _to_gray(im)
         return _gray_to_drawing(gray, invert)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         limit = Image.MAX_IMAGE_PIXELS
-        raise QdkitError(f"{path}: image too large (over {limit:,} pixels; a decompression-bomb guard)") from None
-    except FileNotFoundError:
-        raise QdkitError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise QdkitError(f"{path}: is a folder, not an image") from None
-    except PermissionError:
-        raise QdkitError(f"{path}: permission denied") from None
-    except Image.UnidentifiedImageError:
+        raise QdkitError(f"{path}: image too large (over {limit:,} pixels; a decompression-bomb guard)") from e
+    except FileNotFoundError as e:
+        raise QdkitError(f"{path}: no such file") from e
+    except IsADirectoryError as e:
+        raise QdkitError(f"{path}: is a folder, not an image") from e
+    except PermissionError as e:
+        raise QdkitError(f"{path}: permission denied") from e
+    except Image.UnidentifiedImageError as e:
         if os.path.getsize(path) == 0:
-            raise QdkitError(f"{path}: empty file (0 bytes)") from None
-        raise QdkitError(f"{path}: not an image (no format PIL reads)") from None
+            raise QdkitError(f"{path}: empty file (0 bytes)") from e
+        raise QdkitError(f"{path}: not an image (no format PIL reads)") from e
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
         # truncated or corrupt data; PIL raises several types for it
-        raise QdkitError(f"{path}: unreadable image ({first_line(e, 120)})") from None
+        raise QdkitError(f"{path}: unreadable image ({first_line(e, 120)})") from e

@@ -1,5 +1,7 @@
-"""The ONNX side of a qdkit model, shared by export, predict and evaluate: the contract's names,
-the metadata parser, finding the newest exported model, and one well-configured onnxruntime session.
+"""The ONNX side of a qdkit model, shared by export, predict, evaluate and visualize: the contract's
+names, the metadata parser, finding the newest exported model, one well-configured onnxruntime
+session, and `OnnxModel` — a session checked against the contract that runs (N, 28, 28) uint8
+drawings in batches.
 
 The contract (written by qdkit.export):
   input  `pixels`         uint8 (N, 1, 28, 28), 0 = background, 255 = ink (the model normalises)
@@ -12,11 +14,15 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+import numpy as np
 import onnxruntime as ort
 
+from qdkit.constants import SIDE
 from qdkit.errors import QdkitError, first_line
 from qdkit.files import newest_file
 
@@ -82,7 +88,7 @@ def make_session(model: str | os.PathLike | bytes, threads: int | None = None,
         reason = first_line(e, limit=1000)
         if "[ONNXRuntimeError]" in reason:
             reason = reason.split(":", 3)[-1].strip()
-        raise QdkitError(f"{label}: not a usable ONNX model ({reason[:160]})") from None
+        raise QdkitError(f"{label}: not a usable ONNX model ({reason[:160]})") from e
 
 
 def parse_metadata(props: dict[str, str]) -> dict[str, Any]:
@@ -103,6 +109,17 @@ def parse_metadata(props: dict[str, str]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def is_qdkit_model(path: str | os.PathLike) -> bool:
+    """Whether the file is an ONNX model with qdkit metadata (one `qdkit export` wrote)."""
+    import onnx
+
+    try:
+        proto = onnx.load(os.fspath(path), load_external_data=False)
+    except Exception:  # not ONNX at all (onnx raises protobuf's DecodeError and others)
+        return False
+    return any(p.key == "format" and p.value == METADATA_FORMAT for p in proto.metadata_props)
 
 
 def is_quantized(metadata: dict[str, Any]) -> bool:
@@ -129,4 +146,123 @@ def check_graph(proto: Any, owner: str | os.PathLike, what: str) -> None:
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as e:  # the checker raises several types
-        raise QdkitError(f"{owner}: the {what} fails onnx.checker ({first_line(e)})") from None
+        raise QdkitError(f"{owner}: the {what} fails onnx.checker ({first_line(e)})") from e
+
+
+# ----------------------------------------------------------------------------- the model contract
+
+_INPUT_TYPES = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32, "tensor(double)": np.float64}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, in place on `logits` (pass a copy to keep it)."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
+
+
+def _fits(dim: Any, want: int) -> bool:
+    """A symbolic (named or unknown) dimension fits anything."""
+    return not isinstance(dim, int) or dim == want
+
+
+class OnnxModel:
+    """An onnxruntime session over a model that takes 28x28 drawings, checked once at load.
+
+    A qdkit model (from `qdkit export`) names its classes in its metadata. A model without qdkit
+    metadata is supported deliberately, as long as its graph fits the contract's shapes — one
+    input (N, 1, 28, 28) or (N, 28, 28) of uint8 or float pixels, one (N, classes) output: its
+    class names are the output indices, its pixels are fed raw (0..255, 0 = background), and a
+    warning says so. Anything else is refused in one line at load.
+    """
+
+    def __init__(self, model: str | os.PathLike | None = None, *, threads: int | None = None,
+                 providers: Sequence[str] | None = None, batch_size: int = 256,
+                 warn: Callable[[str], None] | None = None, spin: bool = True) -> None:
+        self.path = Path(model) if model is not None else default_model_path()
+        self.batch_size = max(1, int(batch_size))
+        self.session = make_session(self.path, threads=threads, providers=providers, spin=spin)
+        self.metadata = parse_metadata(self.session.get_modelmeta().custom_metadata_map)
+        self._warn = warn or (lambda msg: warnings.warn(msg, QdkitWarning, stacklevel=3))
+        self._check_input()
+        self._check_outputs()
+
+    @property
+    def classes(self) -> list[str]:
+        """The class names, index = output column (the same list as `class_names`)."""
+        return self.class_names
+
+    def _check_input(self) -> None:
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise QdkitError(f"{self.path}: the model takes {len(inputs)} inputs; qdkit feeds one (pixels)")
+        spec = inputs[0]
+        shape = list(spec.shape)
+        if len(shape) == 4 and _fits(shape[1], 1) and _fits(shape[2], SIDE) and _fits(shape[3], SIDE):
+            self._rank = 4
+        elif len(shape) == 3 and _fits(shape[1], SIDE) and _fits(shape[2], SIDE):
+            self._rank = 3
+        else:
+            raise QdkitError(f"{self.path}: input {spec.name!r} has shape {shape}; qdkit feeds 28x28 "
+                             f"drawings as (N, 1, 28, 28) or (N, 28, 28)")
+        if isinstance(shape[0], int) and shape[0] != 1:
+            raise QdkitError(f"{self.path}: input {spec.name!r} has a fixed batch of {shape[0]}; "
+                             "qdkit needs a dynamic batch axis (re-export with `qdkit export`)")
+        self._fixed_batch = shape[0] == 1
+        if spec.type not in _INPUT_TYPES:
+            raise QdkitError(f"{self.path}: input {spec.name!r} is {spec.type}; qdkit feeds uint8 or float pixels")
+        self.input_name, self._dtype = spec.name, _INPUT_TYPES[spec.type]
+
+    def _check_outputs(self) -> None:
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        self._logits_name = "logits" if "logits" in outputs else next(iter(outputs))
+        self._probs_name = "probabilities" if "probabilities" in outputs else None
+        out_shape = outputs[self._logits_name].shape
+        if out_shape and len(out_shape) != 2:
+            raise QdkitError(f"{self.path}: output {self._logits_name!r} has shape {out_shape}; "
+                             "qdkit expects (N, classes)")
+        n_out = out_shape[-1] if out_shape else None
+        names = self.metadata.get("class_names")
+        self.is_qdkit = bool(self.metadata) and isinstance(names, list)
+        if isinstance(names, list) and self.is_qdkit:
+            self.class_names = [str(c) for c in names]
+            if isinstance(n_out, int) and n_out != len(self.class_names):
+                raise QdkitError(f"{self.path}: the model has {n_out} outputs but its metadata names "
+                                 f"{len(self.class_names)} classes")
+            return
+        if not isinstance(n_out, int):  # learn the class count from one blank drawing
+            probe = self._session_run([self._logits_name], np.zeros((1, SIDE, SIDE), np.uint8))[0]
+            if probe.ndim != 2:
+                raise QdkitError(f"{self.path}: output {self._logits_name!r} has shape {list(probe.shape)}; "
+                                 "qdkit expects (N, classes)")
+            n_out = int(probe.shape[-1])
+        self.class_names = [str(i) for i in range(n_out)]
+        self._warn(f"{self.path}: no qdkit metadata (not made by `qdkit export`); class indices "
+                   f"stand in for names and raw 0..255 pixels (0 = background) are fed as they are")
+
+    def _session_run(self, names: list[str], drawings: np.ndarray) -> list[np.ndarray]:
+        x = drawings.reshape(len(drawings), 1, SIDE, SIDE) if self._rank == 4 else drawings.reshape(-1, SIDE, SIDE)
+        x = x if x.dtype == self._dtype else x.astype(self._dtype)
+        try:
+            return self.session.run(names, {self.input_name: x})
+        except Exception as e:  # a foreign graph whose dimensions only looked right
+            raise QdkitError(f"{self.path}: onnxruntime failed on a batch of {len(drawings)} drawings "
+                             f"({first_line(e)})") from e
+
+    def run(self, drawings: np.ndarray, want_probs: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """(logits, probabilities or None) for uint8 (N, 28, 28) drawings, in batches of `batch_size`."""
+        names = [self._logits_name] + ([self._probs_name] if want_probs and self._probs_name else [])
+        step = 1 if self._fixed_batch else self.batch_size
+        outs = [self._session_run(names, drawings[s:s + step]) for s in range(0, len(drawings), step)]
+        if not outs:
+            empty = np.zeros((0, len(self.class_names)), np.float32)
+            return empty, (empty.copy() if want_probs else None)
+        logits = np.concatenate([o[0] for o in outs]).astype(np.float32, copy=False)
+        if not want_probs:
+            return logits, None
+        if len(outs[0]) > 1:
+            return logits, np.concatenate([o[1] for o in outs]).astype(np.float32, copy=False)
+        if not self.is_qdkit and logits.min() >= 0 and np.allclose(logits.sum(axis=1), 1, atol=1e-3):
+            return logits, logits  # a foreign model whose only output already is probabilities
+        return logits, softmax(logits.astype(np.float32, copy=True))

@@ -9,21 +9,8 @@ the gate's figures). PyTorch parity at |Δprobability| <= 1e-4 holds only for th
 int8 model's own gate is top-1 agreement with the fp32 model (default >= 98%) on drawings it was not
 calibrated on — the store's validation split where it has one.
 
-Choices, measured with onnxruntime 1.32 on two qdnet models (synthetic demo, 97.5% test accuracy;
-real animals10 drawings, 80.1%), agreement with fp32 on 5,976 held-out animals10 drawings:
-  - calibration method: MinMax 15 disagreements, Entropy 15, Percentile 13 (within noise of each
-    other), Distribution broke the model (10% accuracy); MinMax calibrates 3x faster (2.5 s vs
-    7.5 s for 1,024 drawings), so MinMax.
-  - per-channel weights: 15 disagreements vs 37 per-tensor. reduce_range (7-bit weights, against
-    the u8 x s8 overflow of CPUs without VNNI) 19 and symmetric activations 23: both cost agreement
-    on this (VNNI) CPU, so neither; `qdkit evaluate` on the target CPU checks a model there.
-  - quant_pre_process (shape inference + onnxruntime's basic optimisation, which folds the head's
-    BatchNorm into its MatMul): equal agreement (15 vs 11 disagreements, noise) and equal speed, but
-    onnxruntime recommends it and warns without it, and the quantized head is one Gemm instead of
-    MatMul + BatchNormalization with a Q/DQ pair between them.
-  - the nodes that write graph outputs (the last Gemm, the Softmax) stay float: quantized, `logits`
-    came out in 8-bit steps and `probabilities` in steps of 1/256, summing to 1 only within 1.6%;
-    float, they sum to 1 within 3e-7 at no measurable cost in speed (the last layer is 256 x classes).
+Why these choices (calibration method, per-channel weights, pre-processing, float output
+nodes): docs/int8.md, with the measurements behind each.
 """
 from __future__ import annotations
 
@@ -35,17 +22,27 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
-from qdkit.files import atomic_path, sha256_file
+from qdkit.constants import DEFAULT_STORE, SIDE
 from qdkit.errors import QdkitError, first_line
-from qdkit.images import SIDE
-from qdkit.onnxmodel import (INPUT_NAME, INT8_MIN_AGREEMENT, check_classes, check_graph, is_quantized, make_session,
-                             parse_metadata)
+from qdkit.files import atomic_path, sha256_file
+from qdkit.onnxmodel import (
+    INPUT_NAME,
+    INT8_MIN_AGREEMENT,
+    check_classes,
+    check_graph,
+    is_qdkit_model,
+    is_quantized,
+    make_session,
+    parse_metadata,
+)
+from qdkit.outfiles import output_file
 
 QUANTIZATION_TYPE = "int8-static-qdq"
 MIN_AGREEMENT = INT8_MIN_AGREEMENT  # top-1 agreement int8 vs fp32 on held-out drawings; read at call time
@@ -53,7 +50,6 @@ CALIBRATION_DRAWINGS = 1024
 GATE_DRAWINGS = 2048        # held-out drawings for the gate, at most: ±0.2% standard error at 99%
 CALIBRATION_BATCH = 128
 PROB_SUM_TOLERANCE = 1e-3   # |sum(probabilities) - 1|: the softmax must still be a softmax
-DEFAULT_STORE = Path("data/quickdraw.h5")
 METHODS = ("minmax", "percentile", "entropy")
 
 
@@ -142,64 +138,68 @@ def store_drawings(store, calibration: int = CALIBRATION_DRAWINGS, gate: int = G
     return cal, "train (not calibrated on)", np.asarray(train.images[rows]), np.asarray(train.labels[rows])
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """onnxruntime.quantization logs warnings on the root logger and prints progress; the CLI's
-    output is ours."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        logging.disable(previous)
-
-
 def _run(session: Any, x: np.ndarray, batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
     outs = [session.run(["logits", "probabilities"], {INPUT_NAME: x[s:s + batch, None]})
             for s in range(0, len(x), batch)]
     return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
 
 
-def quantize_model(fp32_onnx: str | os.PathLike, out: str | os.PathLike | None, calibration: np.ndarray, *,
-                   gate: np.ndarray, gate_labels: np.ndarray | None = None, gate_split: str = "held-out",
-                   min_agreement: float | None = None, method: str = "minmax", threads: int | None = None,
-                   extra_metadata: dict[str, Any] | None = None) -> QuantizeReport:
-    """Quantize the qdkit model `fp32_onnx` to `out` (default: model.int8.onnx beside it),
-    calibrated on `calibration` (N, 28, 28) uint8 drawings; raise QdkitError, writing nothing, if
-    top-1 agreement with the fp32 model on `gate` drawings is below `min_agreement` (default
-    MIN_AGREEMENT, read at call time) or the outputs are not sane."""
+def _check_drawings(what: str, a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a)
+    if a.dtype != np.uint8 or a.ndim != 3 or a.shape[1:] != (SIDE, SIDE) or len(a) == 0:
+        raise QdkitError(f"{what} drawings: expected a non-empty (N, 28, 28) uint8 array, got {a.shape} {a.dtype}")
+    return a
+
+
+def _load_fp32(src: Path) -> tuple[Any, dict[str, str]]:
+    """The fp32 qdkit model and its metadata props; refuses foreign and already quantized models."""
     import onnx
-    import onnxruntime
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quant_pre_process, quantize_static)
 
-
-    t0 = time.perf_counter()
-    src = Path(fp32_onnx)
-    out = Path(out) if out is not None else int8_path(src)
-    min_agreement = MIN_AGREEMENT if min_agreement is None else float(min_agreement)
-    if method not in METHODS:
-        raise QdkitError(f"unknown calibration method {method!r} (choose from {', '.join(METHODS)})")
-    if out.resolve() == src.resolve():
-        raise QdkitError(f"{out}: the int8 model would replace the fp32 model it is made from")
-    cal, held = (np.ascontiguousarray(a) for a in (calibration, gate))
-    for what, a in (("calibration", cal), ("gate", held)):
-        if a.dtype != np.uint8 or a.ndim != 3 or a.shape[1:] != (SIDE, SIDE) or len(a) == 0:
-            raise QdkitError(f"{what} drawings: expected a non-empty (N, 28, 28) uint8 array, "
-                             f"got {a.shape} {a.dtype}")
     if not src.is_file():
         raise QdkitError(f"{src}: no such model file")
     try:
         fp32 = onnx.load(os.fspath(src))
     except Exception as e:
-        raise QdkitError(f"{src}: not an ONNX model ({str(e).strip()[:160]})") from None
+        raise QdkitError(f"{src}: not an ONNX model ({first_line(e)})") from e
     props = {p.key: p.value for p in fp32.metadata_props}
     meta = parse_metadata(props)
     if not meta:
         raise QdkitError(f"{src}: no qdkit metadata; only models from `qdkit export` are quantized")
     if is_quantized(meta):
         raise QdkitError(f"{src}: already quantized")
+    return fp32, props
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """onnxruntime.quantization prints progress and logs warnings through the root logger; the
+    CLI's output is ours. Its records are dropped by a filter on the root logger for the duration
+    of the call (a NullHandler keeps `logging.warning` from configuring the root logger itself);
+    nothing else of the process's logging changes."""
+    root = logging.getLogger()
+    drop, null = logging.Filter("qdkit.quantize.nothing"), logging.NullHandler()
+    root.addFilter(drop)
+    root.addHandler(null)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.removeHandler(null)
+        root.removeFilter(drop)
+
+
+def _quantize_graph(src: Path, cal: np.ndarray, method: str, graph_outputs: set[str]) -> Any:
+    """Pre-process and statically quantize `src` (QDQ, per-channel int8 weights, uint8
+    activations calibrated on `cal`), leaving the nodes that write graph outputs float."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -209,26 +209,97 @@ def quantize_model(fp32_onnx: str | os.PathLike, out: str | os.PathLike | None, 
             s = next(self.batches, None)
             return None if s is None else {INPUT_NAME: cal[s:s + CALIBRATION_BATCH, None]}
 
-    graph_outputs = {o.name for o in fp32.graph.output}
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
     with tempfile.TemporaryDirectory(prefix="qdkit-int8-") as tmp, _quiet():
         pre, quantized = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         try:
             quant_pre_process(os.fspath(src), os.fspath(pre))
             # Node names after pre-processing: keep whatever writes `logits` / `probabilities` float.
             keep_float = [n.name for n in onnx.load(os.fspath(pre)).graph.node if set(n.output) & graph_outputs]
-            quantize_static(
-                os.fspath(pre), os.fspath(quantized), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                calibrate_method={"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-                                  "entropy": CalibrationMethod.Entropy}[method],
-                nodes_to_exclude=keep_float,
-            )
-            proto = onnx.load(os.fspath(quantized))
-        except QdkitError:
-            raise
+            quantize_static(os.fspath(pre), os.fspath(quantized), Reader(), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=methods[method], nodes_to_exclude=keep_float)
+            return onnx.load(os.fspath(quantized))
         except Exception as e:
-            raise QdkitError(f"{src}: int8 quantization failed ({first_line(e)}); nothing written") from None
+            raise QdkitError(f"{src}: int8 quantization failed ({first_line(e)}); nothing written") from e
 
+
+def _contract(model: Any) -> tuple[list, list]:
+    return ([(i.name, i.type.tensor_type.elem_type) for i in model.graph.input],
+            [(o.name, o.type.tensor_type.elem_type) for o in model.graph.output])
+
+
+def _finish_graph(proto: Any, fp32: Any, src: Path, metadata: dict[str, str]) -> None:
+    """Give the int8 graph the fp32 model's identity and `metadata`, and check it: onnx.checker and
+    the same inputs and outputs as the fp32 model."""
+    import onnx
+
+    # quant_pre_process saves every domain onnxruntime knows (com.microsoft.nchwc, ...) as an opset
+    # import; keep the ones a node uses, so other runtimes see the fp32 model's imports.
+    used = {n.domain for n in proto.graph.node} | {""}
+    kept = [o for o in proto.opset_import if o.domain in used]
+    del proto.opset_import[:]
+    proto.opset_import.extend(kept)
+    proto.producer_name, proto.producer_version = fp32.producer_name, fp32.producer_version
+    proto.doc_string = fp32.doc_string + " (int8, static QDQ quantization)"
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, metadata)
+    check_graph(proto, src, "int8 graph")
+    if _contract(proto) != _contract(fp32):
+        raise QdkitError(f"{src}: the int8 graph changed the inputs/outputs {_contract(fp32)} -> "
+                         f"{_contract(proto)}; nothing written")
+
+
+def _gate(src: Path, proto: Any, out: Path, held: np.ndarray, gate_labels: np.ndarray | None, gate_split: str,
+          min_agreement: float, threads: int | None) -> dict[str, Any]:
+    """The same held-out drawings through both models: the gate's figures, or a QdkitError when
+    the int8 outputs are not sane or agree with fp32 on too few drawings."""
+    cpu = ["CPUExecutionProvider"]
+    f_logits, f_probs = _run(make_session(src, threads=threads, providers=cpu), held)
+    q_logits, q_probs = _run(make_session(proto.SerializeToString(), threads=threads, providers=cpu,
+                                          name=str(out)), held)
+    agreement = float((q_logits.argmax(1) == f_logits.argmax(1)).mean())
+    sane = bool(np.isfinite(q_logits).all() and np.isfinite(q_probs).all()
+                and np.abs(q_probs.sum(1) - 1).max() <= PROB_SUM_TOLERANCE and q_probs.min() >= 0)
+    if not sane:
+        raise QdkitError(f"{src}: the int8 model's outputs are not sane on {len(held)} {gate_split} drawings "
+                         f"(non-finite, or probabilities that do not sum to 1); nothing written")
+    if not agreement >= min_agreement:
+        raise QdkitError(f"{src}: the int8 model agrees with fp32 on only {agreement:.2%} of {len(held)} "
+                         f"{gate_split} drawings (need >= {min_agreement:.2%}); nothing written")
+
+    def accuracy(logits: np.ndarray) -> float | None:
+        return None if gate_labels is None else float((logits.argmax(1) == np.asarray(gate_labels)).mean())
+
+    return {"gate_split": gate_split, "gate_drawings": int(len(held)), "agreement": agreement,
+            "min_agreement": min_agreement, "max_abs_prob_delta": float(np.abs(q_probs - f_probs).max()),
+            "fp32_accuracy": accuracy(f_logits), "int8_accuracy": accuracy(q_logits)}
+
+
+def quantize_model(fp32_onnx: str | os.PathLike, out: str | os.PathLike | None, calibration: np.ndarray, *,
+                   gate: np.ndarray, gate_labels: np.ndarray | None = None, gate_split: str = "held-out",
+                   min_agreement: float | None = None, method: str = "minmax", threads: int | None = None,
+                   extra_metadata: dict[str, Any] | None = None, overwrite: bool = False) -> QuantizeReport:
+    """Quantize the qdkit model `fp32_onnx` to `out` (default: model.int8.onnx beside it),
+    calibrated on `calibration` (N, 28, 28) uint8 drawings; raise QdkitError, writing nothing, if
+    top-1 agreement with the fp32 model on `gate` drawings is below `min_agreement` (default
+    MIN_AGREEMENT, read at call time) or the outputs are not sane."""
+    import onnx
+    import onnxruntime
+
+    t0 = time.perf_counter()
+    src = Path(fp32_onnx)
+    out = output_file(out if out is not None else int8_path(src), "int8 .onnx model", overwrite=overwrite,
+                      ours=is_qdkit_model)
+    min_agreement = MIN_AGREEMENT if min_agreement is None else float(min_agreement)
+    if method not in METHODS:
+        raise QdkitError(f"unknown calibration method {method!r} (choose from {', '.join(METHODS)})")
+    if out.resolve() == src.resolve():
+        raise QdkitError(f"{out}: the int8 model would replace the fp32 model it is made from")
+    cal, held = _check_drawings("calibration", calibration), _check_drawings("gate", gate)
+    fp32, props = _load_fp32(src)
+    proto = _quantize_graph(src, cal, method, {o.name for o in fp32.graph.output})
     quant: dict[str, Any] = {
         "type": QUANTIZATION_TYPE,
         "weights": "int8, per channel, symmetric",
@@ -243,71 +314,31 @@ def quantize_model(fp32_onnx: str | os.PathLike, out: str | os.PathLike | None, 
     }
     # Every metadata prop of the fp32 model (class names, input convention, checkpoint, its PyTorch
     # parity), so predict/evaluate read the int8 model the same way.
+    _finish_graph(proto, fp32, src, {**props, "quantization": json.dumps(quant)})
+    quant.update(_gate(src, proto, out, held, gate_labels, gate_split, min_agreement, threads))
     new_meta = {**props, "quantization": json.dumps(quant)}
-    # quant_pre_process saves every domain onnxruntime knows (com.microsoft.nchwc, ...) as an opset
-    # import; keep the ones a node uses, so other runtimes see the fp32 model's imports.
-    used = {n.domain for n in proto.graph.node} | {""}
-    kept = [o for o in proto.opset_import if o.domain in used]
-    del proto.opset_import[:]
-    proto.opset_import.extend(kept)
-    proto.producer_name, proto.producer_version = fp32.producer_name, fp32.producer_version
-    proto.doc_string = fp32.doc_string + " (int8, static QDQ quantization)"
-    del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, new_meta)
-    check_graph(proto, src, "int8 graph")
-    contract = lambda m: ([(i.name, i.type.tensor_type.elem_type) for i in m.graph.input],  # noqa: E731
-                          [(o.name, o.type.tensor_type.elem_type) for o in m.graph.output])
-    if contract(proto) != contract(fp32):
-        raise QdkitError(f"{src}: the int8 graph changed the inputs/outputs {contract(fp32)} -> {contract(proto)}; "
-                         "nothing written")
-
-    # The gate: the same held-out drawings through both models.
-    data = proto.SerializeToString()
-    f_logits, f_probs = _run(make_session(src, threads=threads, providers=["CPUExecutionProvider"]), held)
-    q_logits, q_probs = _run(make_session(data, threads=threads, providers=["CPUExecutionProvider"],
-                                          name=str(out)), held)
-    agreement = float((q_logits.argmax(1) == f_logits.argmax(1)).mean())
-    sane = bool(np.isfinite(q_logits).all() and np.isfinite(q_probs).all()
-                and np.abs(q_probs.sum(1) - 1).max() <= PROB_SUM_TOLERANCE and q_probs.min() >= 0)
-    if not sane:
-        raise QdkitError(f"{src}: the int8 model's outputs are not sane on {len(held)} {gate_split} drawings "
-                         f"(non-finite, or probabilities that do not sum to 1); nothing written")
-    if not agreement >= min_agreement:
-        raise QdkitError(f"{src}: the int8 model agrees with fp32 on only {agreement:.2%} of {len(held)} "
-                         f"{gate_split} drawings (need >= {min_agreement:.2%}); nothing written")
-    d_prob = float(np.abs(q_probs - f_probs).max())
-
-    def accuracy(logits: np.ndarray) -> float | None:
-        return None if gate_labels is None else float((logits.argmax(1) == np.asarray(gate_labels)).mean())
-
-    quant.update({"gate_split": gate_split, "gate_drawings": int(len(held)), "agreement": agreement,
-                  "min_agreement": min_agreement, "max_abs_prob_delta": d_prob,
-                  "fp32_accuracy": accuracy(f_logits), "int8_accuracy": accuracy(q_logits)})
-    new_meta["quantization"] = json.dumps(quant)
-    onnx.helper.set_model_props(proto, new_meta)
-    if out.exists() and out.is_dir():
-        raise QdkitError(f"{out}: is a folder, not an .onnx file")
     with atomic_path(out) as tmp_out:
         onnx.save(proto, os.fspath(tmp_out))
-    return QuantizeReport(out, src, new_meta, agreement, int(len(held)), gate_split, min_agreement, int(len(cal)),
-                          quant["fp32_accuracy"], quant["int8_accuracy"], d_prob, src.stat().st_size,
-                          out.stat().st_size, time.perf_counter() - t0)
+    return QuantizeReport(out, src, new_meta, quant["agreement"], int(len(held)), gate_split, min_agreement,
+                          int(len(cal)), quant["fp32_accuracy"], quant["int8_accuracy"], quant["max_abs_prob_delta"],
+                          src.stat().st_size, out.stat().st_size, time.perf_counter() - t0)
 
 
 def quantize_from_store(fp32_onnx: str | os.PathLike, out: str | os.PathLike | None, data: str | os.PathLike, *,
                         calibration: int = CALIBRATION_DRAWINGS, gate: int = GATE_DRAWINGS, seed: int = 0,
                         min_agreement: float | None = None, threads: int | None = None,
-                        warn: Callable[[str], None] | None = None) -> QuantizeReport:
+                        warn: Callable[[str], None] | None = None, overwrite: bool = False) -> QuantizeReport:
     """`quantize_model` with calibration and gate drawings from the store `data` (see store_drawings)."""
     import onnx
 
     src = Path(fp32_onnx)
     try:
         props = {p.key: p.value for p in onnx.load(os.fspath(src), load_external_data=False).metadata_props}
-    except FileNotFoundError:
-        raise QdkitError(f"{src}: no such model file") from None
+    except FileNotFoundError as e:
+        raise QdkitError(f"{src}: no such model file") from e
     except Exception as e:
-        raise QdkitError(f"{src}: not an ONNX model ({str(e).strip()[:160]})") from None
+        raise QdkitError(f"{src}: not an ONNX model ({first_line(e)})") from e
     names = parse_metadata(props).get("class_names")
     store = open_calibration_store(data, names if isinstance(names, list) else None, str(src))
     cal, split, held, labels = store_drawings(store, calibration, gate, seed)
@@ -315,4 +346,5 @@ def quantize_from_store(fp32_onnx: str | os.PathLike, out: str | os.PathLike | N
         warn(f"{data}: only {len(cal)} train drawings to calibrate on")
     return quantize_model(src, out, cal, gate=held, gate_labels=labels, gate_split=split,
                           min_agreement=min_agreement, threads=threads,
-                          extra_metadata={"calibration_split": "train", "seed": seed, "store": str(data)})
+                          extra_metadata={"calibration_split": "train", "seed": seed, "store": str(data)},
+                          overwrite=overwrite)
