@@ -158,9 +158,11 @@ _overwrite_option = click.option("--overwrite", is_flag=True,
                    "[default: the run's store from metrics.json, else data/quickdraw.h5].")
 @click.option("--int8-min-agreement", type=click.FloatRange(0, 1), default=None,
               help="With --int8: least top-1 agreement with the fp32 model on held-out drawings [default: 0.98].")
+@click.option("--triton", type=click.Path(file_okay=False), default=None,
+              help="Also write a Triton model repository: TRITON/qdkit/{config.pbtxt,labels.txt,1/model.onnx}.")
 @_overwrite_option
 def export(checkpoint: str | None, out: str | None, opset: int, int8: bool, data: str | None,
-           int8_min_agreement: float | None, overwrite: bool) -> None:
+           int8_min_agreement: float | None, triton: str | None, overwrite: bool) -> None:
     """Export CHECKPOINT [default: newest artifacts/*/best.pt] to a self-describing ONNX model.
 
     The graph takes raw uint8 drawings (N, 1, 28, 28), 0 = background, 255 = ink, and returns
@@ -175,9 +177,15 @@ def export(checkpoint: str | None, out: str | None, opset: int, int8: bool, data
 
     if not int8 and (data is not None or int8_min_agreement is not None):
         raise QdkitError("--data and --int8-min-agreement apply only with --int8")
+    if triton:
+        from qdkit.triton import check_target, write_repository
+
+        check_target(triton, overwrite=overwrite)  # before anything is written
     result = export_models(checkpoint, out, opset=opset, int8=int8, data=data,
                            int8_min_agreement=int8_min_agreement, overwrite=overwrite, warn=_warn_line)
     click.echo(result.summary())
+    if triton:
+        click.echo(write_repository(result.fp32.path, triton, overwrite=overwrite).summary())
 
 
 @main.command()
@@ -284,6 +292,28 @@ def visualize(model: str | None, data: str, split: str, out: str | None, count: 
     _, summary = draw_grid(model, data, split, out, count=count, top_k=top_k, columns=columns, seed=seed,
                            mistakes=mistakes, threads=threads, warn=_warn_line, overwrite=overwrite)
     click.echo(summary)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False), required=False)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; 0.0.0.0 opens the service to other machines.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0 picks a free port.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Server processes sharing the port (each with its own model session and batcher).")
+@click.option("--max-batch", type=click.IntRange(1, 4096), default=64, show_default=True,
+              help="Most drawings per onnxruntime call when concurrent requests are batched.")
+@click.option("--max-body-mb", type=click.FloatRange(0.01, 1024), default=4.0, show_default=True,
+              help="Largest request body in MiB (larger ones get 413).")
+@click.option("--name", default="qdkit", show_default=True, help="The model's name in the v2 API URLs.")
+def serve(model: str | None, host: str, port: int, workers: int, max_batch: int, max_body_mb: float,
+          name: str) -> None:
+    """Serve MODEL [default: newest artifacts/*/model.onnx]: the drawing page at /, POST /predict,
+    the Open Inference Protocol under /v2, the API docs at /docs. Ctrl-C stops it."""
+    from qdkit.serve.server import serve as run_server
+
+    run_server(model, host=host, port=port, workers=workers, max_batch=max_batch,
+               max_body=int(max_body_mb * 1024 * 1024), name=name, echo=lambda line: click.echo(line, err=True))
 
 
 # --- train / sweep --------------------------------------------------------------------------------

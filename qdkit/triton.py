@@ -22,7 +22,6 @@ from qdkit.files import atomic_path
 DEFAULT_NAME = "qdkit"        # the model name in v2 URLs, for `qdkit serve` and for the repository
 MAX_BATCH = 64                # Triton's max_batch_size, the same default as `qdkit serve --max-batch`
 QUEUE_DELAY_US = 1000         # how long Triton may hold a request to fill a batch (as `qdkit serve`)
-MARKER = "# written by qdkit export --triton"  # a repository with this line may be replaced by a re-export
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -47,7 +46,7 @@ def config_text(name: str, class_names: list[str], max_batch: int = MAX_BATCH,
                 queue_delay_us: int = QUEUE_DELAY_US) -> str:
     """config.pbtxt (protobuf text format of Triton's ModelConfig) for a qdkit ONNX model."""
     classes = len(class_names)
-    return f"""{MARKER}
+    return f"""# written by qdkit export --triton
 name: "{check_name(name)}"
 platform: "onnxruntime_onnx"
 max_batch_size: {int(max_batch)}
@@ -103,18 +102,15 @@ def model_class_names(model: str | os.PathLike) -> list[str]:
 
 
 def write_repository(model: str | os.PathLike, out_dir: str | os.PathLike, name: str = DEFAULT_NAME,
-                     max_batch: int = MAX_BATCH) -> TritonRepository:
-    """Write OUT_DIR/<name>/ for `model` (an exported qdkit ONNX file) in one rename.
-
-    A folder there that an earlier `qdkit export --triton` wrote is replaced; anything else is an error.
-    """
+                     max_batch: int = MAX_BATCH, overwrite: bool = False) -> TritonRepository:
+    """Write OUT_DIR/<name>/ for `model` (an exported qdkit ONNX file) in one rename; an existing
+    OUT_DIR/<name>/ is replaced only with `overwrite`."""
     model = Path(model)
     class_names = model_class_names(model)
     if any("\n" in c for c in class_names):
         raise QdkitError(f"{model}: a class name holds a line break; labels.txt takes one name per line")
-    folder = Path(out_dir) / check_name(name)
-    check_target(folder)
-    with atomic_path(folder) as tmp:
+    folder = check_target(out_dir, name, overwrite)
+    with atomic_path(folder, overwrite=overwrite) as tmp:
         (tmp / "1").mkdir(parents=True)
         shutil.copyfile(model, tmp / "1" / "model.onnx")
         (tmp / "labels.txt").write_text("".join(f"{c}\n" for c in class_names), encoding="utf-8")
@@ -122,16 +118,11 @@ def write_repository(model: str | os.PathLike, out_dir: str | os.PathLike, name:
     return TritonRepository(folder, folder / "config.pbtxt", folder / "1" / "model.onnx", folder / "labels.txt")
 
 
-def check_target(folder: str | os.PathLike) -> None:
-    """Raise unless `folder` is free or a repository qdkit wrote (checked before any work starts)."""
-    folder = Path(folder)
-    if not folder.exists():
-        return
-    config = folder / "config.pbtxt"
-    try:
-        ours = folder.is_dir() and config.read_text(encoding="utf-8", errors="replace").startswith(MARKER)
-    except OSError:
-        ours = False
-    if not ours:
-        raise QdkitError(f"{folder}: already exists and was not written by `qdkit export --triton`; "
-                         "move it away or choose another folder")
+def check_target(out_dir: str | os.PathLike, name: str = DEFAULT_NAME, overwrite: bool = False) -> Path:
+    """OUT_DIR/<name>, or an error if it exists and `overwrite` is off (checked before any work starts)."""
+    folder = Path(out_dir) / check_name(name)
+    if (folder.exists() or folder.is_symlink()) and not overwrite:
+        raise QdkitError(f"{folder}: already exists (pass --overwrite to replace it)")
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise QdkitError(f"{out_dir}: not a folder (--triton takes a folder for the model repository)")
+    return folder
