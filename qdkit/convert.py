@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import sys
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -89,7 +90,7 @@ def _stroke_rows(sf: StrokeFile, per_class: dict[str, int], seed: int, info: dic
 
     def skipped(count: int, first: str | None) -> None:
         info["skipped_invalid"] = count
-        tqdm.write(f"qdkit: warning: skipped {count} invalid drawing(s); first: {first}")
+        tqdm.write(f"qdkit: warning: skipped {count} invalid drawing(s); first: {first}", file=sys.stderr)
 
     eligible = eligible_records(sf, index, pool, recognized_only=recognized_only, skip_invalid=skip_invalid,
                                 on_skip=skipped)

@@ -15,7 +15,6 @@ move_to(p0), line_to(p0) — the zero-length first segment gives a one-point str
 """
 from __future__ import annotations
 
-import math
 import struct
 import threading
 from collections.abc import Sequence
@@ -25,9 +24,9 @@ from typing import Any
 import numpy as np
 import orjson
 
+from qdkit.constants import SIDE
 from qdkit.errors import QdkitError
 
-SIDE = 28                 # the dataset's bitmap side
 ORIGINAL_SIDE = 256.0     # simplified strokes live in 0..255
 LINE_DIAMETER = 16.0      # in the 256-unit space
 PADDING = 16.0            # in the 256-unit space, each side
@@ -204,8 +203,9 @@ def _resample(stroke: np.ndarray, spacing: float = 1.0) -> np.ndarray:
 def _rdp(points: np.ndarray, epsilon: float) -> np.ndarray:
     """Ramer–Douglas–Peucker on a (2, n) polyline: the kept points, endpoints always kept.
 
-    Distance is to the line through the segment's endpoints (to the point when they coincide),
-    as in the common `rdp` implementation. Iterative, so long strokes cannot overflow the stack."""
+    Distance is to the segment between the kept endpoints, so no dropped point lies farther than
+    ε from the simplified polyline (even where a stroke doubles back). Iterative: long strokes
+    cannot overflow the stack."""
     n = points.shape[1]
     if n < 3:
         return points
@@ -216,14 +216,12 @@ def _rdp(points: np.ndarray, epsilon: float) -> np.ndarray:
         a, b = todo.pop()
         if b - a < 2:
             continue
-        p, q = points[:, a], points[:, b]
+        p, q = points[:, a:a + 1], points[:, b:b + 1]
         mid = points[:, a + 1:b]
         d = q - p
-        norm = math.hypot(d[0], d[1])
-        if norm == 0:
-            dist = np.hypot(mid[0] - p[0], mid[1] - p[1])
-        else:
-            dist = np.abs(d[0] * (p[1] - mid[1]) - d[1] * (p[0] - mid[0])) / norm
+        length2 = float((d * d).sum())
+        t = np.clip(((mid - p) * d).sum(axis=0) / length2, 0.0, 1.0) if length2 > 0 else 0.0
+        dist = np.hypot(*(p + t * d - mid))
         i = int(np.argmax(dist))
         if dist[i] > epsilon:
             k = a + 1 + i
