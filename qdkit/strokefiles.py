@@ -249,10 +249,16 @@ def _key_id(value: str | None) -> int:
     return int(value) if value and value.isdigit() and int(value) < 2**64 else 0
 
 
-def _chunks(index: RecordIndex, size: int = _TASK_RECORDS) -> Iterator[RecordIndex]:
+def _chunks(index: RecordIndex, size: int = _TASK_RECORDS, workers: int = 2) -> Iterator[RecordIndex]:
+    """Tasks of at most `size` records, and at least two per worker so a small class keeps all busy."""
+    size = max(64, min(size, -(-len(index) // (2 * workers))))
     for start in range(0, len(index), size):
         yield RecordIndex(index.starts[start:start + size], index.ends[start:start + size],
                           index.numbers[start:start + size])
+
+
+def _workers(pool: Executor) -> int:
+    return getattr(pool, "_max_workers", None) or os.cpu_count() or 1
 
 
 def eligible_records(sf: StrokeFile, index: RecordIndex, pool: Executor, *, recognized_only: bool,
@@ -262,7 +268,8 @@ def eligible_records(sf: StrokeFile, index: RecordIndex, pool: Executor, *, reco
     hears about invalid records skipped; without `skip_invalid` the first invalid one is an error."""
     if not (recognized_only or skip_invalid):
         return index
-    scans = [f.result() for f in [pool.submit(_scan_task, sf, chunk) for chunk in _chunks(index, 4 * _TASK_RECORDS)]]
+    chunks = _chunks(index, 4 * _TASK_RECORDS, _workers(pool))
+    scans = [f.result() for f in [pool.submit(_scan_task, sf, chunk) for chunk in chunks]]
     valid = np.concatenate([s.valid for s in scans])
     first_error = next((s.first_error for s in scans if s.first_error), None)
     if first_error and not skip_invalid:
@@ -276,7 +283,7 @@ def eligible_records(sf: StrokeFile, index: RecordIndex, pool: Executor, *, reco
 def render_records(sf: StrokeFile, index: RecordIndex, pool: Executor,
                    progress: Callable[[int], None] | None = None) -> Rendered:
     """Parse and rasterize the records of `index` on the pool, in order."""
-    futures = [pool.submit(_render_task, sf, chunk) for chunk in _chunks(index)]
+    futures = [pool.submit(_render_task, sf, chunk) for chunk in _chunks(index, workers=_workers(pool))]
     parts = []
     for fut in futures:
         parts.append(fut.result())
