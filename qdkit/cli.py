@@ -119,12 +119,15 @@ def info(store: str) -> None:
 @click.option("--classes", required=True, help="Comma-separated class names, e.g. bear,bee,cat.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Fetch only the first N drawings per class.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="data/raw", show_default=True)
-@click.option("--base-url", default=None, help="Mirror of the numpy_bitmap folder [default: Google's public bucket].")
-def download(classes: str, limit: int | None, out_dir: str, base_url: str | None) -> None:
-    """Fetch official Quick Draw numpy-bitmap files (HTTP Range for --limit, resumable)."""
+@click.option("--format", "fmt", type=click.Choice(["bitmap", "simplified", "raw", "binary"]), default="bitmap",
+              show_default=True, help="28x28 numpy bitmaps, simplified or raw ndjson strokes, or binary strokes.")
+@click.option("--base-url", default=None,
+              help="Mirror of the dataset root, the folder holding full/ [default: Google's public bucket].")
+def download(classes: str, limit: int | None, out_dir: str, fmt: str, base_url: str | None) -> None:
+    """Fetch official Quick Draw per-class files (HTTP Range for --limit, resumable)."""
     from qdkit.download import DEFAULT_BASE_URL, download_classes
 
-    paths = download_classes(_csv(classes), out_dir, limit=limit, base_url=base_url or DEFAULT_BASE_URL)
+    paths = download_classes(_csv(classes), out_dir, limit=limit, base_url=base_url or DEFAULT_BASE_URL, fmt=fmt)
     click.echo(f"{len(paths)} files in {out_dir}")
 
 
