@@ -211,19 +211,22 @@ def _rdp(points: np.ndarray, epsilon: float) -> np.ndarray:
         return points
     keep = np.zeros(n, dtype=bool)
     keep[0] = keep[-1] = True
+    xs, ys = points[0], points[1]
+    eps2 = epsilon * epsilon
     todo = [(0, n - 1)]
     while todo:
         a, b = todo.pop()
         if b - a < 2:
             continue
-        p, q = points[:, a:a + 1], points[:, b:b + 1]
-        mid = points[:, a + 1:b]
-        d = q - p
-        length2 = float((d * d).sum())
-        t = np.clip(((mid - p) * d).sum(axis=0) / length2, 0.0, 1.0) if length2 > 0 else 0.0
-        dist = np.hypot(*(p + t * d - mid))
-        i = int(np.argmax(dist))
-        if dist[i] > epsilon:
+        dx, dy = xs[b] - xs[a], ys[b] - ys[a]
+        mx, my = xs[a + 1:b] - xs[a], ys[a + 1:b] - ys[a]
+        length2 = dx * dx + dy * dy
+        if length2 > 0:  # distance to the segment: project, clamp to its ends
+            t = np.minimum(np.maximum((mx * dx + my * dy) / length2, 0.0), 1.0)
+            mx, my = mx - t * dx, my - t * dy
+        dist2 = mx * mx + my * my
+        i = int(dist2.argmax())
+        if dist2[i] > eps2:
             k = a + 1 + i
             keep[k] = True
             todo += [(a, k), (k, b)]
