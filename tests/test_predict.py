@@ -17,7 +17,8 @@ from qdkit import Predictor
 from qdkit.cli import main
 from qdkit.errors import QdkitError
 from qdkit.images import image_to_drawing, is_dark_on_light, read_drawing
-from qdkit.predict import Prediction, expand_paths
+from qdkit.inputs import expand_paths
+from qdkit.predict import Prediction
 from qdkit.store import open_store
 
 from _helpers import clean_run, exported, one_line_error, torch_logits
@@ -130,6 +131,21 @@ def _fills_frame(drawing: np.ndarray) -> bool:
     return long_side >= 25 and abs(r0 - (27 - r1)) <= 2 and abs(c0 - (27 - c1)) <= 2
 
 
+def _cropped_and_fitted(drawing: np.ndarray) -> np.ndarray:
+    r0, r1, c0, c1 = _bbox(drawing)
+    crop = drawing[r0:r1 + 1, c0:c1 + 1]
+    scale = 26 / max(crop.shape)
+    h, w = max(1, round(crop.shape[0] * scale)), max(1, round(crop.shape[1] * scale))
+    out = np.zeros((28, 28), np.uint8)
+    top, left = (28 - h) // 2, (28 - w) // 2
+    out[top:top + h, left:left + w] = np.asarray(Image.fromarray(crop).resize((w, h), Image.Resampling.BILINEAR))
+    return out
+
+
+def _blur(drawing: np.ndarray) -> np.ndarray:
+    return np.lib.stride_tricks.sliding_window_view(np.pad(drawing.astype(float), 1), (3, 3)).mean(axis=(2, 3))
+
+
 def test_big_rgb_rgba_and_inverted_images_become_the_same_drawing(model, test_rows, tmp_path):
     _, onnx_path = model
     test, rows = test_rows
@@ -154,15 +170,16 @@ def test_big_rgb_rgba_and_inverted_images_become_the_same_drawing(model, test_ro
         # light ink on dark, larger than 28 (so it is fitted too)
         variants["inverted"].append(image_to_drawing(Image.fromarray(d).resize((140, 140), Image.Resampling.BICUBIC)))
         variants["small"].append(image_to_drawing(np.asarray(Image.fromarray(255 - d).resize((20, 20)))))
-    # The fixture's synthetic drawings span the whole frame; a fitted image spans 26 of 28 pixels,
-    # like the real Quick Draw bitmaps. So the reference is the original at that scale.
-    reference = np.array([np.pad(np.asarray(Image.fromarray(d).resize((26, 26), Image.Resampling.BILINEAR)), 1)
-                          for d in originals])
+    # A fitted image spans 26 of 28 pixels, like the real Quick Draw bitmaps: the reference is the
+    # original cropped to its ink and scaled to that size, centred. The fixture's strokes are the
+    # dataset's ~1.5 px pen, where a 1-pixel offset from rounding would dominate a correlation of
+    # raw pixels, so both sides are compared after a 3x3 box blur.
+    reference = np.array([_cropped_and_fitted(d) for d in originals])
     want = [r.label for r in p.predict(reference)]
     for name, drawings in variants.items():
         drawings = np.array(drawings)
         assert all(_fills_frame(v) for v in drawings), name
-        corr = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(drawings.astype(float), reference)]
+        corr = [np.corrcoef(_blur(a).ravel(), _blur(b).ravel())[0, 1] for a, b in zip(drawings, reference)]
         assert min(corr) > 0.85, (name, corr)
         got = [r.label for r in p.predict(drawings)]
         assert sum(a == b for a, b in zip(got, want)) >= len(want) - 1, (name, got, want)
@@ -288,23 +305,112 @@ def test_model_without_qdkit_metadata_still_runs(model, png_dir, tmp_path):
         assert Predictor(bare).class_names == ["0", "1", "2", "3"]
 
 
-def test_a_dying_decoder_process_loses_no_result(model, png_dir, monkeypatch):
-    import os
+# --- decoding processes: a dying worker, a killed parent ------------------------------------------
 
-    import qdkit.predict as predict
+@pytest.fixture(scope="module")
+def slow_images(tmp_path_factory):
+    """300 copies of a 900x900 JPEG page (~10 ms each to decode and fit): work that lasts a while."""
+    from PIL import ImageDraw
+
+    folder = tmp_path_factory.mktemp("slow")
+    page = Image.new("L", (900, 900), 255)
+    ImageDraw.Draw(page).ellipse((200, 200, 700, 650), outline=0, width=12)
+    page.save(folder / "0.jpg", quality=90)
+    for i in range(1, 300):
+        (folder / f"{i}.jpg").write_bytes((folder / "0.jpg").read_bytes())
+    return folder
+
+
+def _children(pid: int) -> list[int]:
+    """Live (not zombie) processes whose parent is `pid`, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()  # after "(comm)": state, ppid, ...
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return state[state.rindex(")") + 2] != "Z"
+
+
+def _wait_for(condition, seconds: float) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+def test_a_dying_decoder_process_loses_no_result(model, slow_images):
+    import multiprocessing
+    import os
+    import signal
+    import threading
+
+    from qdkit.predict import predict_files
 
     _, onnx_path = model
-    files = sorted((png_dir / "test").rglob("*.png"))[:80]  # enough for the process pool
-    parent, real = os.getpid(), predict._decode_chunk
+    files = sorted(slow_images.iterdir(), key=lambda p: int(p.stem))[:120]  # enough for the process pool
+    killed = []
 
-    def fragile(paths, invert):
-        if os.getpid() != parent and str(files[50]) in paths:
-            os._exit(9)  # as if killed for memory
-        return real(paths, invert)
+    def kill_a_worker() -> None:  # as if the kernel killed it for memory, mid-run
+        if _wait_for(lambda: bool(multiprocessing.active_children()), 30):
+            victim = multiprocessing.active_children()[0]
+            os.kill(victim.pid, signal.SIGKILL)
+            killed.append(victim.pid)
 
-    fragile.__module__, fragile.__qualname__ = predict.__name__, "_decode_chunk"  # pickled by name
-    monkeypatch.setattr(predict, "_decode_chunk", fragile)
-    warned = []
-    result = predict.predict_files(files, onnx_path, workers=2, warn=warned.append)
+    killer = threading.Thread(target=kill_a_worker)
+    killer.start()
+    warned: list[str] = []
+    result = predict_files(files, onnx_path, workers=2, warn=warned.append)
+    killer.join()
+    assert killed
     assert [p.source for p in result.predictions] == [str(f) for f in files]
     assert not result.errors and len(warned) == 1 and "decoding process died" in warned[0]
+
+
+def _start_predict(folder: Path, onnx_path: Path) -> tuple[object, list[int]]:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "qdkit", "predict", str(folder), "--model", str(onnx_path),
+                             "--workers", "2", "--format", "csv"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert _wait_for(lambda: len(_children(proc.pid)) >= 2, 60), "the decoding pool never started"
+    return proc, _children(proc.pid)
+
+
+def test_kill_9_of_predict_leaves_no_worker_behind(model, slow_images):
+    import signal
+
+    _, onnx_path = model
+    proc, workers = _start_predict(slow_images, onnx_path)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    assert _wait_for(lambda: not any(map(_alive, workers)), 5), f"orphaned workers: {workers}"
+
+
+def test_sigterm_of_predict_stops_it_like_ctrl_c(model, slow_images):
+    import signal
+
+    _, onnx_path = model
+    proc, workers = _start_predict(slow_images, onnx_path)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "qdkit: interrupted" in err and "Traceback" not in err
+    assert _wait_for(lambda: not any(map(_alive, workers)), 5), f"orphaned workers: {workers}"
