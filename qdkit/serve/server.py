@@ -15,6 +15,7 @@ from typing import Any
 
 from qdkit.errors import QdkitError
 from qdkit.onnxmodel import default_model_path
+from qdkit.workers import sigterm_as_interrupt
 
 GRACEFUL_SHUTDOWN_S = 5
 
@@ -66,18 +67,20 @@ def serve(model: str | os.PathLike | None = None, *, host: str = "127.0.0.1", po
     line = (f"qdkit serve: {url_of(sock, host)} (model {path}, {len(facts['classes'])} classes, "
             f"{workers} worker{'s' if workers > 1 else ''}, max batch {max_batch}; API at /docs, Ctrl-C stops)")
     try:
-        if workers == 1:
-            server = uvicorn.Server(uvicorn.Config(app, **common))
-            echo(line)
-            server.run(sockets=[sock])
-        else:
-            from uvicorn.supervisors import Multiprocess
+        with sigterm_as_interrupt():  # uvicorn re-raises the signal it stopped on: exit like Ctrl-C
+            if workers == 1:
+                server = uvicorn.Server(uvicorn.Config(app, **common))
+                echo(line)
+                server.run(sockets=[sock])
+            else:
+                from uvicorn.supervisors import Multiprocess
 
-            del app  # each worker process builds its own from the environment
-            os.environ["QDKIT_SERVE"] = json.dumps({"model": os.fspath(path.resolve()), **settings})
-            config = uvicorn.Config("qdkit.serve.app:app_from_environment", factory=True, workers=workers, **common)
-            echo(line)
-            Multiprocess(config, sockets=[sock]).run()
+                del app  # each worker process builds its own from the environment
+                os.environ["QDKIT_SERVE"] = json.dumps({"model": os.fspath(path.resolve()), **settings})
+                config = uvicorn.Config("qdkit.serve.app:app_from_environment", factory=True, workers=workers,
+                                        **common)
+                echo(line)
+                Multiprocess(config, sockets=[sock]).run()
     except KeyboardInterrupt:
         pass
     finally:
