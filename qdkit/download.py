@@ -55,7 +55,7 @@ _CHUNK = 1 << 16
 _FIRST_STROKE_BYTES = 1 << 16   # the first request for a stroke file; later ones grow with the need
 _MAX_RANGE = 1 << 24            # one growing range asks for at most 16 MiB
 _BINARY_HEADER = 17             # key_id u64, countrycode 2 bytes, recognized u8, timestamp u32, n_strokes u16
-_MAX_RECORD = 1 << 24           # a real drawing record is < 100 KB; a claim of more is not Quick Draw data
+_MAX_RECORD = 1 << 20           # a real drawing record is a few KB; a claim of more is not Quick Draw data
 
 
 @dataclass(frozen=True)
@@ -365,8 +365,10 @@ def _download_strokes(remote: _Remote, final: Path, limit: int | None) -> Path:
         raise QdkitError(f"{remote.url}: the server does not say the file's size; cannot download it safely")
     if limit is None and final.is_file() and final.stat().st_size == total:
         return _skipped(final, "the whole file")
+    held_before = part.stat().st_size if part.exists() else 0  # an earlier run's progress, if any
     _start_part(remote, part, first, max_size=total)
-    held_before = part.stat().st_size
+    if part.stat().st_size < held_before:  # it was dropped (another version of the file)
+        held_before = 0
     if limit is None:
         _guarded(remote, part, lambda: _fill_part(remote, part, total))
         try:

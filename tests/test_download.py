@@ -251,7 +251,8 @@ def test_offline_is_one_line_error(out):
     with pytest.raises(QdkitError) as err:
         download_classes(["cat"], out, base_url=f"http://127.0.0.1:{port}", timeout=5)
     message = str(err.value)
-    assert message.startswith(f"cannot reach http://127.0.0.1:{port}/full/numpy_bitmap/cat.npy: ") and message.endswith("(offline?)")
+    assert message.startswith(f"cannot reach http://127.0.0.1:{port}/full/numpy_bitmap/cat.npy: ")
+    assert message.endswith("(offline?)")
     assert "\n" not in message
 
 
@@ -296,3 +297,229 @@ def test_cli_download_unknown_class(bucket, out):
     assert result.exit_code == 2
     assert result.stderr == f"qdkit: error: unknown class 'xyz' ({bucket.url}/full/numpy_bitmap/xyz.npy: HTTP 404)\n"
     assert "Traceback" not in result.output
+
+
+# --- issue 10 group 5: a file that changes on the server, hostile headers ----------------------------
+
+def _rewrite_on(bucket: FakeBucket, request_number: int, name: str = "cat", seed: int = 99) -> None:
+    """Replace the class file by another version (same size) just before request `request_number`."""
+    def change(n: int) -> None:
+        if n == request_number:
+            path = bucket.bitmap(name)
+            rows = len(np.load(path))
+            np.save(path, np.random.default_rng(seed).integers(0, 256, (rows, PIXELS)).astype(np.uint8))
+    bucket.before_request = change
+
+
+@pytest.mark.parametrize("mode, validators", [("normal", True), ("ignore-if-range", True)],
+                         ids=["server-honours-if-range", "server-ignores-if-range"])
+def test_file_changing_between_header_and_rows_is_refused(bucket, out, mode, validators):
+    """The header request sees one version, the rows request another: no spliced file, no .part."""
+    bucket.add("cat", 50)
+    bucket.mode, bucket.validators = mode, validators
+    _rewrite_on(bucket, 2)
+    with pytest.raises(QdkitError, match=r"cat\.npy: the file changed on the server during the download \(.*\); "
+                                         "run again$"):
+        _get(bucket, ["cat"], out, limit=20)
+    assert list(out.iterdir()) == []
+    if mode == "normal":
+        assert any(r for r in bucket.requests[1:]), "the rows request carried a Range"
+
+
+def test_size_change_is_caught_without_validators(bucket, out):
+    bucket.validators = False
+    bucket.add("cat", 50)
+
+    def grow(n: int) -> None:
+        if n == 2:
+            np.save(bucket.bitmap("cat"), np.zeros((60, PIXELS), np.uint8))
+    bucket.before_request = grow
+    with pytest.raises(QdkitError, match=r"changed on the server during the download \(size\)"):
+        _get(bucket, ["cat"], out)
+    assert list(out.iterdir()) == []
+
+
+def test_resume_after_the_file_changed_starts_over(bucket, out):
+    """A .part remembers the version it holds: a resume against a newer version starts from byte 0."""
+    bucket.add("cat", 200)
+    bucket.mode = "cut"
+    with pytest.raises(QdkitError, match="run again to resume"):
+        _get(bucket, ["cat"], out)
+    part = out / (bitmap_filename("cat") + ".part")
+    assert part.exists() and (out / (part.name + ".validator")).exists()
+    new = bucket.add("cat", 200, seed=5)  # same size, other rows
+    bucket.mode = "normal"
+    bucket.requests.clear()
+    (path,) = _get(bucket, ["cat"], out)
+    assert np.array_equal(open_bitmaps(path), new)
+    assert bucket.ranges()[-1].startswith(f"bytes={1024}-") or bucket.ranges()[-1].startswith("bytes=0-")
+    assert sorted(p.name for p in out.iterdir()) == [path.name]
+
+
+def test_header_claiming_4_gib_is_refused_after_one_small_request(bucket, out):
+    path = bucket.bitmap("cat")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\x93NUMPY\x02\x00" + (2**32 - 1).to_bytes(4, "little") + bytes(3 << 20))
+    with pytest.raises(QdkitError, match=r"cat\.npy: \.npy header claims 4294967295 bytes"):
+        _get(bucket, ["cat"], out, limit=5)
+    assert len(bucket.requests) == 1 and bucket.bytes_sent <= 1024
+    assert list(out.iterdir()) == []
+
+
+def test_negative_shape_from_the_server_is_one_line(bucket, out):
+    header = "{'descr': '|u1', 'fortran_order': False, 'shape': (-3, 784), }"
+    header += " " * (117 - len(header)) + "\n"
+    path = bucket.bitmap("cat")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode())
+    result = CliRunner().invoke(main, ["download", "--classes", "cat", "--out", str(out), "--base-url", bucket.url])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.startswith("qdkit: error: ") and "negative dimension" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+# --- issue 8 item 4: the stroke formats -------------------------------------------------------------
+
+def _ndjson(n: int, seed: int = 0, word: str = "cat", raw: bool = False) -> bytes:
+    import json
+
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i in range(n):
+        strokes = []
+        for _ in range(int(rng.integers(1, 6))):
+            k = int(rng.integers(2, 40))
+            stroke = [rng.integers(0, 256, k).tolist(), rng.integers(0, 256, k).tolist()]
+            if raw:
+                stroke.append(sorted(rng.integers(0, 10000, k).tolist()))
+            strokes.append(stroke)
+        lines.append(json.dumps({"word": word, "countrycode": "US", "timestamp": "2017-03-01 12:00:00.00000 UTC",
+                                 "recognized": bool(i % 3), "key_id": str(5000000000000000 + i), "drawing": strokes}))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _binary(n: int, seed: int = 0) -> list[bytes]:
+    """n records in the published binary layout."""
+    import struct
+
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(n):
+        strokes = [int(rng.integers(1, 60)) for _ in range(int(rng.integers(1, 7)))]
+        rec = struct.pack("<Q2sbIH", 4000000000000000 + i, b"DE", i % 2, 1490000000 + i, len(strokes))
+        for k in strokes:
+            rec += struct.pack("<H", k) + rng.integers(0, 256, 2 * k).astype(np.uint8).tobytes()
+        records.append(rec)
+    return records
+
+
+@pytest.mark.parametrize("fmt", ["simplified", "raw"])
+def test_ndjson_limit_fetches_whole_lines_with_growing_ranges(bucket, out, fmt):
+    data = _ndjson(3000, raw=fmt == "raw")
+    bucket.add_file(fmt, "cat.ndjson", data)
+    (path,) = download_classes(["cat"], out, limit=37, base_url=bucket.url, timeout=5, fmt=fmt)
+    assert path == out / f"full_{fmt}_cat.ndjson"
+    assert path.read_bytes() == b"".join(data.splitlines(keepends=True)[:37])
+    assert all(p == f"/full/{fmt}/cat.ndjson" for p, _ in bucket.requests)
+    assert all(r is not None for r in bucket.ranges())
+    assert bucket.bytes_sent < len(data) / 5, "only about the lines asked for"
+    assert sorted(p.name for p in out.iterdir()) == [path.name], "no .part or validator left"
+
+
+def test_ndjson_limit_needing_many_ranges(bucket, out):
+    """Short lines first, then ever longer ones: each estimate falls short and the range grows again."""
+    lines = [b'{"drawing": [[[0], [0]]], "pad": "' + b"x" * (i * i // 40) + b'"}\n' for i in range(2000)]
+    data = b"".join(lines)
+    bucket.add_file("simplified", "cat.ndjson", data)
+    (path,) = download_classes(["cat"], out, limit=1500, base_url=bucket.url, timeout=5, fmt="simplified")
+    assert path.read_bytes() == b"".join(lines[:1500])
+    assert len(bucket.requests) >= 3, "grew the range more than once"
+    assert bucket.bytes_sent < len(data) * 0.8
+
+
+def test_ndjson_whole_file_and_limit_beyond_it(bucket, out):
+    data = _ndjson(40)[:-1]  # the last line without its newline: still a drawing
+    bucket.add_file("simplified", "The Eiffel Tower.ndjson", data)
+    (path,) = download_classes(["The Eiffel Tower"], out, base_url=bucket.url, timeout=5, fmt="simplified")
+    assert path.name == "full_simplified_The Eiffel Tower.ndjson" and path.read_bytes() == data
+    path.unlink()
+    (path,) = download_classes(["The Eiffel Tower"], out, limit=100, base_url=bucket.url, timeout=5, fmt="simplified")
+    assert path.read_bytes() == data
+    bucket.requests.clear()
+    download_classes(["The Eiffel Tower"], out, limit=40, base_url=bucket.url, timeout=5, fmt="simplified")
+    assert bucket.requests == [], "40 drawings on disk already: no request"
+
+
+def test_binary_limit_walks_whole_records(bucket, out):
+    records = _binary(2000)
+    bucket.add_file("binary", "cat.bin", b"".join(records))
+    (path,) = download_classes(["cat"], out, limit=123, base_url=bucket.url, timeout=5, fmt="binary")
+    assert path == out / "full_binary_cat.bin"
+    assert path.read_bytes() == b"".join(records[:123])
+    assert bucket.bytes_sent < len(b"".join(records)) / 4
+
+
+def test_binary_whole_file_is_checked_to_the_last_record(bucket, out):
+    records = _binary(50, seed=1)
+    bucket.add_file("binary", "cat.bin", b"".join(records))
+    (path,) = download_classes(["cat"], out, base_url=bucket.url, timeout=5, fmt="binary")
+    assert path.read_bytes() == b"".join(records)
+    bucket.add_file("binary", "dog.bin", b"".join(records)[:-5])
+    with pytest.raises(QdkitError, match=r"dog\.bin: truncated binary record 49"):
+        download_classes(["dog"], out, base_url=bucket.url, timeout=5, fmt="binary")
+    assert sorted(p.name for p in out.iterdir()) == [path.name]
+
+
+def test_binary_record_claiming_gigabytes_is_refused(bucket, out):
+    import struct
+
+    stroke = struct.pack("<H", 65535) + bytes(2 * 65535)
+    bucket.add_file("binary", "cat.bin", struct.pack("<Q2sbIH", 1, b"US", 1, 1, 65535) + stroke * 9)
+    with pytest.raises(QdkitError, match="binary record 0 claims more than"):
+        download_classes(["cat"], out, limit=3, base_url=bucket.url, timeout=5, fmt="binary")
+
+
+def test_ndjson_limited_download_resumes_after_a_cut(bucket, out):
+    data = _ndjson(3000, seed=2)
+    bucket.add_file("simplified", "cat.ndjson", data)
+    bucket.mode = "cut"
+    with pytest.raises(QdkitError, match="run again to resume"):
+        download_classes(["cat"], out, limit=1500, base_url=bucket.url, timeout=5, fmt="simplified")
+    part = out / "full_simplified_cat.ndjson.part"
+    held = part.stat().st_size
+    bucket.mode = "normal"
+    bucket.requests.clear()
+    (path,) = download_classes(["cat"], out, limit=1500, base_url=bucket.url, timeout=5, fmt="simplified")
+    assert path.read_bytes() == b"".join(data.splitlines(keepends=True)[:1500])
+    assert any(r.startswith(f"bytes={held}-") for r in bucket.ranges()), "resumed where it stopped"
+
+
+@pytest.mark.parametrize("body, what", [(b"<!doctype html><p>quota</p>", "HTML page"),
+                                        (b"\x1f\x8b\x08\x00gzipped", "gzip-compressed"),
+                                        (b"PK\x03\x04zip", "does not start with a JSON object")])
+def test_ndjson_that_is_something_else(bucket, out, body, what):
+    bucket.add_file("simplified", "cat.ndjson", body)
+    with pytest.raises(QdkitError, match=rf"cat\.ndjson: not an ndjson stroke file \(.*{what}"):
+        download_classes(["cat"], out, limit=3, base_url=bucket.url, timeout=5, fmt="simplified")
+    assert list(out.iterdir()) == []
+
+
+def test_stroke_file_changing_during_a_limited_download(bucket, out):
+    data = _ndjson(3000, seed=4)
+    path = bucket.add_file("simplified", "cat.ndjson", data)
+    bucket.before_request = lambda n: path.write_bytes(_ndjson(3000, seed=7)) if n == 2 else None
+    with pytest.raises(QdkitError, match="changed on the server during the download"):
+        download_classes(["cat"], out, limit=2000, base_url=bucket.url, timeout=5, fmt="simplified")
+    assert list(out.iterdir()) == []
+
+
+def test_cli_download_formats(bucket, out):
+    bucket.add_file("simplified", "cat.ndjson", _ndjson(30))
+    bucket.add_file("binary", "cat.bin", b"".join(_binary(30)))
+    for fmt, name in (("simplified", "full_simplified_cat.ndjson"), ("binary", "full_binary_cat.bin")):
+        result = CliRunner().invoke(main, ["download", "--classes", "cat", "--format", fmt, "--limit", "4",
+                                           "--out", str(out), "--base-url", bucket.url])
+        assert result.exit_code == 0, result.output
+        assert (out / name).exists()
+    bad = CliRunner().invoke(main, ["download", "--classes", "cat", "--format", "svg", "--out", str(out)])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output
