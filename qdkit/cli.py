@@ -321,41 +321,36 @@ def serve(model: str | None, host: str, port: int, workers: int, max_batch: int,
 
 # --- train / sweep --------------------------------------------------------------------------------
 
-# Shown in --help without importing torch; tests check it against qdkit.train.RECIPES.
-_TRAIN_MODELS = ("qdnet", "seed-cnn")
-_RECIPE_HELP = {
-    "lr": "qdnet 3e-3, seed-cnn 1e-4",
-    "batch_size": "qdnet 128, seed-cnn 64",
-    "epochs": "qdnet 36, seed-cnn 50",
-    "optimizer": "qdnet adamw, seed-cnn adam",
-    "dropout": "qdnet 0.3, seed-cnn 0.5",
-    "weight_decay": "qdnet 0.05, seed-cnn 0",
-    "schedule": "qdnet onecycle, seed-cnn constant",
-    "label_smoothing": "qdnet 0.1, seed-cnn 0",
-    "augment": "qdnet on, seed-cnn off",
-}
+
+def _recipe(key: str) -> str:
+    """The recipes' values of one setting, as --help shows them (qdkit.recipes imports no torch)."""
+    from qdkit.recipes import recipe_values
+
+    return recipe_values(key)
 
 
 def _run_options(sweep: bool = False):
     """The options `train` and `sweep` share (sweep takes lists for --lr and --batch-size)."""
+    from qdkit.recipes import OPTIMIZERS, RECIPES, SCHEDULES, SWEEP_BATCH_SIZES, SWEEP_LRS
+
     opts = [
         click.option("--data", type=click.Path(dir_okay=False), default=None,
                      help="The HDF5 store (qdkit convert --h5) [default: data/quickdraw.h5]."),
-        click.option("--model", type=click.Choice(_TRAIN_MODELS), default=None,
+        click.option("--model", type=click.Choice(list(RECIPES)), default=None,
                      help="qdnet (default) or seed-cnn (the original architecture, trained its original way)."),
-        click.option("--epochs", type=click.IntRange(1), default=None, help=f"[{_RECIPE_HELP['epochs']}]"),
-        click.option("--optimizer", type=click.Choice(["adamw", "adam", "sgd"]), default=None,
-                     help=f"[{_RECIPE_HELP['optimizer']}]"),
+        click.option("--epochs", type=click.IntRange(1), default=None, help=f"[{_recipe('epochs')}]"),
+        click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None,
+                     help=f"[{_recipe('optimizer')}]"),
         click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None,
-                     help=f"[{_RECIPE_HELP['dropout']}]"),
+                     help=f"[{_recipe('dropout')}]"),
         click.option("--weight-decay", type=click.FloatRange(0), default=None,
-                     help=f"[{_RECIPE_HELP['weight_decay']}]"),
-        click.option("--schedule", type=click.Choice(["onecycle", "cosine", "constant"]), default=None,
-                     help=f"Learning-rate schedule, per step [{_RECIPE_HELP['schedule']}]."),
+                     help=f"[{_recipe('weight_decay')}]"),
+        click.option("--schedule", type=click.Choice(SCHEDULES), default=None,
+                     help=f"Learning-rate schedule, per step [{_recipe('schedule')}]."),
         click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=None,
-                     help=f"[{_RECIPE_HELP['label_smoothing']}]"),
+                     help=f"[{_recipe('label_smoothing')}]"),
         click.option("--augment/--no-augment", default=None,
-                     help=f"Random affine (rotate, scale, shift, flip) on training batches [{_RECIPE_HELP['augment']}]."),
+                     help=f"Random affine (rotate, scale, shift, flip) on training batches [{_recipe('augment')}]."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--amp/--no-amp", default=True, show_default=True,
                      help="Mixed precision: bfloat16/float16 autocast on CUDA; bfloat16 on CPUs with native "
@@ -375,19 +370,20 @@ def _run_options(sweep: bool = False):
     ]
     if sweep:
         opts[:0] = [
-            click.option("--lr", "lrs", default="1e-2,1e-3,1e-4", show_default=True,
+            click.option("--lr", "lrs", default=",".join(f"{lr:g}" for lr in SWEEP_LRS), show_default=True,
                          help="Comma-separated learning rates (one table each)."),
-            click.option("--batch-size", "batch_sizes", default="32,64,128,256,512", show_default=True,
+            click.option("--batch-size", "batch_sizes", default=",".join(map(str, SWEEP_BATCH_SIZES)),
+                         show_default=True,
                          help="Comma-separated batch sizes (the columns)."),
             click.option("--name", default=None,
                          help="Sweep folder name [default: <time>-sweep-<model>]; reuse it to continue a sweep."),
         ]
     else:
         opts[:0] = [
-            click.option("--lr", type=float, default=None, help=f"Peak learning rate [{_RECIPE_HELP['lr']}]."),
+            click.option("--lr", type=float, default=None, help=f"Peak learning rate [{_recipe('lr')}]."),
             click.option("--batch-size", type=click.IntRange(1), default=None,
                          help="Global batch size: with several processes each trains on its share "
-                              f"[{_RECIPE_HELP['batch_size']}]."),
+                              f"[{_recipe('batch_size')}]."),
             click.option("--run-name", default=None,
                          help="[default: <YYYYmmdd-HHMMSS>-<model>-lr<lr>-bs<batch>]; never overwrites a run."),
             click.option("--resume", type=click.Path(dir_okay=False), default=None,
@@ -406,8 +402,8 @@ def _train_numbers(value: str, kind: type, option: str) -> list:
     items = _csv(value) or []
     try:
         numbers = [kind(v) for v in items]
-    except ValueError:
-        raise QdkitError(f"{option} {value!r}: expected comma-separated {kind.__name__} values") from None
+    except ValueError as err:
+        raise QdkitError(f"{option} {value!r}: expected comma-separated {kind.__name__} values") from err
     if not numbers or any(n <= 0 for n in numbers):
         raise QdkitError(f"{option} {value!r}: expected positive values")
     return numbers
@@ -452,12 +448,12 @@ def train(ctx: click.Context, nproc: int | None, **options) -> None:
     """
     import os
 
-    from qdkit.train import TrainConfig, TrainingInterrupted, summary
+    from qdkit.train import EXIT_OK, TrainConfig, TrainingInterrupted, exit_code, summary
     from qdkit.train import train as run_train
 
     config = TrainConfig(**options)
     if nproc is not None and nproc > 1:
-        from qdkit.distributed import launch
+        from qdkit.launcher import launch
         from qdkit.train import check_run
 
         if "RANK" in os.environ:
@@ -475,18 +471,19 @@ def train(ctx: click.Context, nproc: int | None, **options) -> None:
     except TrainingInterrupted as e:
         if rank == 0:
             click.echo(f"qdkit: {e}", err=True)
-        ctx.exit(130)
-    except QdkitError:
+        ctx.exit(exit_code(e))
+    except QdkitError as e:
         if rank != 0:  # every rank raised it together (qdkit.distributed.agree); rank 0 prints it
-            ctx.exit(2)
+            ctx.exit(exit_code(e))
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if rank == 0:
             click.echo("qdkit: interrupted outside the training loop (or Ctrl-C twice); nothing more was saved",
                        err=True)
-        ctx.exit(130)
+        ctx.exit(exit_code(e))
     if rank == 0:
         click.echo(summary(metrics))
+    ctx.exit(EXIT_OK)
 
 
 @main.command()
@@ -500,7 +497,7 @@ def sweep(ctx: click.Context, lrs: str, batch_sizes: str, name: str | None, **op
     artifacts/<name>/sweep.md. Run it again with --name to continue an interrupted sweep.
     """
     from qdkit.sweep import sweep as run_sweep
-    from qdkit.train import TrainConfig, TrainingInterrupted
+    from qdkit.train import TrainConfig, TrainingInterrupted, exit_code
 
     lr_list = _train_numbers(lrs, float, "--lr")
     bs_list = _train_numbers(batch_sizes, int, "--batch-size")
@@ -508,6 +505,6 @@ def sweep(ctx: click.Context, lrs: str, batch_sizes: str, name: str | None, **op
         result = run_sweep(lr_list, bs_list, TrainConfig(**options), name=name)
     except TrainingInterrupted as e:
         click.echo(f"qdkit: {e}", err=True)
-        ctx.exit(130)
+        ctx.exit(exit_code(e))
     click.echo(result.table)
     click.echo(f"wrote {result.folder / 'sweep.md'}")

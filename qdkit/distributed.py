@@ -1,6 +1,6 @@
 """Distributed training plumbing: where this process sits in a torchrun job, the process group's
-lifetime, the few collectives the trainer needs, and `launch()`, which starts torchrun for
-`qdkit train --nproc N`.
+lifetime and the few collectives the trainer needs. `launch()`, which starts torchrun for
+`qdkit train --nproc N` (in qdkit.launcher).
 
 The rules that keep a DistributedDataParallel job from hanging, and where they are kept:
 - every rank takes the same number of steps: the trainer's loader drops the last partial global
@@ -12,13 +12,10 @@ The rules that keep a DistributedDataParallel job from hanging, and where they a
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
-import signal
-import socket
-import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -144,74 +141,4 @@ def agree(error: BaseException | None, info: DistInfo) -> None:
     if error is not None and info.is_main:
         raise error
     rank, message = failed[0]
-    raise QdkitError(message if rank == 0 else f"rank {rank}: {message}") from None
-
-
-# --------------------------------------------------------------------------- the launcher
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def torchrun_argv(nproc: int, qdkit_args: list[str], port: int) -> list[str]:
-    """Arguments of `torchrun` (torch.distributed.run) that start `python -m qdkit <qdkit_args>` in
-    `nproc` processes on this machine, the rendezvous on 127.0.0.1:`port`."""
-    return ["--nproc-per-node", str(nproc), "--nnodes", "1", "--master-addr", "127.0.0.1",
-            "--master-port", str(port), "--max-restarts", "0", "-m", "qdkit", *qdkit_args]
-
-
-def launch(nproc: int, qdkit_args: list[str]) -> int:
-    """Run `python -m qdkit <qdkit_args>` in `nproc` processes through torchrun on this machine and
-    return the exit code for the caller to exit with.
-
-    This process becomes torchrun's agent (torch.distributed.run, in-process). On CPU each worker gets
-    OMP_NUM_THREADS = cores // nproc unless the variable is already set. The workers run in their own
-    sessions, so Ctrl-C reaches only this process; torchrun forwards one SIGINT to each worker, which
-    stops at the next sync point, saves last.pt and exits 130. A failing worker has printed its own
-    one-line error; torchrun's report of it and its log lines are kept off the console (set LOGLEVEL
-    to see them). A worker that dies without saying why (a signal, a crash) raises one QdkitError.
-    """
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import parse_args, run
-
-    port = free_port()
-    env_before = os.environ.get("OMP_NUM_THREADS")
-    if env_before is None:
-        os.environ["OMP_NUM_THREADS"] = str(max(1, cpu_cores() // nproc))
-    # torchrun's loggers print to stderr through logging's last-resort handler: stop them at their
-    # parents (whatever modules get imported later), unless the user asks for them with LOGLEVEL.
-    quiet = [] if "LOGLEVEL" in os.environ else [
-        logging.getLogger(name) for name in ("torch.distributed.elastic", "torch.distributed.run",
-                                             "torch.distributed.launcher")]
-    muted = logging.NullHandler()
-    for lg in quiet:
-        lg.addHandler(muted)
-        lg.propagate = False
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        run(parse_args(torchrun_argv(nproc, qdkit_args, port)))
-        return 0
-    except ChildFailedError as e:
-        rank, failure = e.get_first_failure()
-        code = failure.exitcode
-        if code in (1, 2, 130):  # the worker printed why: an error line, a traceback, the resume hint
-            return code
-        how = f"was killed by {failure.signal_name()}" if code < 0 else f"exited with code {code}"
-        hint = " (out of memory?)" if code == -signal.SIGKILL else ""
-        raise QdkitError(f"training process rank {rank} {how}{hint}; the other processes were stopped") from None
-    except SignalException as e:  # Ctrl-C or SIGTERM: the workers got it too and have exited
-        return 128 + int(e.sigval)
-    finally:
-        for s, h in handlers.items():
-            if h is not None:
-                signal.signal(s, h)
-        for lg in quiet:
-            lg.removeHandler(muted)
-            lg.propagate = True
-        if env_before is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        sys.stdout.flush()
+    raise QdkitError(message if rank == 0 else f"rank {rank}: {message}") from error

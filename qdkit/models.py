@@ -3,7 +3,8 @@ model — and the ONNX graph exported from it — takes raw Quick Draw pixels an
 constant lives anywhere else."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,6 +24,9 @@ INPUT_SPEC: dict[str, Any] = {
 class PixelInput(nn.Module):
     """Raw pixels (uint8 or float in 0..255; (N,28,28) or (N,1,28,28)) -> normalised float32 NCHW."""
 
+    scale: torch.Tensor
+    shift: torch.Tensor
+
     def __init__(self, mean: float, std: float) -> None:
         super().__init__()
         self.register_buffer("scale", torch.tensor(1.0 / (255.0 * std)), persistent=False)
@@ -37,6 +41,8 @@ class PixelInput(nn.Module):
 class SeedCNN(nn.Module):
     """The original QuickDrawClassifier network: three 3x3 conv (16/32/64) + ReLU + 2x2 max-pool,
     dropout, then 576 -> 200 -> classes. Input scaled to [0, 1] as torchvision's ToTensor did."""
+
+    batch_norm = False  # a training step may hold a single drawing
 
     def __init__(self, num_classes: int, dropout: float = 0.5) -> None:
         super().__init__()
@@ -68,6 +74,8 @@ class QDNet(nn.Module):
     points, so the default width is 32 (~0.58M parameters).
     """
 
+    batch_norm = True  # a training step needs at least two drawings per process
+
     def __init__(self, num_classes: int, dropout: float = 0.3, width: int = 32, hidden: int = 256) -> None:
         super().__init__()
         w = width
@@ -89,6 +97,12 @@ class QDNet(nn.Module):
 
 MODELS: dict[str, Callable[..., nn.Module]] = {"seed-cnn": SeedCNN, "qdnet": QDNet}
 DEFAULT_MODEL = "qdnet"
+
+
+def uses_batch_norm(name: str) -> bool:
+    """Whether the model normalises over the batch (then a step needs two drawings or more), known
+    from the registry without building the network."""
+    return bool(getattr(MODELS[name], "batch_norm", True))
 
 
 def build_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:

@@ -1,16 +1,21 @@
 """How each model is trained: the per-model recipes (what an unset option becomes), the optimizers,
-the learning-rate schedules and the batched augmentation. Plain functions, so the trainer, the
-benchmark and a user's own loop share them."""
+the learning-rate schedules, the batched augmentation and the default sweep grid. Plain functions,
+so the trainer, the benchmark and a user's own loop share them.
+
+These values are also what `qdkit train --help` shows, so importing this module stays cheap: torch
+is imported by the functions that use it.
+"""
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable
-
-import torch
-import torch.nn.functional as F
-from torch import nn
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from qdkit.errors import QdkitError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -30,12 +35,27 @@ RECIPES: dict[str, dict[str, Any]] = {
 # Random affine augmentation, drawn per image: rotation (degrees), scale, translation (pixels),
 # probability of a horizontal flip. Small enough to keep every class recognisable.
 AUGMENT = {"rotate_deg": 10.0, "scale": (0.9, 1.1), "translate_px": 2.0, "hflip": 0.5}
+# The original project's manual grid, what `qdkit sweep` trains by default.
+SWEEP_LRS = (1e-2, 1e-3, 1e-4)
+SWEEP_BATCH_SIZES = (32, 64, 128, 256, 512)
+
+
+def recipe_values(key: str) -> str:
+    """Every model's recipe value of `key`, for --help: "qdnet 0.003, seed-cnn 0.0001"."""
+    def shown(value: Any) -> str:
+        return ("on" if value else "off") if isinstance(value, bool) else f"{value:g}" if isinstance(
+            value, (int, float)) else str(value)
+
+    return ", ".join(f"{model} {shown(recipe[key])}" for model, recipe in RECIPES.items())
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None,
                   spec: dict[str, Any] = AUGMENT) -> torch.Tensor:
     """Random affine per image of a float batch (B, 1, 28, 28) in raw pixel units (0 = background),
     as one affine_grid + grid_sample: rotation, scale, translation and a horizontal flip."""
+    import torch
+    import torch.nn.functional as F
+
     b, _, h, w = x.shape
     u = torch.rand(b, 5, generator=generator, device=x.device, dtype=torch.float32)
     angle = (u[:, 0] * 2 - 1) * math.radians(spec["rotate_deg"])
@@ -71,7 +91,10 @@ def lr_factor(schedule: str, total_steps: int) -> Callable[[int], float]:
     return factor
 
 
-def make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def make_optimizer(name: str, params: Iterable[nn.Parameter] | list[dict[str, Any]], lr: float,
+                   weight_decay: float) -> torch.optim.Optimizer:
+    import torch
+
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if name == "adam":

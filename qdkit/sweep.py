@@ -10,18 +10,19 @@ trains only what is missing: no run is ever lost or overwritten.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from qdkit.files import atomic_path
 from qdkit.errors import QdkitError
+from qdkit.files import atomic_path
+from qdkit.recipes import SWEEP_BATCH_SIZES, SWEEP_LRS
 from qdkit.store import open_store
-from qdkit.train import TrainConfig, TrainingInterrupted, _stderr, check_run_name, format_lr, train
+from qdkit.train import TrainConfig, TrainingInterrupted, check_run_name, console, format_lr, train
 
-ORIGINAL_LRS = (1e-2, 1e-3, 1e-4)
-ORIGINAL_BATCH_SIZES = (32, 64, 128, 256, 512)
+ORIGINAL_LRS, ORIGINAL_BATCH_SIZES = SWEEP_LRS, SWEEP_BATCH_SIZES  # the grid `qdkit sweep` trains by default
 
 
 @dataclass
@@ -36,9 +37,11 @@ def cell_name(lr: float, batch_size: int) -> str:
     return f"lr{format_lr(lr)}-bs{batch_size}"
 
 
-def sweep(lrs: list[float], batch_sizes: list[int], base: TrainConfig | None = None, name: str | None = None,
+def sweep(lrs: Sequence[float] = SWEEP_LRS, batch_sizes: Sequence[int] = SWEEP_BATCH_SIZES,
+          base: TrainConfig | None = None, name: str | None = None,
           log: Callable[[str], None] | None = None) -> SweepResult:
     """Train the grid lrs x batch_sizes with `base` for everything else; returns the table and metrics."""
+    lrs, batch_sizes = list(lrs), list(batch_sizes)
     base = (base or TrainConfig()).resolved()
     if not lrs or not batch_sizes:
         raise QdkitError("sweep: give at least one --lr and one --batch-size")
@@ -53,7 +56,7 @@ def sweep(lrs: list[float], batch_sizes: list[int], base: TrainConfig | None = N
     name = check_run_name(name) if name else f"{datetime.now():%Y%m%d-%H%M%S}-sweep-{base.model}"
     folder = Path(base.artifacts_dir) / name
     runs = Path(base.runs_dir) / name
-    say = log or _stderr
+    say = log or console
     result = SweepResult(name, folder, "")
     try:
         for lr in lrs:
@@ -85,7 +88,7 @@ def sweep(lrs: list[float], batch_sizes: list[int], base: TrainConfig | None = N
     except TrainingInterrupted as e:
         _write(result, lrs, batch_sizes, base)
         raise TrainingInterrupted(f"{e}; or continue the whole sweep with: qdkit sweep ... --name {name}",
-                                  e.checkpoint) from None
+                                  e.checkpoint) from e
     _write(result, lrs, batch_sizes, base)
     return result
 

@@ -2,6 +2,7 @@
 scalars, the NaN guard fires, a sweep writes its table, and bad input is one line with exit 2."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -13,11 +14,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+import qdkit.devices as devices
 import qdkit.recipes as recipes
-import qdkit.train as T
 from qdkit.checkpoint import load_checkpoint, model_from_checkpoint
 from qdkit.cli import main
 from qdkit.errors import QdkitError
+from qdkit.models import MODELS
+from qdkit.reporter import reserve_run
 from qdkit.store import StoreWriter, open_store
 from qdkit.train import TrainConfig, Trainer, TrainingInterrupted, choose_device, evaluate, train
 
@@ -87,28 +90,36 @@ def test_tensorboard_holds_the_scalars(trained):
     assert acc.PluginTagToContent("hparams")
 
 
-def _interrupt_at(monkeypatch, step_to_stop: int) -> None:
-    """Send a real SIGINT to ourselves after the given global step (1-based)."""
-    original = Trainer.train_step
+@contextlib.contextmanager
+def on_training_forward(action):
+    """Call action(n, inputs) before the n-th training-mode forward of a qdkit model (1-based), through
+    torch's public global forward pre-hook: what it returns replaces the inputs."""
     count = {"n": 0}
 
-    def step(self, x, y, totals):
-        original(self, x, y, totals)
-        count["n"] += 1
-        if count["n"] == step_to_stop:
-            os.kill(os.getpid(), signal.SIGINT)
+    def hook(module, args):
+        if isinstance(module, tuple(MODELS.values())) and module.training:
+            count["n"] += 1
+            return action(count["n"], args)
+        return None
 
-    monkeypatch.setattr(Trainer, "train_step", step)
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _interrupt_at(step_to_stop: int):
+    """Send a real SIGINT to ourselves during the given global step (1-based): it ends after that step."""
+    return on_training_forward(lambda n, args: os.kill(os.getpid(), signal.SIGINT) if n == step_to_stop else None)
 
 
 @pytest.mark.parametrize("stop_step", [5, 25], ids=["mid-epoch-1", "end-of-epoch-1"])
-def test_resume_continues_exactly(store_path, tmp_path, monkeypatch, stop_step):
+def test_resume_continues_exactly(store_path, tmp_path, stop_step):
     # 800 training drawings / batch 32 = 25 steps per epoch.
     straight = train(_config(store_path, tmp_path, run_name="straight"), log=lambda s: None)
-    _interrupt_at(monkeypatch, stop_step)
-    with pytest.raises(TrainingInterrupted, match="resume with: qdkit train --resume") as err:
+    with _interrupt_at(stop_step), pytest.raises(TrainingInterrupted, match="resume with: qdkit train --resume") as err:
         train(_config(store_path, tmp_path, run_name="cut"), log=lambda s: None)
-    monkeypatch.undo()
     last = tmp_path / "artifacts" / "cut" / "last.pt"
     assert err.value.checkpoint == last
     saved = load_checkpoint(last)
@@ -140,21 +151,19 @@ def test_existing_run_folder_is_never_overwritten(trained, store_path):
     with pytest.raises(QdkitError, match="run folder already exists"):
         Trainer(_config(store_path, root, run_name="two-epochs"))
     cfg = _config(store_path, root).resolved()
-    first, second = T._reserve_run(cfg), T._reserve_run(cfg)  # same second, same settings
-    assert first[0] != second[0] and second[0].startswith(first[0])
-    assert first[0].endswith("-qdnet-lr3e-03-bs32")
+    first, second = reserve_run(cfg), reserve_run(cfg)  # same second, same settings
+    assert first != second and second.startswith(first)
+    assert first.endswith("-qdnet-lr3e-03-bs32")
 
 
-def test_nan_guard_keeps_the_last_good_checkpoint(store_path, tmp_path, monkeypatch):
-    original = Trainer.train_step
+def _nan_from(step: int):
+    """Feed NaN images to every training step from `step` on (1-based, global)."""
+    return on_training_forward(lambda n, args: (torch.full_like(args[0], float("nan")),) if n >= step else None)
 
-    def poisoned(self, x, y, totals):
-        if self.epoch >= 1:  # epoch 2: feed NaNs
-            x = torch.full(x.shape, float("nan"))
-        original(self, x, y, totals)
 
-    monkeypatch.setattr(Trainer, "train_step", poisoned)
-    with pytest.raises(QdkitError, match=r"diverged.*epoch 2.*last good checkpoint is .*last.pt \(epoch 1\)"):
+def test_nan_guard_keeps_the_last_good_checkpoint(store_path, tmp_path):
+    with _nan_from(26), pytest.raises(  # epoch 2 (25 steps per epoch)
+            QdkitError, match=r"diverged.*epoch 2.*last good checkpoint is .*last.pt \(epoch 1\)"):
         train(_config(store_path, tmp_path, run_name="nan", epochs=3), log=lambda s: None)
     last = load_checkpoint(tmp_path / "artifacts" / "nan" / "last.pt")
     assert last["epoch"] == 1
@@ -173,10 +182,10 @@ def test_absurd_lr_stops_with_one_line(store_path, tmp_path):
 
 def test_choose_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(T, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: False)
     assert choose_device("auto", True) == (torch.device("cpu"), None)
     assert choose_device("cpu", True) == (torch.device("cpu"), None)
-    monkeypatch.setattr(T, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: True)
     assert choose_device("cpu", True) == (torch.device("cpu"), torch.bfloat16)
     assert choose_device("cpu", False) == (torch.device("cpu"), None)
     with pytest.raises(QdkitError, match="CUDA is not available"):
@@ -196,7 +205,7 @@ def test_choose_device(monkeypatch):
 
 def test_cpu_amp_path_trains(store_path, tmp_path, monkeypatch):
     """The CPU bfloat16 autocast path (where the CPU has it) trains and checkpoints float32 weights."""
-    monkeypatch.setattr(T, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: True)
     m = train(_config(store_path, tmp_path, run_name="bf16", amp=True, epochs=1, batch_size=64,
                       model="seed-cnn", lr=3e-3, workers=2), log=lambda s: None)
     assert m["precision"] == "bfloat16 autocast" and m["test_accuracy"] > 0.4
@@ -280,11 +289,11 @@ def test_cli_bad_input_is_one_line(store_path, tmp_path, case):
     assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())
 
 
-def test_cli_ctrl_c_saves_and_prints_the_resume_command(store_path, tmp_path, monkeypatch):
-    _interrupt_at(monkeypatch, 3)
-    result = CliRunner().invoke(main, ["train", "--data", str(store_path), "--model", "seed-cnn", "--epochs", "1",
-                                       "--run-name", "cc", "--runs-dir", str(tmp_path / "r"),
-                                       "--artifacts-dir", str(tmp_path / "a"), "--no-progress", "--device", "cpu"])
+def test_cli_ctrl_c_saves_and_prints_the_resume_command(store_path, tmp_path):
+    with _interrupt_at(3):
+        result = CliRunner().invoke(main, ["train", "--data", str(store_path), "--model", "seed-cnn", "--epochs", "1",
+                                           "--run-name", "cc", "--runs-dir", str(tmp_path / "r"),
+                                           "--artifacts-dir", str(tmp_path / "a"), "--no-progress", "--device", "cpu"])
     assert result.exit_code == 130, result.output
     last = tmp_path / "a" / "cc" / "last.pt"
     assert f"resume with: qdkit train --resume {last}" in result.output
