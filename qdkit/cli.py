@@ -107,6 +107,21 @@ def convert(in_dir, out_dir, h5, png, train, validation, test, classes, seed, wo
 
 
 @main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Folder for the PNGs.")
+@click.option("--size", type=click.IntRange(8, 1024), default=28, show_default=True,
+              help="Side in pixels: 28 is exactly what the model sees; larger scales the same recipe.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N drawings of each file.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUT folder.")
+def render(files: tuple[str, ...], out_dir: str, size: int, limit: int | None, overwrite: bool) -> None:
+    """Render stroke files (.ndjson, .bin, .csv) to PNGs and a contact sheet: what the model sees."""
+    from qdkit.render import render_files
+
+    count, sheet = render_files(list(files), out_dir, size=size, limit=limit, overwrite=overwrite)
+    click.echo(f"rendered {count} drawings to {out_dir} (contact sheet: {sheet})")
+
+
+@main.command()
 @click.argument("store", type=click.Path(), default="data/quickdraw.h5")
 def info(store: str) -> None:
     """Classes, counts per split and class, memory-mappability and sources of an HDF5 store."""

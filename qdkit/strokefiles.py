@@ -193,10 +193,14 @@ def _reader(sf: StrokeFile) -> _RecordReader:
     return _readers[sf.path]
 
 
+def display_number(sf: StrokeFile, number: int) -> int:
+    """A record's number as people see it: its line in the file counted from 1, as editors do (a CSV
+    row's line includes the header); binary records counted from 0, as source_index does."""
+    return number if sf.unit == "record" else number + 2 if sf.kind == "csv" else number + 1
+
+
 def _where(sf: StrokeFile, number: int) -> str:
-    # Messages count lines from 1 as editors do; record numbers (binary) from 0 as source_index does.
-    return f"{sf.path}: line {number + 2 if sf.kind == 'csv' else number + 1}" if sf.unit == "line" \
-        else f"{sf.path}: record {number}"
+    return f"{sf.path}: {sf.unit} {display_number(sf, number)}"
 
 
 @dataclass

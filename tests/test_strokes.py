@@ -373,3 +373,35 @@ def test_synth_ndjson_converts_to_the_synth_bitmaps(tmp_path):
     assert all(np.array_equal(a[s]["images"], b[s]["images"]) for s in SPLITS)
     first = json.loads((tmp_path / "ndjson" / "full_simplified_circle.ndjson").read_bytes().splitlines()[0])
     assert first["word"] == "circle" and isinstance(parse_drawing(first), Drawing)
+
+
+# --- qdkit render -------------------------------------------------------------------------------------
+
+def test_render_writes_what_the_model_sees(tmp_path):
+    from PIL import Image
+
+    path = _write_lines(tmp_path / "in", "cat.ndjson", list(GOLDEN_LINES))
+    result = _cli("render", str(path), "--out", str(tmp_path / "png"))
+    assert result.exit_code == 0, result.output
+    assert f"rendered {len(GOLDEN_LINES)} drawings" in result.stdout
+    for i, row in enumerate(GOLDEN_BITMAPS):
+        png = np.asarray(Image.open(tmp_path / "png" / f"cat-{i + 1}.png"))
+        assert np.array_equal(255 - png.ravel(), row)  # black ink on white, the official pixels
+    sheet = Image.open(tmp_path / "png" / "sheet.png")
+    assert sheet.size == (len(GOLDEN_LINES) * 29 + 1, 29 + 1)
+    again = _cli("render", str(path), "--out", str(tmp_path / "png"), "--size", "64", "--limit", "2")
+    assert again.exit_code == 2 and "already exists (pass --overwrite" in _error(again)
+    again = _cli("render", str(path), "--out", str(tmp_path / "png"), "--size", "64", "--limit", "2", "--overwrite")
+    assert again.exit_code == 0 and sorted(p.name for p in (tmp_path / "png").iterdir()) == \
+        ["cat-1.png", "cat-2.png", "sheet.png"]
+    assert Image.open(tmp_path / "png" / "cat-1.png").size == (64, 64)
+
+
+def test_render_bad_inputs(tmp_path):
+    bad = _write_lines(tmp_path / "in", "dog.ndjson", [GOLDEN_LINES[0], b"[[[1, 2]]]"])
+    result = _cli("render", str(bad), "--out", str(tmp_path / "png"))
+    assert result.exit_code == 2
+    assert _error(result) == f"qdkit: error: {bad}: line 2: stroke 0 is not [xs, ys] or [xs, ys, ts]"
+    assert not (tmp_path / "png").exists()
+    result = _cli("render", str(tmp_path / "in" / "x.png"), "--out", str(tmp_path / "png"))
+    assert result.exit_code == 2 and "not a stroke file" in _error(result)
