@@ -123,7 +123,7 @@ def test_input_that_is_a_file_says_so(tmp_path):
     result = CliRunner().invoke(main, ["convert", "--in", str(f), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "no such folder" not in result.stderr
     assert result.stderr == f"qdkit: error: {f}: is a file, not a folder (--in takes the folder holding the " \
-                            ".npy bitmap files)\n"
+                            ".npy bitmap files or .ndjson/.bin/.csv stroke files)\n"
 
 
 def test_fifo_among_inputs_is_skipped_with_a_warning(tmp_path):
