@@ -20,8 +20,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ import h5py
 import numpy as np
 
 from qdkit import __version__
-from qdkit.errors import QdkitError
+from qdkit.errors import QdkitError, first_line
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "validation", "test")
@@ -186,13 +187,28 @@ class Store:
         return SplitArrays(name, images, labels, source_index, self.path, stamp)
 
 
-def _open_h5(path: Path) -> h5py.File:
+@contextlib.contextmanager
+def _open_h5(path: Path) -> Iterator[h5py.File]:
+    """The store open for reading; any read error inside the block (a store cut short in its labels,
+    say) is one line. Only a regular file is opened: HDF5 would wait forever on a FIFO."""
     try:
-        return h5py.File(path, "r")
+        mode = path.stat().st_mode
     except FileNotFoundError:
         raise QdkitError(f"{path}: no such store (make one with `qdkit convert --h5`)") from None
     except OSError as e:
-        raise QdkitError(f"{path}: not a readable HDF5 store (truncated or corrupt: {e})") from None
+        raise QdkitError(f"{path}: unreadable ({e.strerror})") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+        raise QdkitError(f"{path}: is {kind}, not an HDF5 store")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise QdkitError(f"{path}: not a readable HDF5 store (truncated or corrupt: {first_line(e)})") from None
+    try:
+        with f:
+            yield f
+    except (OSError, RuntimeError) as e:
+        raise QdkitError(f"{path}: unreadable store (truncated or corrupt: {first_line(e)})") from None
 
 
 def open_store(path: str | os.PathLike, warn: bool | Callable[[str], None] = True) -> Store:
