@@ -233,9 +233,16 @@ class Decoded:
     errors: list[str]
 
 
+class _NotText(Exception):
+    """A stroke file that is not text at all: one problem for the file, not one per line."""
+
+
 def _ndjson_lines(path: str) -> Iterator[tuple[int, bytes | None]]:
     """(line number from 1, bytes) of every non-blank line; None for a line over MAX_LINE_BYTES."""
     with open(path, "rb") as f:
+        if f.read(2) == b"\x1f\x8b":
+            raise _NotText("is gzip-compressed data, not text (gunzip it first)")
+        f.seek(0)
         number = 0
         while True:
             line = f.readline(MAX_LINE_BYTES + 1)
@@ -276,6 +283,8 @@ def chunks(files: Sequence[str | os.PathLike], image_chunk: int, line_chunk: int
                 yield LineChunk(f, tuple(block))
         except OSError as e:
             problems(f"{f}: cannot read ({e.strerror or first_line(e)})")
+        except _NotText as e:
+            problems(f"{f}: {e}")
     if images:
         yield ImageChunk(tuple(images))
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from _helpers import clean_run, exported, one_line_error, torch_logits
 from click.testing import CliRunner
 from PIL import Image
 
@@ -20,8 +21,6 @@ from qdkit.images import image_to_drawing, is_dark_on_light, read_drawing
 from qdkit.inputs import expand_paths
 from qdkit.predict import Prediction
 from qdkit.store import open_store
-
-from _helpers import clean_run, exported, one_line_error, torch_logits
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +34,16 @@ def test_rows(store_path, png_dir):
     store = open_store(store_path)
     test = store.split("test")
     rows = {}
-    for row, (label, source) in enumerate(zip(test.labels, test.source_index)):
+    for row, (label, source) in enumerate(zip(test.labels, test.source_index, strict=True)):
         path = png_dir / "test" / store.class_names[label] / f"{source}.png"
         assert path.is_file(), path
         rows[path] = row
     return test, rows
+
+
+def _body(out: str) -> str:
+    """The output without qdkit's own warning and summary lines."""
+    return "\n".join(line for line in out.splitlines() if not line.startswith("qdkit:"))
 
 
 def _parse_csv(text: str) -> dict[Path, list[str]]:
@@ -179,10 +183,10 @@ def test_big_rgb_rgba_and_inverted_images_become_the_same_drawing(model, test_ro
     for name, drawings in variants.items():
         drawings = np.array(drawings)
         assert all(_fills_frame(v) for v in drawings), name
-        corr = [np.corrcoef(_blur(a).ravel(), _blur(b).ravel())[0, 1] for a, b in zip(drawings, reference)]
+        corr = [np.corrcoef(_blur(a).ravel(), _blur(b).ravel())[0, 1] for a, b in zip(drawings, reference, strict=True)]
         assert min(corr) > 0.85, (name, corr)
         got = [r.label for r in p.predict(drawings)]
-        assert sum(a == b for a, b in zip(got, want)) >= len(want) - 1, (name, got, want)
+        assert sum(a == b for a, b in zip(got, want, strict=True)) >= len(want) - 1, (name, got, want)
 
 
 def test_polarity_and_28x28_inputs_are_never_resampled(tmp_path):
@@ -233,7 +237,7 @@ def test_bad_files_warn_and_the_rest_go_on(model, png_dir, tmp_path):
     assert any("notes.png: not an image" in w for w in warnings)
     assert any("cut.png: unreadable image" in w for w in warnings)
     assert any("missing.png: no such file" in w for w in warnings)
-    assert list(_parse_csv("\n".join(l for l in out.splitlines() if not l.startswith("qdkit:")))) == good
+    assert list(_parse_csv(_body(out))) == good
     assert "4 input(s) failed, 3 predicted" in out
 
 
@@ -299,7 +303,7 @@ def test_model_without_qdkit_metadata_still_runs(model, png_dir, tmp_path):
     result = CliRunner().invoke(main, ["predict", png, "--model", str(bare), "--format", "json"])
     out = clean_run(result)
     assert sum(line.startswith("qdkit: warning:") and "no qdkit metadata" in line for line in out.splitlines()) == 1
-    body = json.loads("\n".join(l for l in out.splitlines() if not l.startswith("qdkit:")))
+    body = json.loads(_body(out))
     assert body[0]["top"][0]["class"] in {"0", "1", "2", "3"}
     with pytest.warns(UserWarning, match="no qdkit metadata"):
         assert Predictor(bare).class_names == ["0", "1", "2", "3"]
@@ -414,3 +418,131 @@ def test_sigterm_of_predict_stops_it_like_ctrl_c(model, slow_images):
     assert proc.returncode == 130, err
     assert "qdkit: interrupted" in err and "Traceback" not in err
     assert _wait_for(lambda: not any(map(_alive, workers)), 5), f"orphaned workers: {workers}"
+
+
+# --- hostile inputs (issue 10) -----------------------------------------------------------------
+
+def _some_pngs(png_dir: Path, n: int) -> list[Path]:
+    return sorted((png_dir / "test").rglob("*.png"))[:n]
+
+
+def test_fifos_and_other_non_regular_files_are_skipped_with_a_warning(model, png_dir, tmp_path):
+    import os
+    import shutil
+
+    _, onnx_path = model
+    good = _some_pngs(png_dir, 2)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for g in good:
+        shutil.copy(g, folder / g.name)
+    os.mkfifo(folder / "pipe.png")  # reading it would block forever
+    os.mkfifo(folder / "stream.ndjson")
+    (folder / "gone.png").symlink_to(tmp_path / "missing.png")
+    runner = CliRunner()
+    for args in ([str(folder)], [str(folder / "*")], [str(folder / "pipe.png"), str(folder / good[0].name)]):
+        out = clean_run(runner.invoke(main, ["predict", *args, "--model", str(onnx_path), "--format", "csv"]), code=1)
+        warnings = [line for line in out.splitlines() if line.startswith("qdkit: warning:")]
+        assert any("pipe.png: a FIFO" in w for w in warnings), out
+        assert len(_parse_csv(_body(out))) == (1 if len(args) == 2 else 2), out  # every good file, once
+    out = clean_run(runner.invoke(main, ["predict", str(folder), "--model", str(onnx_path)]), code=1)
+    assert "stream.ndjson: a FIFO" in out and "gone.png: a broken symbolic link" in out
+
+
+def test_globs_and_folders_survive_symlink_loops_without_duplicates(model, png_dir, tmp_path):
+    import shutil
+
+    _, onnx_path = model
+    good = _some_pngs(png_dir, 3)
+    root = tmp_path / "tree"
+    (root / "a" / "b").mkdir(parents=True)
+    shutil.copy(good[0], root / "top.png")
+    shutil.copy(good[1], root / "a" / "mid.png")
+    shutil.copy(good[2], root / "a" / "b" / "deep.png")
+    (root / "a" / "b" / "up").symlink_to(root, target_is_directory=True)    # a loop back to the top
+    (root / "a" / "self").symlink_to(root / "a", target_is_directory=True)  # a loop onto itself
+    (root / "again").symlink_to(root / "a", target_is_directory=True)       # a second way into a/
+    want = {root / "top.png", root / "a" / "mid.png", root / "a" / "b" / "deep.png"}
+    for spec in (str(root), str(root / "**" / "*.png"), str(root / "**")):
+        files, problems = expand_paths([spec])
+        assert not problems, (spec, problems)
+        assert len(files) == 3 and {f.resolve() for f in files} == want, (spec, files)
+    out = clean_run(CliRunner().invoke(main, ["predict", str(root / "**" / "*.png"), "--model", str(onnx_path),
+                                              "--format", "csv"]))
+    assert len(_parse_csv(out)) == 3
+
+
+def test_an_unreadable_subfolder_is_a_warning_and_exit_code_1(model, png_dir, tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    _, onnx_path = model
+    good = _some_pngs(png_dir, 2)
+    root = tmp_path / "in"
+    (root / "locked").mkdir(parents=True)
+    shutil.copy(good[0], root / "open.png")
+    shutil.copy(good[1], root / "locked" / "hidden.png")
+    cmd = [sys.executable, "-m", "qdkit", "predict", str(root), "--model", str(onnx_path), "--format", "csv"]
+    if os.geteuid() == 0:  # root reads any folder: drop the two capabilities that let it
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root and setpriv (util-linux) is missing: cannot make a folder unreadable")
+        cmd = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--", *cmd]
+    (root / "locked").chmod(0)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    finally:
+        (root / "locked").chmod(0o755)
+    assert done.returncode == 1, done.stderr
+    assert f"{root / 'locked'}: cannot read folder (Permission denied)" in done.stderr
+    assert "1 input(s) failed, 1 predicted" in done.stderr and "Traceback" not in done.stderr
+    assert list(_parse_csv(done.stdout)) == [root / "open.png"]
+
+
+def test_messages_are_said_once_and_in_qdkit_words(model, tmp_path):
+    _, onnx_path = model
+    runner = CliRunner()
+    out = runner.invoke(main, ["predict", str(tmp_path / "*.png"), "--model", str(onnx_path)]).output
+    assert "no file matches" in one_line_error(runner.invoke(main, ["predict", str(tmp_path / "*.png"),
+                                                                    "--model", str(onnx_path)]))
+    assert out.count("no file matches") == 1, out
+    # A float TIFF with NaN pixels: one warning naming the file, no Python-format warning lines.
+    pixels = np.zeros((40, 40), np.float32)
+    pixels[5:30, 10] = np.nan
+    Image.fromarray(pixels, mode="F").save(tmp_path / "nan.tif")
+    out = clean_run(runner.invoke(main, ["predict", str(tmp_path / "nan.tif"), "--model", str(onnx_path)]), code=1)
+    assert "nan.tif: unreadable image (the image has NaN or infinite pixels)" in out
+    assert "Warning" not in out and ".py:" not in out, out
+    with pytest.raises(QdkitError, match="NaN"):
+        Predictor(onnx_path).predict(np.full((28, 28), np.nan))
+
+
+def test_predict_output_never_replaces_a_file_without_overwrite(model, png_dir, tmp_path):
+    _, onnx_path = model
+    png = str(_some_pngs(png_dir, 1)[0])
+    runner = CliRunner()
+    mine = tmp_path / "notes.csv"
+    mine.write_text("my own notes\n")
+    line = one_line_error(runner.invoke(main, ["predict", png, "--model", str(onnx_path), "--output", str(mine)]))
+    assert "notes.csv: already exists" in line and "--overwrite" in line
+    assert mine.read_text() == "my own notes\n"
+    clean_run(runner.invoke(main, ["predict", png, "--model", str(onnx_path), "--output", str(mine), "--overwrite",
+                                   "--format", "csv"]))
+    assert list(_parse_csv(mine.read_text())) == [Path(png)]
+    assert "names a folder" in one_line_error(runner.invoke(main, ["predict", png, "--model", str(onnx_path),
+                                                                   "--output", str(tmp_path / "new") + "/"]))
+    assert not (tmp_path / "new").exists()
+
+
+def test_debug_prints_the_traceback_behind_the_one_line_error(tmp_path):
+    runner = CliRunner()
+    args = ["predict", str(tmp_path / "x.png"), "--model", str(tmp_path / "junk.onnx")]
+    (tmp_path / "junk.onnx").write_bytes(b"junk" * 100)
+    Image.new("L", (28, 28)).save(tmp_path / "x.png")
+    for result in (runner.invoke(main, ["--debug", *args]), runner.invoke(main, args, env={"QDKIT_DEBUG": "1"})):
+        assert result.exit_code == 2
+        assert "Traceback (most recent call last)" in result.output
+        assert result.output.strip().splitlines()[-1].startswith("qdkit: error: ")
+        assert "The above exception was the direct cause" in result.output  # the cause is kept
+    assert "Traceback" not in runner.invoke(main, args).output
