@@ -39,7 +39,7 @@ def launch(nproc: int, qdkit_args: list[str]) -> int:
                 agent.send_signal(signal.SIGINT)
 
 
-def _agent(nproc: int, qdkit_args: list[str]) -> int:
+def run_agent(nproc: int, qdkit_args: list[str]) -> int:
     """torchrun's agent for `launch` (its own process, so torchrun may own its signals and logging):
     the exit code of the first failing worker, when that worker has said why."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -67,4 +67,4 @@ def _agent(nproc: int, qdkit_args: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_agent(int(sys.argv[1]), sys.argv[2:]))
+    sys.exit(run_agent(int(sys.argv[1]), sys.argv[2:]))

@@ -19,12 +19,13 @@ import torch
 from click.testing import CliRunner
 
 import qdkit.distributed as D
+import qdkit.launcher as L
 from qdkit.checkpoint import load_checkpoint, model_from_checkpoint
 from qdkit.cli import main
 from qdkit.data import BatchLoader
 from qdkit.errors import QdkitError
 from qdkit.store import open_store
-from qdkit.train import TrainConfig, check_run, evaluate
+from qdkit.train import EXIT_ERROR, EXIT_INTERRUPTED, TrainConfig, check_run, epoch_indices, evaluate
 
 TIMEOUT = 120  # seconds per launch; a hung process group fails the test instead of the suite
 BATCH, EPOCHS = 32, 2  # 800 train drawings: 25 global steps per epoch, 16 drawings per rank and step
@@ -50,9 +51,9 @@ def _qdkit(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProces
 
 @pytest.fixture(scope="module")
 def ddp_run(store_path, tmp_path_factory):
-    """One straight two-process run of two epochs, recording each rank's shard of every epoch."""
+    """One straight two-process run of two epochs."""
     root = tmp_path_factory.mktemp("ddp")
-    result = _qdkit(_args(store_path, root, "ddp"), root, QDKIT_RECORD_SHARDS=str(root / "shards"))
+    result = _qdkit(_args(store_path, root, "ddp"), root)
     assert result.returncode == 0, result.stdout + result.stderr
     return root, result
 
@@ -77,11 +78,13 @@ def test_two_processes_train_and_only_rank_0_writes(ddp_run, store_path):
     assert len(last["rng"]["by_rank"]) == 2 and last["progress"]["finished"]
 
 
-def test_shards_are_disjoint_cover_the_split_and_follow_the_single_process_shuffle(ddp_run, store_path):
-    root, _ = ddp_run
+def test_shards_are_disjoint_cover_the_split_and_follow_the_single_process_shuffle(store_path):
+    """The rows each rank's training loop reads in an epoch (qdkit.train.epoch_indices on its loader,
+    as the trainer builds it for rank r of 2), compared with the single-process shuffle."""
     train = open_store(store_path).split("train")
+    ranks = [BatchLoader(train, BATCH, shuffle=True, seed=0, drop_last=True, rank=r, world_size=2) for r in (0, 1)]
     for epoch in range(1, EPOCHS + 1):
-        r0, r1 = (np.load(root / "shards" / f"epoch{epoch}-rank{r}.npy") for r in (0, 1))
+        r0, r1 = (np.concatenate(list(epoch_indices(loader, epoch))) for loader in ranks)
         assert len(r0) == len(r1) == len(train) // 2
         assert not set(r0.tolist()) & set(r1.tolist())
         assert sorted(np.concatenate([r0, r1]).tolist()) == list(range(len(train)))
@@ -91,6 +94,9 @@ def test_shards_are_disjoint_cover_the_split_and_follow_the_single_process_shuff
         steps = len(single)
         interleaved = np.concatenate([r0.reshape(steps, -1), r1.reshape(steps, -1)], axis=1).ravel()
         np.testing.assert_array_equal(interleaved, single.global_order()[:steps * BATCH])
+        # A resumed epoch continues with the same rows: the steps it skips are exactly those done.
+        resumed = np.concatenate(list(epoch_indices(ranks[1], epoch, start_step=7)))
+        np.testing.assert_array_equal(resumed, r1[7 * (BATCH // 2):])
 
 
 def test_the_checkpoint_loads_and_evaluates_in_a_single_process(ddp_run, store_path):
@@ -185,7 +191,7 @@ def test_launcher_passes_the_given_options_on(store_path, tmp_path, monkeypatch)
         seen.update(nproc=nproc, args=args)
         return 0
 
-    monkeypatch.setattr(D, "launch", fake_launch)
+    monkeypatch.setattr(L, "launch", fake_launch)
     result = CliRunner().invoke(main, ["train", "--nproc", "2", "--data", str(store_path), "--lr", "0.002",
                                        "--no-augment", "--batch-size", "32", "--run-name", "x", "--no-progress",
                                        "--artifacts-dir", str(tmp_path / "a")])
@@ -193,7 +199,7 @@ def test_launcher_passes_the_given_options_on(store_path, tmp_path, monkeypatch)
     assert seen["nproc"] == 2
     args = seen["args"]
     assert args[0] == "train" and "--nproc" not in args
-    pairs = dict(zip(args[1::1], args[2::1]))
+    pairs = dict(zip(args[1::1], args[2::1], strict=False))
     assert pairs["--lr"] == "0.002" and pairs["--batch-size"] == "32" and pairs["--data"] == str(store_path)
     assert "--no-augment" in args and "--no-progress" in args and "--epochs" not in args  # defaults stay out
     assert not (tmp_path / "a").exists()  # the launcher checked, the workers create
@@ -205,7 +211,7 @@ def test_launcher_passes_the_given_options_on(store_path, tmp_path, monkeypatch)
     (["--device", "cuda:1"], "--device cuda:1"),
 ])
 def test_launcher_bad_input_is_one_line_before_any_process(store_path, tmp_path, monkeypatch, extra, expect):
-    monkeypatch.setattr(D, "launch", lambda *a: pytest.fail("launched despite bad input"))
+    monkeypatch.setattr(L, "launch", lambda *a: pytest.fail("launched despite bad input"))
     result = CliRunner().invoke(main, ["train", "--nproc", "2", "--data", str(store_path), *extra,
                                        "--artifacts-dir", str(tmp_path / "a"), "--runs-dir", str(tmp_path / "r")])
     assert result.exit_code == 2, result.output
@@ -228,6 +234,26 @@ def test_check_run_and_agree_in_one_process(store_path, tmp_path):
     D.agree(None, D.DistInfo())
     with pytest.raises(QdkitError, match="boom"):
         D.agree(QdkitError("boom"), D.DistInfo())
-    argv = D.torchrun_argv(2, ["train", "--epochs", "1"], 12345)
-    assert argv[argv.index("--master-addr") + 1] == "127.0.0.1" and argv[-3:] == ["train", "--epochs", "1"]
-    assert 0 < D.free_port() < 65536
+
+
+
+def test_a_worker_that_dies_without_saying_why_is_one_line(tmp_path):
+    """The launcher's agent, started as `launch` starts it: a worker killed by a signal becomes one
+    error line and exit 2; a worker's own exit codes (2: its error, 130: interrupted) pass through."""
+    script = tmp_path / "qdkit"  # a stand-in `qdkit` package whose __main__ ends as told
+    script.mkdir()
+    (script / "__init__.py").write_text("")
+    (script / "__main__.py").write_text(
+        "import os, signal, sys\nhow = sys.argv[1]\n"
+        "os.kill(os.getpid(), signal.SIGKILL) if how == 'kill' else sys.exit(int(how))\n")
+    real = str(Path(L.__file__).parents[1])  # the agent is the real one; its workers run the stand-in
+    agent = (f"import sys; sys.path.insert(0, {real!r}); from qdkit.launcher import run_agent; "
+             "sys.exit(run_agent(1, sys.argv[1:]))")
+    for how, code in (("kill", EXIT_ERROR), ("2", EXIT_ERROR), ("130", EXIT_INTERRUPTED), ("0", 0)):
+        done = subprocess.run([sys.executable, "-c", agent, how], env={**_env(), "PYTHONPATH": str(tmp_path)},
+                              capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
+        assert done.returncode == code, (how, done.stderr)
+        assert "Traceback" not in done.stderr, done.stderr
+        errors = [line for line in done.stderr.splitlines() if line.startswith("qdkit: error:")]
+        assert errors == (["qdkit: error: training process rank 0 was killed by SIGKILL (out of memory?); "
+                           "the other processes were stopped"] if how == "kill" else []), done.stderr
