@@ -546,3 +546,106 @@ def test_debug_prints_the_traceback_behind_the_one_line_error(tmp_path):
         assert result.output.strip().splitlines()[-1].startswith("qdkit: error: ")
         assert "The above exception was the direct cause" in result.output  # the cause is kept
     assert "Traceback" not in runner.invoke(main, args).output
+
+
+# --- strokes: .ndjson files and Drawing / stroke-list inputs (issue 8) ---------------------------
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def golden():
+    """Six real simplified drawings (ndjson lines) and the official bitmaps of the same drawings."""
+    lines = (FIXTURES / "golden_strokes.ndjson").read_text().splitlines()
+    return lines, np.load(FIXTURES / "golden_bitmaps.npy").reshape(-1, 28, 28)
+
+
+def test_ndjson_lines_are_drawings_named_by_file_and_line(model, golden, tmp_path):
+    _, onnx_path = model
+    lines, bitmaps = golden
+    bare = json.dumps(json.loads(lines[1])["drawing"])  # a bare stroke list is a drawing too
+    cats = tmp_path / "cats.ndjson"
+    cats.write_text("\n".join([lines[0], "", bare, '{"drawing": [[[1, 2], [3]]]}', "not json", *lines[2:]]) + "\n")
+    out = clean_run(CliRunner().invoke(main, ["predict", str(cats), "--model", str(onnx_path), "--format", "csv",
+                                              "--top-k", "2"]), code=1)
+    rows = list(csv.DictReader(io.StringIO(_body(out))))
+    assert [r["path"] for r in rows] == [f"{cats}:{n}" for n in (1, 3, 6, 7, 8, 9)]
+    # Rasterized by qdkit.strokes, byte for byte the official bitmaps: the same predictions.
+    want = Predictor(onnx_path).predict(bitmaps, top_k=2)
+    assert [r["class_1"] for r in rows] == [w.label for w in want]
+    assert [float(r["probability_1"]) for r in rows] == pytest.approx([w.probability for w in want], abs=2e-6)
+    warnings = [line for line in out.splitlines() if line.startswith("qdkit: warning:")]
+    assert len(warnings) == 2, out
+    assert f"{cats}:4: stroke 0 has 2 xs but 1 ys" in warnings[0] and f"{cats}:5: is not JSON" in warnings[1]
+    assert "2 input(s) failed, 6 predicted" in out
+
+
+def test_a_big_ndjson_file_goes_through_the_pool_in_order(model, golden, tmp_path):
+    _, onnx_path = model
+    lines, bitmaps = golden
+    many = tmp_path / "many.ndjson"
+    many.write_text("\n".join(lines * 100) + "\n")  # 600 drawings, ~400 KB: decoded by the pool
+    folder_png = tmp_path / "one.png"
+    Image.fromarray(255 - bitmaps[0]).save(folder_png)
+    out = clean_run(CliRunner().invoke(main, ["predict", str(tmp_path), "--model", str(onnx_path), "--format", "csv",
+                                              "--workers", "2", "--batch-size", "64"]))
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [r["path"] for r in rows] == [f"{many}:{n}" for n in range(1, 601)] + [str(folder_png)]
+    want = [p.label for p in Predictor(onnx_path).predict(bitmaps)]
+    assert [r["class_1"] for r in rows[:600]] == want * 100
+
+
+def test_a_gzip_file_named_ndjson_is_one_line(model, golden, tmp_path):
+    import gzip
+
+    _, onnx_path = model
+    lines, _ = golden
+    (tmp_path / "packed.ndjson").write_bytes(gzip.compress(("\n".join(lines * 50) + "\n").encode()))
+    out = clean_run(CliRunner().invoke(main, ["predict", str(tmp_path / "packed.ndjson"), "--model", str(onnx_path)]),
+                    code=1)
+    assert out.count("qdkit: warning:") == 1, out  # one line for the file, not one per (binary) line
+    assert "packed.ndjson: is gzip-compressed data, not text (gunzip it first)" in out
+    assert "1 input(s) failed, 0 predicted" in out
+
+
+def test_predictor_takes_drawings_stroke_lists_and_ndjson_objects(model, golden):
+    from qdkit.strokes import StrokeError, parse_drawing
+
+    _, onnx_path = model
+    lines, bitmaps = golden
+    p = Predictor(onnx_path, threads=1)
+    obj = json.loads(lines[0])
+    want = p.predict_proba(bitmaps[:1])
+    for x in (obj, obj["drawing"], parse_drawing(obj), [parse_drawing(obj)]):
+        np.testing.assert_array_equal(p.predict_proba(x), want)
+    batch = p.predict([obj, obj["drawing"], bitmaps[1], json.loads(lines[2])["drawing"]])
+    assert [b.label for b in batch] == [w.label for w in p.predict(bitmaps[[0, 0, 1, 2]])]
+    with pytest.raises(StrokeError, match="has 2 xs but 1 ys"):
+        p.predict({"drawing": [[[1, 2], [3]]]})
+    with pytest.raises(QdkitError, match="no 'drawing' key"):
+        p.predict({"strokes": obj["drawing"]})
+
+
+def test_a_model_without_qdkit_metadata_is_supported_by_its_shapes(tmp_path, golden):
+    """The deliberate decision: a foreign model that fits the contract's shapes runs (indices for
+    class names, raw pixels in); one that does not is refused in one line (test_bad_model_files)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    _, bitmaps = golden
+    weights = np.random.default_rng(0).normal(0, 0.01, (784, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["image"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["z"]),
+         helper.make_node("Softmax", ["z"], ["scores"], axis=1)],
+        "foreign", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 28, 28])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 3])],
+        initializer=[numpy_helper.from_array(weights, "w")])
+    path = tmp_path / "foreign.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    with pytest.warns(UserWarning, match="no qdkit metadata"):
+        p = Predictor(path)
+    assert p.class_names == p.classes == ["0", "1", "2"] and not p.is_qdkit
+    z = bitmaps.reshape(-1, 784).astype(np.float32) @ weights  # raw 0..255 pixels, as the warning says
+    expected = np.exp(z - z.max(1, keepdims=True))
+    expected /= expected.sum(1, keepdims=True)
+    # Its only output already is probabilities: used as they are, not put through a second softmax.
+    np.testing.assert_allclose(p.predict_proba(bitmaps), expected, rtol=1e-4, atol=1e-6)
