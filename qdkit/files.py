@@ -72,6 +72,8 @@ def atomic_path(final: str | os.PathLike, overwrite: bool = True) -> Iterator[Pa
 
 def _replace(tmp: Path, final: Path) -> None:
     """Rename `tmp` over `final`, which must be of the same kind (file or folder) if it exists."""
+    if final.is_symlink() and tmp.is_dir():
+        final.unlink()  # a folder cannot be renamed over a link: drop the link (never its target)
     if final.is_symlink() or not final.exists():
         os.replace(tmp, final)
         return

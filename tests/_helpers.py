@@ -2,6 +2,13 @@
 exports, made once per test session (independent of qdkit.train, built with the model registry)."""
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import re
+import threading
+import urllib.parse
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -153,3 +160,103 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+# --- a local HTTP "bucket" that honours Range and If-Range (and, on request, misbehaves) ----------------
+
+@dataclass
+class FakeBucket:
+    """A folder served over HTTP; records each request's path and Range, and the bytes sent."""
+
+    root: Path
+    url: str = ""
+    requests: list[tuple[str, str | None]] = field(default_factory=list)
+    bytes_sent: int = 0
+    # "ignore-range", "html", "cut" (Content-Length promises more than is sent), "ignore-if-range"
+    mode: str = "normal"
+    validators: bool = True   # send an ETag, and honour If-Range
+    weak_etag: bool = False   # send W/"..." (not allowed in If-Range)
+    before_request: object = None  # called with the request count before each answer (to change a file)
+
+    def add(self, name: str, rows: int, seed: int = 0, dtype=np.uint8) -> np.ndarray:
+        data = np.random.default_rng(seed).integers(0, 256, (rows, 784)).astype(dtype)  # 784: a 28x28 bitmap row
+        path = self.root / "full" / "numpy_bitmap" / f"{name}.npy"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, data)
+        return data
+
+    def add_file(self, folder: str, filename: str, data: bytes) -> Path:
+        path = self.root / "full" / folder / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return path
+
+    def bitmap(self, name: str) -> Path:
+        return self.root / "full" / "numpy_bitmap" / f"{name}.npy"
+
+    def ranges(self) -> list[str | None]:
+        return [r for _, r in self.requests]
+
+
+def _handler(bucket: FakeBucket) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # keep test output quiet
+            pass
+
+        def do_GET(self) -> None:
+            ranged = self.headers.get("Range")
+            bucket.requests.append((self.path, ranged))
+            if bucket.before_request is not None:
+                bucket.before_request(len(bucket.requests))
+            if bucket.mode == "html":
+                return self._send(200, b"<!doctype html><html><body>Sign in</body></html>", "text/html")
+            path = bucket.root / urllib.parse.unquote(self.path.lstrip("/"))
+            if not path.is_file():
+                return self.send_error(404)
+            data = path.read_bytes()
+            self.etag = ("W/" if bucket.weak_etag else "") + '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
+            if_range = self.headers.get("If-Range")
+            stale = bucket.validators and bucket.mode != "ignore-if-range" and if_range not in (None, self.etag)
+            match = re.fullmatch(r"bytes=(\d+)-(\d*)", ranged or "")
+            if not match or bucket.mode == "ignore-range" or stale:
+                return self._send(200, data)
+            start = int(match[1])
+            end = min(int(match[2]) + 1, len(data)) if match[2] else len(data)
+            if start >= len(data):
+                return self._send(416, b"", extra={"Content-Range": f"bytes */{len(data)}"})
+            self._send(206, data[start:end], extra={"Content-Range": f"bytes {start}-{end - 1}/{len(data)}"})
+
+        def _send(self, status: int, body: bytes, ctype: str = "application/octet-stream", extra=None) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            if bucket.validators and getattr(self, "etag", None):
+                self.send_header("ETag", self.etag)
+            for key, value in (extra or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            if bucket.mode == "cut":
+                body = body[: len(body) // 2]
+            try:
+                self.wfile.write(body)
+                bucket.bytes_sent += len(body)
+            except (BrokenPipeError, ConnectionResetError):  # a client that stopped reading early
+                pass
+
+    return Handler
+
+
+@contextlib.contextmanager
+def serve_bucket(root: Path):
+    """A FakeBucket serving folder `root` on 127.0.0.1 for the duration of the block."""
+    root.mkdir(parents=True, exist_ok=True)
+    fake = FakeBucket(root)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
+    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
+    thread.start()
+    try:
+        yield fake
+    finally:
+        server.shutdown()
+        server.server_close()

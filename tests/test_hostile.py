@@ -1,0 +1,382 @@
+"""Hostile variants of the issue-10 defect groups that the issue does not name: our own table, per
+layer (store, download, convert). Each row is an input a careless or hostile user (or mirror) could
+produce, and the one-line outcome qdkit promises for it. docs/reliability.md lists the promises."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+from _helpers import FakeBucket, one_line_error, serve_bucket
+from click.testing import CliRunner
+from test_download import _binary, _ndjson
+
+from qdkit.bitmaps import PIXELS, bitmap_filename, open_bitmaps, save_bitmaps
+from qdkit.cli import main
+from qdkit.data import BatchLoader, fetch
+from qdkit.download import download_classes
+from qdkit.errors import QdkitError
+from qdkit.store import open_store
+
+# --- the store (groups 3, 4, 9) ----------------------------------------------------------------------
+
+
+def _virtual_images(f, tmp_path):
+    other = tmp_path / "elsewhere.h5"
+    with h5py.File(other, "w") as g:
+        g["images"] = np.full((200, 28, 28), 7, np.uint8)
+    layout = h5py.VirtualLayout(shape=(200, 28, 28), dtype=np.uint8)
+    layout[:] = h5py.VirtualSource(str(other), "images", shape=(200, 28, 28))
+    del f["test/images"]
+    f["test"].create_virtual_dataset("images", layout)
+
+
+def _soft_link_labels(f, tmp_path):
+    del f["test/labels"]
+    f["test/labels"] = h5py.SoftLink("/validation/labels")
+
+
+def _external_split(f, tmp_path):
+    other = tmp_path / "split.h5"
+    with h5py.File(other, "w") as g:
+        src = f["test"]
+        grp = g.create_group("test")
+        for name in ("images", "labels", "source_index"):
+            grp[name] = src[name][()]
+    del f["test"]
+    f["test"] = h5py.ExternalLink(str(other), "/test")
+
+
+def _replace(split, name, data):
+    def edit(f, tmp_path):
+        del f[split][name]
+        f[split][name] = data
+    return edit
+
+
+def _attr(name, value):
+    def edit(f, tmp_path):
+        f.attrs[name] = value
+    return edit
+
+
+def _subgroup(f, tmp_path):
+    f["train"].create_group("nested")
+
+
+def _no_splits(f, tmp_path):
+    for split in list(f):
+        del f[split]
+
+
+def _uint64_label(f, tmp_path):
+    labels = f["test/labels"][()].astype(np.uint64)
+    labels[0] = 2**63
+    del f["test/labels"]
+    f["test/labels"] = labels
+
+
+STORE_CASES = {
+    "virtual-dataset-from-another-file": (_virtual_images, "reads its data from another file"),
+    "soft-link-labels": (_soft_link_labels, "is a SoftLink; a qdkit store holds no links"),
+    "split-is-an-external-link": (_external_split, "/test is a ExternalLink"),
+    "class-name-empty-string": (_attr("class_names", '["", "b", "c", "d"]'), "not a JSON list of non-empty names"),
+    "class-names-json-object": (_attr("class_names", '{"a": 0}'), "not a JSON list"),
+    "format-version-bool": (_attr("format_version", True), "format_version is True"),
+    "bool-labels": (_replace("test", "labels", np.zeros(200, bool)), r"labels \(200,\) bool"),
+    "uint64-label-2**63": (_uint64_label, "label 9223372036854775808, outside 0..3"),
+    "string-source-index": (_replace("test", "source_index", np.array([b"x"] * 200)), r"source_index \(200,\) \|S1"),
+    "2d-source-index": (_replace("test", "source_index", np.zeros((200, 1), np.int64)), r"source_index \(200, 1\)"),
+    "images-28x29": (_replace("test", "images", np.zeros((200, 28, 29), np.uint8)), r"images \(200, 28, 29\)"),
+    "images-float": (_replace("test", "images", np.zeros((200, 28, 28), np.float32)), "float32"),
+    "group-inside-a-split": (_subgroup, "split 'train': nested is a group, expected a dataset"),
+    "no-splits": (_no_splits, "holds no splits"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STORE_CASES))
+def test_hostile_store(store_path, tmp_path, case):
+    edit, message = STORE_CASES[case]
+    copy = tmp_path / "hostile.h5"
+    shutil.copy(store_path, copy)
+    with h5py.File(copy, "r+") as f:
+        edit(f, tmp_path)
+    with pytest.raises(QdkitError, match=message) as err:
+        open_store(copy)
+    assert "\n" not in str(err.value) and str(copy) in str(err.value)
+    for command in (["info", str(copy)], ["evaluate", "--data", str(copy), "--model", str(tmp_path / "none.onnx")]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+
+
+def test_store_cut_inside_its_labels_is_one_line(store_path, tmp_path):
+    """Truncated after the images (their check passes) but inside the labels: a read error, one line."""
+    cut = tmp_path / "cut.h5"
+    data = store_path.read_bytes()
+    with h5py.File(store_path) as f:
+        labels_at = f["test/labels"].id.get_offset()
+    cut.write_bytes(data[:labels_at + 10])
+    with pytest.raises(QdkitError, match="truncated or corrupt") as err:
+        open_store(cut)
+    assert str(cut) in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_store_that_is_a_fifo_or_a_folder(tmp_path, kind):
+    """HDF5 would block forever reading a FIFO; a folder gets a message saying what it is."""
+    path = tmp_path / "quickdraw.h5"
+    os.mkfifo(path) if kind == "fifo" else path.mkdir()
+    done = subprocess.run([sys.executable, "-m", "qdkit", "info", str(path)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert f"{path}: is " in done.stderr and "not an HDF5 store" in done.stderr
+
+
+def test_store_rewritten_in_place_with_the_same_size(store_path, tmp_path):
+    """No SIGBUS here (same size), but the data under the mapping changed: refused, not silently read."""
+    live = tmp_path / "live.h5"
+    shutil.copy(store_path, live)
+    arrays = open_store(live).split("train")
+    fetch(arrays, np.arange(4))
+    with open(live, "r+b") as f:
+        f.seek(-100, os.SEEK_END)
+        f.write(b"\xff" * 100)
+    os.utime(live, ns=(arrays.stamp.mtime_ns + 10**9, arrays.stamp.mtime_ns + 10**9))
+    with pytest.raises(QdkitError, match="changed on disk while in use"):
+        next(iter(BatchLoader(arrays, batch_size=8)))
+
+
+def test_store_deleted_while_mapped_keeps_serving(store_path, tmp_path):
+    live = tmp_path / "live.h5"
+    shutil.copy(store_path, live)
+    arrays = open_store(live).split("validation")
+    expected = np.array(arrays.images[:5])
+    live.unlink()
+    images, _ = fetch(arrays, np.arange(5))
+    np.testing.assert_array_equal(images[:, 0].numpy(), expected)
+
+
+# --- download (group 5) ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bucket(tmp_path):
+    with serve_bucket(tmp_path / "bucket") as fake:
+        yield fake
+
+
+def _get(bucket: FakeBucket, out, limit=None, fmt="bitmap", name="cat"):
+    return download_classes([name], out, limit=limit, base_url=bucket.url, timeout=5, fmt=fmt)
+
+
+def test_weak_etag_server_changing_the_file(bucket, tmp_path):
+    """A weak ETag may not go in If-Range (so none is sent); comparing the ETags still catches the change."""
+    bucket.add("cat", 60)
+    bucket.weak_etag = True
+    bucket.before_request = lambda n: bucket.add("cat", 60, seed=8) if n == 2 else None
+    with pytest.raises(QdkitError, match=r"changed on the server during the download \(ETag\)"):
+        _get(bucket, tmp_path / "out", limit=30)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_garbage_validator_file_restarts_the_part(bucket, tmp_path):
+    source = bucket.add("cat", 80)
+    out = tmp_path / "out"
+    out.mkdir()
+    part = out / (bitmap_filename("cat") + ".part")
+    part.write_bytes(bucket.bitmap("cat").read_bytes()[:3000])
+    (out / (part.name + ".validator")).write_text("{not json")
+    (path,) = _get(bucket, out)
+    assert np.array_equal(open_bitmaps(path), source)
+    assert bucket.ranges()[-1].startswith("bytes=1024-"), "started over after the header, not at 3000"
+
+
+def test_part_longer_than_the_remote_stroke_file_starts_over(bucket, tmp_path):
+    data = _ndjson(50)
+    bucket.add_file("simplified", "cat.ndjson", data)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "full_simplified_cat.ndjson.part").write_bytes(data + b"{}\n" * 1000)
+    (path,) = _get(bucket, out, fmt="simplified")
+    assert path.read_bytes() == data
+
+
+def test_stroke_server_that_hides_the_size(tmp_path):
+    """Content-Range with an unknown total (`*`): a stroke download cannot be made safe; one line."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            body = _ndjson(5)
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes 0-{len(body) - 1}/*")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(QdkitError, match="does not say the file's size"):
+            download_classes(["cat"], tmp_path, limit=2, base_url=f"http://127.0.0.1:{server.server_port}",
+                             timeout=5, fmt="simplified")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_binary_record_with_no_strokes_is_a_record(bucket, tmp_path):
+    empty = struct.pack("<Q2sbIH", 9, b"FR", 0, 0, 0)
+    records = [empty] + _binary(10)
+    bucket.add_file("binary", "cat.bin", b"".join(records))
+    (path,) = _get(bucket, tmp_path, limit=3, fmt="binary")
+    assert path.read_bytes() == b"".join(records[:3])
+
+
+def test_bitmap_whose_header_is_cut_off(bucket, tmp_path):
+    path = bucket.bitmap("cat")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\x93NUMPY\x01\x00\x76\x00{'descr'")
+    with pytest.raises(QdkitError, match="unreadable .npy header"):
+        _get(bucket, tmp_path, limit=2)
+
+
+def test_class_name_that_is_url_syntax(bucket, tmp_path):
+    """`#` would end the URL path and `%2F` decode to a slash: both are quoted, so the server sees the
+    file name asked for (`?`, `/` and the like are refused as class names before any request)."""
+    save = bucket.add("what#x%2F", 4)
+    (path,) = _get(bucket, tmp_path, name="what#x%2F")
+    assert np.array_equal(open_bitmaps(path), save)
+    assert bucket.requests[0][0] == "/full/numpy_bitmap/what%23x%252F.npy"
+    with pytest.raises(QdkitError, match="invalid class name"):
+        _get(bucket, tmp_path, name="what?x")
+
+
+def test_download_to_a_folder_that_is_a_file(tmp_path):
+    target = tmp_path / "raw"
+    target.write_text("mine")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = CliRunner().invoke(main, ["download", "--classes", "cat", "--out", str(target),
+                                       "--base-url", f"http://127.0.0.1:{port}"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert target.read_text() == "mine"
+
+
+# --- convert (groups 6-10, 16) ----------------------------------------------------------------------
+
+
+def _raw(tmp_path, classes=("a", "b"), rows=40):
+    raw = tmp_path / "raw"
+    raw.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name in classes:
+        save_bitmaps(raw / bitmap_filename(name), rng.integers(0, 256, (rows, PIXELS), dtype=np.uint8))
+    return raw
+
+
+def _convert(raw, out, *extra):
+    return CliRunner().invoke(main, ["convert", "--in", str(raw), "--out", str(out), "--train", "20",
+                                     "--validation", "5", "--test", "5", *extra])
+
+
+def test_dangling_symlink_and_socket_inputs_are_skipped(tmp_path):
+    raw = _raw(tmp_path)
+    (raw / "ghost.npy").symlink_to(tmp_path / "nowhere.npy")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(raw / "sock.npy"))
+    try:
+        result = _convert(raw, tmp_path / "out", "--no-png", "--h5")
+    finally:
+        sock.close()
+    assert result.exit_code == 0, result.output
+    assert f"{raw / 'ghost.npy'}: skipped: a dangling link" in result.stderr
+    assert f"{raw / 'sock.npy'}: skipped: a socket" in result.stderr
+    assert open_store(tmp_path / "out" / "quickdraw.h5").class_names == ["a", "b"]
+
+
+def test_in_that_is_a_fifo(tmp_path):
+    fifo = tmp_path / "raw"
+    os.mkfifo(fifo)
+    line = one_line_error(_convert(fifo, tmp_path / "out"))
+    assert f"{fifo}: is a FIFO, not a folder" in line
+
+
+def test_overwrite_through_a_symlinked_png_never_touches_its_target(tmp_path):
+    """OUT/png a symlink to a folder of the user's: --overwrite replaces the link, the target survives."""
+    raw = _raw(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("mine")
+    (out / "png").symlink_to(precious)
+    assert _convert(raw, out, "--overwrite").exit_code == 0
+    assert (precious / "keep.txt").read_text() == "mine" and sorted(p.name for p in precious.iterdir()) == ["keep.txt"]
+    assert (out / "png").is_dir() and not (out / "png").is_symlink()
+
+
+def test_overwrite_through_a_symlinked_store_never_touches_its_target(tmp_path):
+    raw = _raw(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    target = tmp_path / "notes.txt"
+    target.write_text("mine")
+    (out / "quickdraw.h5").symlink_to(target)
+    assert _convert(raw, out, "--overwrite", "--no-png", "--h5").exit_code == 0
+    assert target.read_text() == "mine"
+    open_store(out / "quickdraw.h5")
+
+
+def test_stale_old_folder_of_a_killed_overwrite_is_cleared(tmp_path):
+    raw = _raw(tmp_path)
+    out = tmp_path / "out"
+    assert _convert(raw, out).exit_code == 0
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (out / f".png.old-{dead.pid}").mkdir()
+    (out / f".png.old-{dead.pid}" / "x.png").write_bytes(b"old")
+    assert _convert(raw, out, "--overwrite").exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["png"]
+
+
+def test_out_that_is_a_fifo(tmp_path):
+    raw = _raw(tmp_path)
+    fifo = tmp_path / "out"
+    os.mkfifo(fifo)
+    line = one_line_error(_convert(raw, fifo))
+    assert str(fifo) in line
+
+
+def test_classes_that_are_only_separators_and_spaces_with_no_png(tmp_path):
+    raw = _raw(tmp_path)
+    for classes in (",,,", " , "):
+        line = one_line_error(_convert(raw, tmp_path / "out", "--no-png", "--h5", "--classes", classes))
+        assert "names no class" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_disk_full_with_both_outputs_names_the_one_that_failed(tmp_path, monkeypatch):
+    """PNGs and the store at once: the message names what was being written when the disk filled."""
+    import qdkit.convert as conv
+
+    raw = _raw(tmp_path)
+
+    def full(drawing, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(conv, "write_png", full)  # the forked PNG workers inherit it
+    line = one_line_error(_convert(raw, tmp_path / "out", "--h5", "--workers", "1"))
+    assert line == f"qdkit: error: no space left on device while writing {tmp_path / 'out' / 'png'}"
+    assert not (tmp_path / "out").exists()
