@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from _helpers import clean_run, exported, one_line_error, torch_logits, train_checkpoint
 from click.testing import CliRunner
 
 from qdkit.cli import main
@@ -17,8 +18,6 @@ from qdkit.files import sha256_file
 from qdkit.models import INPUT_SPEC
 from qdkit.predict import Predictor
 from qdkit.store import open_store
-
-from _helpers import clean_run, exported, one_line_error, torch_logits, train_checkpoint
 
 
 @pytest.mark.parametrize("model_name", ["seed-cnn", "qdnet"])
@@ -125,7 +124,8 @@ def test_bad_checkpoints(tmp_path, monkeypatch):
     assert "not a PyTorch checkpoint" in one_line_error(runner.invoke(main, ["export", str(junk)]))
     with zipfile.ZipFile(tmp_path / "other.pt", "w") as z:  # a zip, but not a torch.save archive
         z.writestr("hello.txt", "hi")
-    assert "not a loadable PyTorch checkpoint" in one_line_error(runner.invoke(main, ["export", str(tmp_path / "other.pt")]))
+    line = one_line_error(runner.invoke(main, ["export", str(tmp_path / "other.pt")]))
+    assert "not a loadable PyTorch checkpoint" in line
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
     assert "not a qdkit checkpoint" in one_line_error(runner.invoke(main, ["export", str(foreign)]))
@@ -137,3 +137,31 @@ def test_bad_checkpoints(tmp_path, monkeypatch):
 def test_library_error_is_a_qdkit_error(tmp_path):
     with pytest.raises(QdkitError, match="no such checkpoint"):
         export_model(tmp_path / "missing.pt")
+
+
+def test_export_out_names_a_file_and_never_replaces_a_users(tmp_path, store_path):
+    ckpt = train_checkpoint(tmp_path / "best.pt", store_path, "seed-cnn", steps=1)
+    runner = CliRunner()
+    line = one_line_error(runner.invoke(main, ["export", str(ckpt), "--out", str(tmp_path / "newdir") + "/"]))
+    assert "newdir/: ends with a slash, so it names a folder" in line
+    assert not (tmp_path / "newdir").exists()
+    mine = tmp_path / "mine.onnx"
+    mine.write_bytes(b"my own model")
+    line = one_line_error(runner.invoke(main, ["export", str(ckpt), "--out", str(mine)]))
+    assert "mine.onnx: already exists and was not written by qdkit" in line and "--overwrite" in line
+    assert mine.read_bytes() == b"my own model"
+    clean_run(runner.invoke(main, ["export", str(ckpt), "--out", str(mine), "--overwrite"]))
+    assert Predictor(mine).is_qdkit
+    clean_run(runner.invoke(main, ["export", str(ckpt), "--out", str(mine)]))  # its own model: refreshed
+    # An int8 target that is a user's file stops the export before anything is written.
+    (tmp_path / "fresh.int8.onnx").write_bytes(b"mine too")
+    line = one_line_error(runner.invoke(main, ["export", str(ckpt), "--out", str(tmp_path / "fresh.onnx"), "--int8",
+                                               "--data", str(store_path)]))
+    assert "fresh.int8.onnx: already exists and was not written by qdkit" in line
+    assert not (tmp_path / "fresh.onnx").exists()
+    # A folder is never replaced by the model (the library says so; click refuses it first on the CLI).
+    (tmp_path / "dir.onnx").mkdir()
+    (tmp_path / "dir.onnx" / "keep.txt").write_text("keep")
+    with pytest.raises(QdkitError, match="dir.onnx: is a folder"):
+        export_model(ckpt, tmp_path / "dir.onnx")
+    assert (tmp_path / "dir.onnx" / "keep.txt").read_text() == "keep"

@@ -8,6 +8,7 @@ import os
 import numpy as np
 import onnx
 import pytest
+from _helpers import clean_run, exported, one_line_error
 from click.testing import CliRunner
 
 from qdkit import Predictor
@@ -16,8 +17,6 @@ from qdkit.errors import QdkitError
 from qdkit.onnxmodel import default_model_path
 from qdkit.quantize import default_store, int8_path, quantize_model
 from qdkit.store import open_store
-
-from _helpers import clean_run, exported, one_line_error
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +32,7 @@ def int8_export(tmp_path_factory, store_path):
 def test_int8_model_keeps_the_contract_and_metadata(int8_export, store_path):
     _, fp32_path, int8, text = int8_export
     assert int8.name == "model.int8.onnx" and int8.is_file()
-    (line,) = [l for l in text.splitlines() if l.startswith("int8 ->")]
+    (line,) = [t for t in text.splitlines() if t.startswith("int8 ->")]
     assert "top-1 agreement with fp32" in line and "MiB fp32" in line
     fp32, q = onnx.load(str(fp32_path)), onnx.load(str(int8))
     onnx.checker.check_model(q, full_check=True)
