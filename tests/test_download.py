@@ -429,3 +429,25 @@ def test_cli_download_formats(bucket, out):
         assert (out / name).exists()
     bad = CliRunner().invoke(main, ["download", "--classes", "cat", "--format", "svg", "--out", str(out)])
     assert bad.exit_code == 2 and "Traceback" not in bad.output
+
+
+@pytest.mark.parametrize("fmt", ["simplified", "raw", "binary"])
+def test_downloaded_stroke_files_convert(bucket, out, tmp_path, fmt):
+    """The saved names are the ones `qdkit convert` reads; a --limit download converts to a store."""
+    from qdkit.store import open_store
+
+    for seed, name in enumerate(("cat", "dog")):
+        if fmt == "binary":
+            bucket.add_file("binary", f"{name}.bin", b"".join(_binary(200, seed=seed)))
+        else:
+            bucket.add_file(fmt, f"{name}.ndjson", _ndjson(200, seed=seed, word=name, raw=fmt == "raw"))
+    runner = CliRunner()
+    got = runner.invoke(main, ["download", "--classes", "cat,dog", "--format", fmt, "--limit", "30",
+                               "--out", str(out), "--base-url", bucket.url])
+    assert got.exit_code == 0, got.output
+    made = runner.invoke(main, ["convert", "--in", str(out), "--out", str(tmp_path / "data"), "--no-png", "--h5",
+                                "--train", "20", "--validation", "5", "--test", "5"])
+    assert made.exit_code == 0, made.output
+    store = open_store(tmp_path / "data" / "quickdraw.h5")
+    assert store.class_names == ["cat", "dog"] and store.counts == {"train": 40, "validation": 10, "test": 10}
+    assert max(store.split("train").source_index) < 30, "only the downloaded drawings"
