@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole pipeline on the embedded SYNTHETIC data, offline:
-# synth -> convert -> train -> export -> evaluate -> predict.
+# synth (simplified ndjson strokes) -> convert (rasterized exactly like the official bitmaps)
+# -> train -> export -> evaluate -> predict (PNGs and strokes).
 # Everything lands in demo/ (git-ignored); rerunning starts it afresh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,7 +9,7 @@ source scripts/_venv.sh
 
 EPOCHS="${EPOCHS:-4}"
 rm -rf demo
-qdkit synth demo/raw --classes 10 --per-class 2500 --seed 0
+qdkit synth demo/raw --classes 10 --per-class 2500 --seed 0 --format ndjson
 qdkit convert --in demo/raw --out demo/data --h5 --seed 0
 qdkit info demo/data/quickdraw.h5
 qdkit train --data demo/data/quickdraw.h5 --epochs "$EPOCHS" --run-name demo \
@@ -23,6 +24,9 @@ for folder in demo/data/png/test/*/; do
     pngs+=("${first[0]}")
 done
 qdkit predict --model demo/artifacts/demo/model.onnx --top-k 3 "${pngs[@]}"
+# The first three drawings of one stroke file, predicted from their strokes.
+head -n 3 demo/raw/full_simplified_star.ndjson > demo/stars.ndjson
+qdkit predict --model demo/artifacts/demo/model.onnx --top-k 3 demo/stars.ndjson
 echo
 echo "demo done: model demo/artifacts/demo/model.onnx, pictures demo/classification.png and"
 echo "demo/artifacts/demo/confusion_matrix.png; TensorBoard: tensorboard --logdir demo/runs"
