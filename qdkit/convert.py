@@ -213,6 +213,6 @@ def convert(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, h5: bool =
         wrote.append(str(out_dir / PNG_DIR))
     if h5:
         wrote.append(f"{out_dir / STORE_NAME} ({(out_dir / STORE_NAME).stat().st_size / 2**20:.1f} MiB)")
-    counts = ", ".join(f"{s} {per_class.get(s, 0) * len(files)}" for s in SPLITS)
-    return (f"converted {len(files)} classes ({counts} drawings) in {seconds:.1f} s "
+    split_counts = ", ".join(f"{s} {per_class.get(s, 0) * len(files)}" for s in SPLITS)
+    return (f"converted {len(files)} classes ({split_counts} drawings) in {seconds:.1f} s "
             f"(qdkit {__version__}) -> {' and '.join(wrote)}")

@@ -26,10 +26,10 @@ class QuickDrawDataset(torch.utils.data.Dataset):
         self.split = split
         store = open_store(self.store_path)  # validate now, in the parent, for a clear error
         self.class_names = store.class_names
-        self._len = store.counts.get(split, None)
-        self._arrays: SplitArrays | None = None
-        if self._len is None:
+        if split not in store.counts:
             store.split(split)  # raises the "no split" error
+        self._len = store.counts[split]
+        self._arrays: SplitArrays | None = None
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
