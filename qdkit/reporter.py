@@ -99,6 +99,8 @@ class Reporter:
         TensorBoard; on resume, events logged after the checkpoint (an epoch never saved) are dropped."""
         self.run_name = run_name
         self.art_dir, self.log_dir = run_folders(self.cfg, run_name)
+        if resumed_epoch is not None and self.cfg.resume:  # the run's folder is where its last.pt is
+            self.art_dir = Path(self.cfg.resume).parent
         self._reserved = resumed_epoch is None
         if self.active:
             from torch.utils.tensorboard import SummaryWriter

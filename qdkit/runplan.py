@@ -213,11 +213,8 @@ def open_run_data(cfg: RunSettings) -> RunData:
             what = "no" if split not in store.counts else "an empty"
             raise QdkitError(f"{path}: {what} {split!r} split; training needs drawings in train and validation "
                              f"(convert with --{split} N)")
-    train = store.split("train")
-    if cfg.batch_size > len(train):
-        raise QdkitError(f"--batch-size {cfg.batch_size}: larger than the {len(train)} training drawings in {path}")
     test = store.split("test") if store.counts.get("test", 0) > 0 else None
-    return RunData(store, train, store.split("validation"), test)
+    return RunData(store, store.split("train"), store.split("validation"), test)
 
 
 def store_identity(data: RunData) -> dict[str, Any]:
@@ -257,9 +254,12 @@ def _short(names: list[str], limit: int = 6) -> str:
     return ",".join(names[:limit]) + (",…" if len(names) > limit else "")
 
 
-def check_batch(cfg: RunSettings, world_size: int) -> None:
-    """Each process's slice of a global batch must be trainable: at least one drawing, two with batch
-    norm (it cannot normalise one value per channel)."""
+def check_batch(cfg: RunSettings, world_size: int, data: RunData) -> None:
+    """A global batch must fit in the train split, and each process's slice of it must be trainable:
+    at least one drawing, two with batch norm (it cannot normalise one value per channel)."""
+    if cfg.batch_size > len(data.train):
+        raise QdkitError(f"--batch-size {cfg.batch_size}: larger than the {len(data.train)} training drawings "
+                         f"in {cfg.data}")
     need = 2 if uses_batch_norm(cfg.model) else 1
     if cfg.batch_size // world_size >= need:
         return
@@ -333,11 +333,11 @@ def _checked(config: TrainConfig, world_size: int) -> tuple[RunSettings, dict[st
         cfg = config.resolved()
     cfg.validate()
     data = open_run_data(cfg)
-    check_batch(cfg, world_size)
     identity = store_identity(data)
     if ckpt is not None:
         check_same_store(ckpt, identity, Path(cfg.resume or ""), str(cfg.data))
-    elif cfg.run_name is not None:
+    check_batch(cfg, world_size, data)
+    if ckpt is None and cfg.run_name is not None:
         check_run_folder_free(cfg, cfg.run_name)
     return cfg, ckpt, data, identity
 

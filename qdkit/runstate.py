@@ -108,7 +108,7 @@ class _Reader:
         self.path = path
 
     def _bad(self, name: str, value: Any, expected: str) -> QdkitError:
-        return QdkitError(f"{self.path}: malformed training progress: {name} is {str(value)[:40]!r}, "
+        return QdkitError(f"{self.path}: malformed training progress: {name} is {repr(value)[:40]}, "
                           f"expected {expected}")
 
     def integer(self, name: str, value: Any, low: int, high: int) -> int:
