@@ -324,14 +324,17 @@ def visualize(model: str | None, data: str, split: str, out: str | None, count: 
 @click.option("--max-body-mb", type=click.FloatRange(0.01, 1024), default=4.0, show_default=True,
               help="Largest request body in MiB (larger ones get 413).")
 @click.option("--name", default="qdkit", show_default=True, help="The model's name in the v2 API URLs.")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="onnxruntime intra-op threads per worker [default: CPU count / workers].")
 def serve(model: str | None, host: str, port: int, workers: int, max_batch: int, max_body_mb: float,
-          name: str) -> None:
+          name: str, threads: int | None) -> None:
     """Serve MODEL [default: newest artifacts/*/model.onnx]: the drawing page at /, POST /predict,
     the Open Inference Protocol under /v2, the API docs at /docs. Ctrl-C stops it."""
     from qdkit.serve.server import serve as run_server
 
     run_server(model, host=host, port=port, workers=workers, max_batch=max_batch,
-               max_body=int(max_body_mb * 1024 * 1024), name=name, echo=lambda line: click.echo(line, err=True))
+               max_body=int(max_body_mb * 1024 * 1024), name=name, threads=threads,
+               echo=lambda line: click.echo(line, err=True))
 
 
 # --- train / sweep --------------------------------------------------------------------------------

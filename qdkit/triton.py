@@ -22,6 +22,7 @@ from qdkit.files import atomic_path
 DEFAULT_NAME = "qdkit"        # the model name in v2 URLs, for `qdkit serve` and for the repository
 MAX_BATCH = 64                # Triton's max_batch_size, the same default as `qdkit serve --max-batch`
 QUEUE_DELAY_US = 1000         # how long Triton may hold a request to fill a batch (as `qdkit serve`)
+MARKER = "# written by qdkit export --triton"  # the first line of config.pbtxt: a repository qdkit wrote
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -46,7 +47,7 @@ def config_text(name: str, class_names: list[str], max_batch: int = MAX_BATCH,
                 queue_delay_us: int = QUEUE_DELAY_US) -> str:
     """config.pbtxt (protobuf text format of Triton's ModelConfig) for a qdkit ONNX model."""
     classes = len(class_names)
-    return f"""# written by qdkit export --triton
+    return f"""{MARKER}
 name: "{check_name(name)}"
 platform: "onnxruntime_onnx"
 max_batch_size: {int(max_batch)}
@@ -103,14 +104,13 @@ def model_class_names(model: str | os.PathLike) -> list[str]:
 
 def write_repository(model: str | os.PathLike, out_dir: str | os.PathLike, name: str = DEFAULT_NAME,
                      max_batch: int = MAX_BATCH, overwrite: bool = False) -> TritonRepository:
-    """Write OUT_DIR/<name>/ for `model` (an exported qdkit ONNX file) in one rename; an existing
-    OUT_DIR/<name>/ is replaced only with `overwrite`."""
+    """Write OUT_DIR/<name>/ for `model` (an exported qdkit ONNX file) in one rename (see check_target)."""
     model = Path(model)
     class_names = model_class_names(model)
     if any("\n" in c for c in class_names):
         raise QdkitError(f"{model}: a class name holds a line break; labels.txt takes one name per line")
     folder = check_target(out_dir, name, overwrite)
-    with atomic_path(folder, overwrite=overwrite) as tmp:
+    with atomic_path(folder) as tmp:
         (tmp / "1").mkdir(parents=True)
         shutil.copyfile(model, tmp / "1" / "model.onnx")
         (tmp / "labels.txt").write_text("".join(f"{c}\n" for c in class_names), encoding="utf-8")
@@ -119,10 +119,19 @@ def write_repository(model: str | os.PathLike, out_dir: str | os.PathLike, name:
 
 
 def check_target(out_dir: str | os.PathLike, name: str = DEFAULT_NAME, overwrite: bool = False) -> Path:
-    """OUT_DIR/<name>, or an error if it exists and `overwrite` is off (checked before any work starts)."""
-    folder = Path(out_dir) / check_name(name)
-    if (folder.exists() or folder.is_symlink()) and not overwrite:
-        raise QdkitError(f"{folder}: already exists (pass --overwrite to replace it)")
+    """OUT_DIR/<name>; checked before any work starts. A repository an earlier `qdkit export --triton`
+    wrote is replaced (like qdkit's other outputs); anything else there only with `overwrite`."""
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
-        raise QdkitError(f"{out_dir}: not a folder (--triton takes a folder for the model repository)")
+        raise QdkitError(f"{out_dir}: not a folder (--triton takes the folder of a model repository)")
+    folder = Path(out_dir) / check_name(name)
+    if (folder.exists() or folder.is_symlink()) and not overwrite and not _written_by_qdkit(folder):
+        raise QdkitError(f"{folder}: already exists and qdkit did not write it (pass --overwrite to replace it)")
     return folder
+
+
+def _written_by_qdkit(folder: Path) -> bool:
+    try:
+        with open(folder / "config.pbtxt", encoding="utf-8", errors="replace") as f:
+            return folder.is_dir() and not folder.is_symlink() and f.readline().rstrip("\n") == MARKER
+    except OSError:
+        return False

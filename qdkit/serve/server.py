@@ -46,7 +46,7 @@ def url_of(sock: socket.socket, host: str) -> str:
 
 
 def serve(model: str | os.PathLike | None = None, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-          max_batch: int = 64, max_body: int | None = None, name: str | None = None,
+          max_batch: int = 64, max_body: int | None = None, name: str | None = None, threads: int | None = None,
           echo: Callable[[str], None] = print) -> None:
     """Serve `model` [default: the newest exported one] until Ctrl-C / SIGTERM."""
     import uvicorn
@@ -56,7 +56,7 @@ def serve(model: str | os.PathLike | None = None, *, host: str = "127.0.0.1", po
     from qdkit.triton import DEFAULT_NAME
 
     path = Path(model) if model is not None else default_model_path()
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
     settings: dict[str, Any] = {"name": name or DEFAULT_NAME, "max_batch": max_batch,
                                 "max_body": max_body or DEFAULT_MAX_BODY, "threads": threads}
     app = create_app(Predictor(path, threads=threads, spin=False, warn=lambda message: None), **settings)
@@ -65,7 +65,8 @@ def serve(model: str | os.PathLike | None = None, *, host: str = "127.0.0.1", po
     common: dict[str, Any] = {"log_level": "warning", "access_log": False,
                               "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S}
     line = (f"qdkit serve: {url_of(sock, host)} (model {path}, {len(facts['classes'])} classes, "
-            f"{workers} worker{'s' if workers > 1 else ''}, max batch {max_batch}; API at /docs, Ctrl-C stops)")
+            f"{workers} worker{'s' if workers > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}, "
+            f"max batch {max_batch}; API at /docs, Ctrl-C stops)")
     try:
         with sigterm_as_interrupt():  # uvicorn re-raises the signal it stopped on: exit like Ctrl-C
             if workers == 1:
