@@ -110,9 +110,27 @@ def test_hostile_store(store_path, tmp_path, case):
     with pytest.raises(QdkitError, match=message) as err:
         open_store(copy)
     assert "\n" not in str(err.value) and str(copy) in str(err.value)
-    for command in (["info", str(copy)], ["evaluate", "--data", str(copy), "--model", str(tmp_path / "none.onnx")]):
-        result = CliRunner().invoke(main, command)
-        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    train = ["train", "--data", str(copy), "--epochs", "1", "--runs-dir", str(tmp_path / "runs"),
+             "--artifacts-dir", str(tmp_path / "artifacts")]
+    for command in (["info", str(copy)], train):
+        line = one_line_error(CliRunner().invoke(main, command))
+        assert str(copy) in line
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_evaluate_refuses_a_store_with_label_minus_one(tmp_path_factory, store_path, tmp_path):
+    """Issue 10 group 3's worst case: evaluate used to count -1 as the last class and pass."""
+    from _helpers import exported
+
+    _, model = exported(tmp_path_factory, store_path)
+    copy = tmp_path / "minus.h5"
+    shutil.copy(store_path, copy)
+    with h5py.File(copy, "r+") as f:
+        f["test/labels"][0] = -1
+    line = one_line_error(CliRunner().invoke(main, ["evaluate", "--model", str(model), "--data", str(copy),
+                                                    "--out", str(tmp_path / "eval")]))
+    assert f"{copy}: split 'test' has label -1, outside 0..3" in line
+    assert not (tmp_path / "eval").exists()
 
 
 def test_store_cut_inside_its_labels_is_one_line(store_path, tmp_path):
