@@ -326,14 +326,15 @@ def visualize(model: str | None, data: str, split: str, out: str | None, count: 
 @click.option("--name", default="qdkit", show_default=True, help="The model's name in the v2 API URLs.")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="onnxruntime intra-op threads per worker [default: CPU count / workers].")
+@click.option("--open", "open_page", is_flag=True, help="Open the drawing page in the default web browser.")
 def serve(model: str | None, host: str, port: int, workers: int, max_batch: int, max_body_mb: float,
-          name: str, threads: int | None) -> None:
+          name: str, threads: int | None, open_page: bool) -> None:
     """Serve MODEL [default: newest artifacts/*/model.onnx]: the drawing page at /, POST /predict,
     the Open Inference Protocol under /v2, the API docs at /docs. Ctrl-C stops it."""
     from qdkit.serve.server import serve as run_server
 
     run_server(model, host=host, port=port, workers=workers, max_batch=max_batch,
-               max_body=int(max_body_mb * 1024 * 1024), name=name, threads=threads,
+               max_body=int(max_body_mb * 1024 * 1024), name=name, threads=threads, open_page=open_page,
                echo=lambda line: click.echo(line, err=True))
 
 

@@ -31,5 +31,5 @@ echo
 echo "demo done: model demo/artifacts/demo/model.onnx, pictures demo/classification.png and"
 echo "demo/artifacts/demo/confusion_matrix.png; TensorBoard: tensorboard --logdir demo/runs"
 echo
-echo "Draw and watch the model guess (then open http://127.0.0.1:8000/ in a browser):"
-echo "  qdkit serve demo/artifacts/demo/model.onnx"
+echo "Draw and watch the model guess (the page opens in your browser; Ctrl-C stops the server):"
+echo "  qdkit serve demo/artifacts/demo/model.onnx --open"

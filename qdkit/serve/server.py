@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,9 @@ def url_of(sock: socket.socket, host: str) -> str:
 
 def serve(model: str | os.PathLike | None = None, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
           max_batch: int = 64, max_body: int | None = None, name: str | None = None, threads: int | None = None,
-          echo: Callable[[str], None] = print) -> None:
-    """Serve `model` [default: the newest exported one] until Ctrl-C / SIGTERM."""
+          open_page: bool = False, echo: Callable[[str], None] = print) -> None:
+    """Serve `model` [default: the newest exported one] until Ctrl-C / SIGTERM; `open_page` opens the
+    page in the default browser (the socket already listens, so the browser's request waits for the server)."""
     import uvicorn
 
     from qdkit.predict import Predictor
@@ -64,7 +66,12 @@ def serve(model: str | os.PathLike | None = None, *, host: str = "127.0.0.1", po
     sock = bind(host, port)
     common: dict[str, Any] = {"log_level": "warning", "access_log": False,
                               "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S}
-    line = (f"qdkit serve: {url_of(sock, host)} (model {path}, {len(facts['classes'])} classes, "
+    url = url_of(sock, host)
+    if open_page:
+        import webbrowser
+
+        threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
+    line = (f"qdkit serve: {url} (model {path}, {len(facts['classes'])} classes, "
             f"{workers} worker{'s' if workers > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}, "
             f"max batch {max_batch}; API at /docs, Ctrl-C stops)")
     try:
