@@ -18,6 +18,8 @@ from pathlib import Path
 from qdkit.constants import SIDE
 from qdkit.errors import QdkitError, first_line
 from qdkit.files import atomic_path
+from qdkit.onnxmodel import is_qdkit_model
+from qdkit.outfiles import output_file, output_folder, write_text
 
 DEFAULT_NAME = "qdkit"        # the model name in v2 URLs, for `qdkit serve` and for the repository
 MAX_BATCH = 64                # Triton's max_batch_size, the same default as `qdkit serve --max-batch`
@@ -104,34 +106,42 @@ def model_class_names(model: str | os.PathLike) -> list[str]:
 
 def write_repository(model: str | os.PathLike, out_dir: str | os.PathLike, name: str = DEFAULT_NAME,
                      max_batch: int = MAX_BATCH, overwrite: bool = False) -> TritonRepository:
-    """Write OUT_DIR/<name>/ for `model` (an exported qdkit ONNX file) in one rename (see check_target)."""
+    """Write OUT_DIR/<name>/ for `model` (an exported qdkit ONNX file); each file atomically, the
+    config last (a config.pbtxt marks a complete repository). See check_target for what is replaced."""
     model = Path(model)
     class_names = model_class_names(model)
     if any("\n" in c for c in class_names):
         raise QdkitError(f"{model}: a class name holds a line break; labels.txt takes one name per line")
-    folder = check_target(out_dir, name, overwrite)
-    with atomic_path(folder) as tmp:
-        (tmp / "1").mkdir(parents=True)
-        shutil.copyfile(model, tmp / "1" / "model.onnx")
-        (tmp / "labels.txt").write_text("".join(f"{c}\n" for c in class_names), encoding="utf-8")
-        (tmp / "config.pbtxt").write_text(config_text(name, class_names, max_batch), encoding="utf-8")
-    return TritonRepository(folder, folder / "config.pbtxt", folder / "1" / "model.onnx", folder / "labels.txt")
-
-
-def check_target(out_dir: str | os.PathLike, name: str = DEFAULT_NAME, overwrite: bool = False) -> Path:
-    """OUT_DIR/<name>; checked before any work starts. A repository an earlier `qdkit export --triton`
-    wrote is replaced (like qdkit's other outputs); anything else there only with `overwrite`."""
-    if Path(out_dir).exists() and not Path(out_dir).is_dir():
-        raise QdkitError(f"{out_dir}: not a folder (--triton takes the folder of a model repository)")
-    folder = Path(out_dir) / check_name(name)
-    if (folder.exists() or folder.is_symlink()) and not overwrite and not _written_by_qdkit(folder):
-        raise QdkitError(f"{folder}: already exists and qdkit did not write it (pass --overwrite to replace it)")
-    return folder
-
-
-def _written_by_qdkit(folder: Path) -> bool:
+    repo = check_target(out_dir, name, overwrite)
     try:
-        with open(folder / "config.pbtxt", encoding="utf-8", errors="replace") as f:
-            return folder.is_dir() and not folder.is_symlink() and f.readline().rstrip("\n") == MARKER
+        repo.model.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise QdkitError(f"{repo.model.parent}: cannot create folder ({e.strerror})") from None
+    with atomic_path(repo.model) as tmp:
+        shutil.copyfile(model, tmp)
+    write_text(repo.labels, "".join(f"{c}\n" for c in class_names))
+    write_text(repo.config, config_text(name, class_names, max_batch))
+    return repo
+
+
+def check_target(out_dir: str | os.PathLike, name: str = DEFAULT_NAME, overwrite: bool = False) -> TritonRepository:
+    """The repository's paths, checked before any work starts by qdkit's replace rule (qdkit.outfiles):
+    files an earlier `qdkit export --triton` wrote are refreshed, anything else needs `overwrite`,
+    and no folder is ever replaced."""
+    folder = output_folder(out_dir, option="--triton") / check_name(name)
+    if folder.exists() and not folder.is_dir():
+        raise QdkitError(f"{folder}: is a file; --triton names the folder that holds the model repository")
+    repo = TritonRepository(folder, folder / "config.pbtxt", folder / "1" / "model.onnx", folder / "labels.txt")
+    ours = _written_by_qdkit(repo.config)
+    output_file(repo.config, "Triton config", overwrite=overwrite, ours=_written_by_qdkit, option="--triton")
+    output_file(repo.labels, "labels file", overwrite=overwrite, ours=lambda _: ours, option="--triton")
+    output_file(repo.model, "ONNX model", overwrite=overwrite, ours=is_qdkit_model, option="--triton")
+    return repo
+
+
+def _written_by_qdkit(config: Path) -> bool:
+    try:
+        with open(config, encoding="utf-8", errors="replace") as f:
+            return f.readline().rstrip("\n") == MARKER
     except OSError:
         return False

@@ -73,14 +73,19 @@ def test_triton_refuses_what_it_did_not_write(model, tmp_path):
     ckpt, onnx_path = model
     repo = tmp_path / "repo"
     (repo / "qdkit").mkdir(parents=True)
-    (repo / "qdkit" / "mine.txt").write_text("keep me")
+    (repo / "qdkit" / "config.pbtxt").write_text('name: "mine"\n')
+    (repo / "qdkit" / "notes.txt").write_text("keep me")
     out = tmp_path / "model.onnx"
     error = one_line_error(CliRunner().invoke(main, ["export", str(ckpt), "--out", str(out), "--triton", str(repo)]))
-    assert "qdkit did not write it" in error and "--overwrite" in error
+    assert "config.pbtxt" in error and "--overwrite" in error
     assert not out.exists()  # refused before anything was written
-    assert (repo / "qdkit" / "mine.txt").read_text() == "keep me"
+    assert (repo / "qdkit" / "config.pbtxt").read_text() == 'name: "mine"\n'
     (tmp_path / "file").write_text("x")
-    with pytest.raises(QdkitError, match="not a folder"):
+    with pytest.raises(QdkitError, match="is a file"):
         write_repository(onnx_path, tmp_path / "file")
-    written = write_repository(onnx_path, repo, overwrite=True)
-    assert not (repo / "qdkit" / "mine.txt").exists() and written.config.is_file()
+    (repo / "other").write_text("x")
+    with pytest.raises(QdkitError, match="is a file"):
+        write_repository(onnx_path, repo, name="other")
+    written = write_repository(onnx_path, repo, overwrite=True)  # files replaced, the folder and the rest kept
+    assert _parse(written.config.read_text()).name == "qdkit"
+    assert (repo / "qdkit" / "notes.txt").read_text() == "keep me"
