@@ -1,0 +1,237 @@
+"""Benchmark `qdkit serve` against its own ceiling, in one run, on whatever machine it is started on:
+
+  (a) the in-process rate of the same work, no HTTP: validate the strokes (parse_drawing),
+      simplify + rasterize (qdkit.strokes) and infer (the Predictor, same threads), in batches of
+      16 drawings as the server's batcher forms them under 16 clients — the ceiling;
+  (b) `qdkit serve` in its own process, POST /predict with ONE real drawing per request (raw
+      strokes, as the page sends them), from 1 and from 16 concurrent clients, --seconds each
+      (default 10): requests/s, p50, p99, errors.
+
+Drawings: the real simplified strokes in ../shared/quickdraw/strokes (every class, sent as raw
+strokes so the server simplifies them as it does a canvas's), else synthetic random-walk doodles.
+The load generator is a separate process: raw asyncio sockets, HTTP/1.1 keep-alive, one connection
+per client, pre-encoded requests, responses checked for status 200 and a JSON body with "top";
+it uses a small share of one core. The model: qdnet (the default architecture) with random weights
+(speed does not depend on them), or --model FILE. Usage:
+
+    python scripts/bench_serve.py [--json FILE] [--seconds 10] [--workers 1] [--threads N] [--model FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_STROKES = REPO.parent / "shared" / "quickdraw" / "strokes"
+BATCH = 16
+LOAD_GENERATOR = "separate process, raw asyncio sockets, HTTP/1.1 keep-alive, one connection per client"
+
+
+# ----------------------------------------------------------------------------- drawings and model
+
+def real_or_synthetic_drawings(limit: int = 2000) -> tuple[list, str]:
+    if SHARED_STROKES.is_dir():
+        drawings = []
+        for path in sorted(SHARED_STROKES.glob("*.ndjson")):
+            with open(path, encoding="utf-8") as f:
+                drawings += [json.loads(line)["drawing"] for line in f]
+        rng = np.random.default_rng(0)
+        picked = [drawings[i] for i in rng.permutation(len(drawings))[:limit]]
+        return picked, f"real strokes ({len(picked)} of {SHARED_STROKES})"
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(limit):
+        strokes = []
+        for _ in range(int(rng.integers(2, 8))):
+            n = int(rng.integers(5, 40))
+            strokes.append([np.cumsum(rng.integers(-12, 13, n)).tolist(), np.cumsum(rng.integers(-12, 13, n)).tolist()])
+        out.append(strokes)
+    return out, f"synthetic random-walk doodles ({limit})"
+
+
+def make_model(folder: Path) -> Path:
+    import torch
+
+    from qdkit.checkpoint import save_checkpoint
+    from qdkit.export import export_model
+    from qdkit.models import DEFAULT_MODEL, build_model
+
+    torch.manual_seed(0)
+    classes = [f"class{i}" for i in range(10)]
+    model = build_model(DEFAULT_MODEL, len(classes)).eval()
+    save_checkpoint(folder / "best.pt", model=model, model_name=DEFAULT_MODEL, model_kwargs={},
+                    class_names=classes, run_name="bench")
+    return export_model(folder / "best.pt", folder / "model.onnx").path
+
+
+# ----------------------------------------------------------------------------- (a) in-process
+
+def in_process_rate(model: Path, drawings: list, threads: int, seconds: float) -> float:
+    """Drawings/s of parse + simplify + rasterize + infer + top-k, batches of BATCH; best of rounds."""
+    from qdkit.predict import Predictor
+    from qdkit.strokes import parse_drawing, rasterize_many
+
+    predictor = Predictor(model, threads=threads, spin=False)
+    batches = [drawings[i:i + BATCH] for i in range(0, len(drawings) - BATCH + 1, BATCH)]
+
+    def one(batch: list) -> None:
+        parsed = [parse_drawing(d, simplified=False) for d in batch]
+        _, probs = predictor.logits_and_proba(rasterize_many(parsed))
+        predictor.top_k(probs, 3)
+
+    one(batches[0])  # warm-up
+    best = 0.0
+    for _ in range(3):
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / 3:
+            one(batches[done % len(batches)])
+            done += 1
+        best = max(best, done * BATCH / (time.perf_counter() - start))
+    return best
+
+
+# ----------------------------------------------------------------------------- (b) the load generator
+
+def encode_requests(host: str, port: int, drawings: list) -> list[bytes]:
+    out = []
+    for d in drawings:
+        body = json.dumps({"drawing": d}, separators=(",", ":")).encode()
+        head = (f"POST /predict?top_k=3 HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        out.append(head + body)
+    return out
+
+
+async def _client(host: str, port: int, requests: list[bytes], offset: int, until: float,
+                  latencies: list[float], errors: list[str]) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    i = offset
+    try:
+        while time.perf_counter() < until:
+            request = requests[i % len(requests)]
+            i += 1
+            start = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            body = await reader.readexactly(length)
+            latencies.append(time.perf_counter() - start)
+            if not head.startswith(b"HTTP/1.1 200") or b'"top"' not in body:
+                errors.append(head.split(b"\r\n", 1)[0].decode() + " " + body[:200].decode(errors="replace"))
+    except (OSError, asyncio.IncompleteReadError) as e:
+        errors.append(f"connection: {e!r}")
+    finally:
+        writer.close()
+
+
+async def _load(host: str, port: int, requests: list[bytes], clients: int, seconds: float) -> dict:
+    latencies: list[float] = []
+    errors: list[str] = []
+    warm = time.perf_counter() + 0.5
+    await asyncio.gather(*(_client(host, port, requests, 7919 * c, warm, [], errors) for c in range(clients)))
+    start = time.perf_counter()
+    await asyncio.gather(*(_client(host, port, requests, 104729 * c, start + seconds, latencies, errors)
+                           for c in range(clients)))
+    wall = time.perf_counter() - start
+    cpu = time.process_time()
+    ms = np.array(latencies) * 1000
+    return {"clients": clients, "requests": len(latencies), "seconds": wall, "req_per_s": len(latencies) / wall,
+            "p50_ms": float(np.percentile(ms, 50)) if len(ms) else None,
+            "p99_ms": float(np.percentile(ms, 99)) if len(ms) else None,
+            "errors": len(errors), "first_errors": errors[:3], "generator_cpu_s": cpu}
+
+
+def load_generator_main(argv: list[str]) -> None:
+    """`bench_serve.py --load-generator URL CLIENTS SECONDS REQUESTS_JSON`: prints one JSON line."""
+    url, clients, seconds, path = argv
+    host, port = url.split("//")[1].rstrip("/").rsplit(":", 1)
+    drawings = json.loads(Path(path).read_text())
+    requests = encode_requests(host, int(port), drawings)
+    print(json.dumps(asyncio.run(_load(host, int(port), requests, int(clients), float(seconds)))))
+
+
+def run_load(url: str, clients: int, seconds: float, drawings_file: Path) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--load-generator", url, str(clients), str(seconds),
+                          str(drawings_file)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- main
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--load-generator":
+        load_generator_main(sys.argv[2:])
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--seconds", type=float, default=10.0, help="per client count (at least 10 for the README)")
+    ap.add_argument("--workers", type=int, default=1, help="qdkit serve --workers")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="onnxruntime threads, in-process and per server worker [default: cores / workers]")
+    ap.add_argument("--model", type=Path, help="an exported model [default: qdnet with random weights]")
+    args = ap.parse_args()
+    sys.path.insert(0, str(REPO / "tests"))
+    from _serving import running_server  # the same start-and-stop the tests use
+
+    drawings, source = real_or_synthetic_drawings()
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    with tempfile.TemporaryDirectory(prefix="qdkit-bench-serve-") as tmp:
+        tmp_path = Path(tmp)
+        model = args.model or make_model(tmp_path)
+        drawings_file = tmp_path / "drawings.json"
+        drawings_file.write_text(json.dumps(drawings))
+        print(f"drawings: {source}; model {model}; {os.cpu_count()} cores", flush=True)
+        ceiling = in_process_rate(model, drawings, threads, seconds=max(3.0, args.seconds / 2))
+        print(f"(a) in-process, batches of {BATCH}, {threads} onnxruntime threads: {ceiling:,.0f} drawings/s",
+              flush=True)
+        results = {}
+        with running_server(model, "--workers", str(args.workers), "--threads", str(threads)) as server:
+            for clients in (1, 16):
+                r = run_load(server.url, clients, args.seconds, drawings_file)
+                results[clients] = r
+                print(f"(b) POST /predict, {clients:2d} client(s), {r['seconds']:.1f} s: {r['req_per_s']:,.0f} req/s, "
+                      f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, {r['errors']} errors "
+                      f"(load generator CPU {r['generator_cpu_s']:.1f} s)", flush=True)
+                for e in r["first_errors"]:
+                    print(f"    error: {e}")
+            server.stop()
+    c1, c16 = results[1], results[16]
+    report = {
+        "inprocess_per_s": round(ceiling, 1),
+        "serve_req_per_s_c16": round(c16["req_per_s"], 1),
+        "efficiency": round(c16["req_per_s"] / ceiling, 3),
+        "p50_ms_c1": round(c1["p50_ms"], 3),
+        "p99_ms_c16": round(c16["p99_ms"], 3),
+        "errors": c1["errors"] + c16["errors"],
+        "serve_req_per_s_c1": round(c1["req_per_s"], 1),
+        "p99_ms_c1": round(c1["p99_ms"], 3),
+        "p50_ms_c16": round(c16["p50_ms"], 3),
+        "seconds_per_level": args.seconds,
+        "workers": args.workers,
+        "threads": threads,
+        "drawings": source,
+        "load_generator": LOAD_GENERATOR,
+        "cores": os.cpu_count(),
+    }
+    print(f"efficiency (16 clients / in-process) {report['efficiency']:.2f} (goal >= 0.6); p50 at 1 client "
+          f"{report['p50_ms_c1']:.2f} ms (goal <= 5); p99 at 16 clients {report['p99_ms_c16']:.2f} ms (goal <= 50); "
+          f"{report['errors']} errors")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
