@@ -252,3 +252,32 @@ def test_store_replaced_by_rename_keeps_serving_the_old_data(store_path, tmp_pat
     new.replace(copy)
     images, _ = fetch(arrays, np.arange(10))
     np.testing.assert_array_equal(images[:, 0].numpy(), expected)
+
+
+def test_training_on_a_store_truncated_under_it_stops_with_one_line(store_path, tmp_path):
+    """Issue 10 group 9 end to end: `qdkit train` used to die of SIGBUS ("Bus error", nothing else) when
+    the store was rewritten in place mid-run; now it stops with one line and exit 2."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    live = tmp_path / "live.h5"
+    shutil.copy(store_path, live)
+    proc = subprocess.Popen([sys.executable, "-m", "qdkit", "train", "--data", str(live), "--model", "seed-cnn",
+                             "--epochs", "200", "--runs-dir", str(tmp_path / "runs"),
+                             "--artifacts-dir", str(tmp_path / "artifacts")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen, deadline = b"", time.monotonic() + 240
+    while b"epoch 2/" not in seen and time.monotonic() < deadline and proc.poll() is None:
+        seen += os.read(proc.stderr.fileno(), 4096)
+    assert b"epoch 2/" in seen, seen[-2000:]
+    with open(live, "r+b") as f:
+        f.truncate(8192)
+    rest = proc.communicate(timeout=240)[1]
+    err = (seen + rest).decode(errors="replace")
+    assert proc.returncode == 2, (proc.returncode, err[-2000:])
+    errors = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("qdkit: error:")]
+    assert errors == [f"qdkit: error: {live}: the store changed on disk while in use (rewritten in place: "
+                      f"{store_path.stat().st_size} -> 8192 bytes); replace a store in use by renaming a new "
+                      "file over it, as `qdkit convert` does"], err[-2000:]
