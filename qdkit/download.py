@@ -119,8 +119,11 @@ def download_classes(
     get = _download_bitmap if fmt == "bitmap" else _download_strokes
     paths = []
     for name in names:
+        final = out_dir / form.local_name(name)
+        if final.is_dir():
+            raise QdkitError(f"{final}: is a folder; qdkit will not replace it with the downloaded file")
         remote = RemoteFile(name, f"{base_url}/{urllib.parse.quote(name)}{form.suffix}", timeout, form.what)
-        paths.append(get(remote, out_dir / form.local_name(name), limit, form))
+        paths.append(get(remote, final, limit, form))
     return paths
 
 

@@ -280,6 +280,18 @@ def test_class_name_that_is_url_syntax(bucket, tmp_path):
         _get(bucket, tmp_path, name="what?x")
 
 
+@pytest.mark.parametrize("fmt, name", [("bitmap", "full_numpy_bitmap_cat.npy"),
+                                       ("simplified", "full_simplified_cat.ndjson")])
+def test_download_onto_a_folder_of_that_name(bucket, tmp_path, fmt, name):
+    bucket.add("cat", 5)
+    bucket.add_file("simplified", "cat.ndjson", _ndjson(5))
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "keep").write_text("mine")
+    with pytest.raises(QdkitError, match=f"{name}: is a folder"):
+        _get(bucket, tmp_path, fmt=fmt)
+    assert (tmp_path / name / "keep").read_text() == "mine" and bucket.requests == []
+
+
 def test_download_to_a_folder_that_is_a_file(tmp_path):
     target = tmp_path / "raw"
     target.write_text("mine")
