@@ -335,6 +335,10 @@ def test_batcher_routes_results_and_survives_a_failing_batch():
         await b.close()
 
     asyncio.run(run())
+    # started lazily, and again on a new event loop (an ASGI server without lifespan events)
+    lazy = DynamicBatcher(double)
+    for value in (1, 2):
+        assert asyncio.run(lazy.submit([value]))[0].tolist() == [2 * value]
 
 
 # ----------------------------------------------------------------------------- a real server

@@ -44,14 +44,20 @@ class DynamicBatcher:
         self._pending: collections.deque[_Job] = collections.deque()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._crowded = False  # requests arrived together lately: worth waiting for stragglers
 
     async def start(self) -> None:
-        if self._task is None:
-            self._wakeup = asyncio.Event()
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="qdkit-batch")
-            self._task = asyncio.get_running_loop().create_task(self._loop(), name="qdkit-batcher")
+        """Start the batching task on the running event loop (again, if an earlier loop has gone:
+        an ASGI server without lifespan events, or a test client per request)."""
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._loop is not loop:
+            self._loop, self._wakeup = loop, asyncio.Event()
+            self._pending.clear()  # jobs of a loop that is gone can never be answered
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="qdkit-batch")
+            self._task = loop.create_task(self._run(), name="qdkit-batcher")
 
     async def close(self) -> None:
         task, self._task = self._task, None
@@ -71,7 +77,7 @@ class DynamicBatcher:
 
     async def submit(self, items: list[Any]) -> tuple[np.ndarray, ...]:
         """fn's arrays for `items` (in order), computed together with other requests' items."""
-        if self._task is None:
+        if self._task is None or self._loop is not asyncio.get_running_loop():
             await self.start()
         assert self._wakeup is not None
         job = _Job(list(items), asyncio.get_running_loop().create_future())
@@ -88,7 +94,7 @@ class DynamicBatcher:
             n += len(job.items)
         return jobs
 
-    async def _loop(self) -> None:
+    async def _run(self) -> None:
         assert self._wakeup is not None and self._executor is not None
         loop = asyncio.get_running_loop()
         while True:
