@@ -219,9 +219,9 @@ def open_store(path: str | os.PathLike, warn: bool | Callable[[str], None] = Tru
     """
     path = Path(path)
     with _open_h5(path) as f:
-        if f.attrs.get("format") != "qdkit-store":
+        attrs = _decoded_attrs(path, f.attrs)
+        if attrs.get("format") != "qdkit-store":
             raise QdkitError(f"{path}: not a qdkit store (no 'qdkit-store' format attribute)")
-        attrs = {k: _decode(v) for k, v in f.attrs.items()}
         _check_version(path, attrs.get("format_version"))
         class_names = _check_class_names(path, attrs.pop("class_names", None))
         _check_sources(path, attrs.get("sources"))
@@ -337,13 +337,23 @@ def _min_max(ds: h5py.Dataset, block: int = 1 << 22) -> tuple[int, int]:
     return lo, hi
 
 
+def _decoded_attrs(path: Path, attrs: h5py.AttributeManager) -> dict[str, Any]:
+    out = {}
+    for key in attrs:
+        try:
+            out[key] = _decode(attrs[key])
+        except UnicodeDecodeError:
+            raise QdkitError(f"{path}: attribute {key!r} is not UTF-8 text") from None
+    return out
+
+
 def _decode(value: Any) -> Any:
     if isinstance(value, bytes):
         value = value.decode()
     if isinstance(value, str) and value[:1] in "[{":
         try:
             return json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
             return value
     if isinstance(value, np.generic):
         return value.item()

@@ -97,6 +97,8 @@ STORE_CASES = {
     "images-float": (_replace("test", "images", np.zeros((200, 28, 28), np.float32)), "float32"),
     "group-inside-a-split": (_subgroup, "split 'train': nested is a group, expected a dataset"),
     "no-splits": (_no_splits, "holds no splits"),
+    "attribute-not-utf8": (_attr("seed", np.bytes_(b"\xff\xfe")), "attribute 'seed' is not UTF-8 text"),
+    "class-names-nested-100k-deep": (_attr("class_names", "[" * 100_000 + "]" * 100_000), "not a JSON list"),
 }
 
 
