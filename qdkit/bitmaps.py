@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from qdkit.errors import QdkitError
+from qdkit.errors import QdkitError, first_line
 from qdkit.files import atomic_path
 
 SIDE = 28
@@ -86,7 +86,7 @@ def parse_header(f: BinaryIO, name: str) -> tuple[tuple[int, ...], np.dtype, int
         read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, fortran, dtype = read(f, max_header_size=MAX_HEADER_BYTES + 1)
     except (ValueError, SyntaxError, EOFError, TypeError, OverflowError) as e:
-        raise QdkitError(f"{name}: unreadable .npy header ({e})") from None
+        raise QdkitError(f"{name}: unreadable .npy header ({first_line(e, 100)})") from None
     if any(n < 0 for n in shape):
         raise QdkitError(f"{name}: unreadable .npy header (negative dimension in shape {tuple(shape)})")
     if dtype.hasobject:
