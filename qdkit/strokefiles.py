@@ -177,9 +177,10 @@ class _RecordReader:
         if len(row) != len(self.columns):
             raise StrokeError(f"has {len(row)} fields, the header {len(self.columns)}")
         fields = dict(zip(self.columns, row, strict=True))
-        meta = {k: fields[k] for k in ("key_id", "countrycode", "word", "timestamp") if fields.get(k)}
-        recognized = {"true": True, "false": False}.get(fields.get("recognized", "").lower())
-        return replace(parse_ndjson_line(fields["drawing"].encode()), recognized=recognized, **meta)
+        drawing = parse_ndjson_line(fields["drawing"].encode())
+        return replace(drawing, key_id=fields.get("key_id") or None, countrycode=fields.get("countrycode") or None,
+                       word=fields.get("word") or None, timestamp=fields.get("timestamp") or None,
+                       recognized={"true": True, "false": False}.get(fields.get("recognized", "").lower()))
 
 
 _readers: dict[Path, _RecordReader] = {}

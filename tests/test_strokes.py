@@ -86,12 +86,12 @@ def _raw_strokes(rng: np.random.Generator, scale: float, shift: float) -> list[n
 
 
 def _resampled(strokes: list[np.ndarray]) -> list[np.ndarray]:
-    from qdkit.strokes import _resample  # the recipe's own step, to check RDP's guarantee against
+    from qdkit.strokes.simplify import resample  # the recipe's own step, to check RDP against
 
     allxy = np.concatenate(strokes, axis=1)
     low = allxy.min(axis=1, keepdims=True)
     extent = (allxy - low).max()
-    return [_resample((s - low) * (255.0 / extent)) for s in strokes]
+    return [resample((s - low) * (255.0 / extent)) for s in strokes]
 
 
 def _distance_to_polyline(points: np.ndarray, line: np.ndarray) -> np.ndarray:
