@@ -45,6 +45,7 @@ def main() -> int:
     import torch
     import torch.nn.functional as F
 
+    from qdkit.devices import precision_name
     from qdkit.models import build_model
     from qdkit.recipes import augment_batch, lr_factor, make_optimizer, param_groups
     from qdkit.train import TrainConfig, Trainer
@@ -57,17 +58,17 @@ def main() -> int:
         cfg = TrainConfig(data=str(data), model=args.model, batch_size=args.batch_size, device=args.device,
                           amp=args.amp, augment=args.augment, runs_dir=str(tmp / "runs"),
                           artifacts_dir=str(tmp / "artifacts"), run_name="bench", progress=args.progress)
-        trainer = Trainer(cfg, log=lambda s: None)
+        trainer = Trainer(cfg, log=lambda s: None)  # creates no file; train_epoch() runs the loop's epoch
         cfg, device, amp = trainer.cfg, trainer.device, trainer.amp_dtype
-        steps = trainer.steps_per_epoch
+        steps = trainer.parts.steps_per_epoch
         bs = cfg.batch_size
 
         # The bare side: the same model and optimisation, data already in memory as tensors.
-        arrays = trainer.train_arrays
+        arrays = trainer.data.train
         x_all = torch.from_numpy(np.asarray(arrays.images)).unsqueeze(1).to(device)
         y_all = torch.from_numpy(arrays.labels).to(device)
         torch.manual_seed(cfg.seed)
-        model = build_model(cfg.model, len(trainer.class_names), **cfg.model_kwargs())
+        model = build_model(cfg.model, len(trainer.data.class_names), **cfg.model_kwargs())
         model = model.to(device, memory_format=torch.channels_last).train()
         opt = make_optimizer(cfg.optimizer, param_groups(model, cfg.weight_decay), cfg.lr, cfg.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg.schedule, 10**6))
@@ -107,15 +108,13 @@ def main() -> int:
         for _ in range(args.epochs):
             q_rates.append(timed(qdkit_epoch))
             b_rates.append(timed(bare_epoch))
-        if trainer.writer is not None:
-            trainer.writer.close()
     q, b = max(q_rates), max(b_rates)
     result = {
         "qdkit_img_per_s": round(q, 1),
         "bare_img_per_s": round(b, 1),
         "overhead": round(1.0 - q / b, 4),
         "model": cfg.model, "batch_size": bs, "augment": bool(cfg.augment), "device": str(device),
-        "precision": trainer._precision_name(), "threads": torch.get_num_threads(), "steps_per_epoch": steps,
+        "precision": precision_name(amp), "threads": torch.get_num_threads(), "steps_per_epoch": steps,
         "epochs_timed": args.epochs,
         "qdkit_epochs_img_per_s": [round(r, 1) for r in q_rates],
         "bare_epochs_img_per_s": [round(r, 1) for r in b_rates],
