@@ -10,22 +10,27 @@ Triton (or KServe with the Triton runtime) then serves the same Open Inference P
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from qdkit.constants import SIDE
 from qdkit.errors import QdkitError, first_line
 from qdkit.files import atomic_path
 from qdkit.onnxmodel import is_qdkit_model
 from qdkit.outfiles import output_file, output_folder, write_text
+from qdkit.v2api import (
+    DEFAULT_NAME,
+    INPUT_DATATYPE,
+    INPUT_DIMS,
+    INPUT_NAME,
+    MAX_BATCH,
+    OUTPUT_DATATYPE,
+    OUTPUTS,
+    check_name,
+)
 
-DEFAULT_NAME = "qdkit"        # the model name in v2 URLs, for `qdkit serve` and for the repository
-MAX_BATCH = 64                # Triton's max_batch_size, the same default as `qdkit serve --max-batch`
 QUEUE_DELAY_US = 1000         # how long Triton may hold a request to fill a batch (as `qdkit serve`)
 MARKER = "# written by qdkit export --triton"  # the first line of config.pbtxt: a repository qdkit wrote
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -39,39 +44,29 @@ class TritonRepository:
         return f"wrote Triton model repository {self.folder} (config.pbtxt, labels.txt, 1/model.onnx)"
 
 
-def check_name(name: str) -> str:
-    if not _NAME.match(name):
-        raise QdkitError(f"model name {name!r}: use letters, digits, '_', '-' or '.' (at most 64)")
-    return name
-
-
 def config_text(name: str, class_names: list[str], max_batch: int = MAX_BATCH,
                 queue_delay_us: int = QUEUE_DELAY_US) -> str:
     """config.pbtxt (protobuf text format of Triton's ModelConfig) for a qdkit ONNX model."""
     classes = len(class_names)
+    labels = {"probabilities": '\n    label_filename: "labels.txt"'}  # Triton's classification extension
+    outputs = ",\n".join(f"""  {{
+    name: "{output}"
+    data_type: TYPE_{OUTPUT_DATATYPE}
+    dims: [ {classes} ]{labels.get(output, "")}
+  }}""" for output in OUTPUTS)
     return f"""{MARKER}
 name: "{check_name(name)}"
 platform: "onnxruntime_onnx"
 max_batch_size: {int(max_batch)}
 input [
   {{
-    name: "pixels"
-    data_type: TYPE_UINT8
-    dims: [ 1, {SIDE}, {SIDE} ]
+    name: "{INPUT_NAME}"
+    data_type: TYPE_{INPUT_DATATYPE}
+    dims: [ {", ".join(map(str, INPUT_DIMS))} ]
   }}
 ]
 output [
-  {{
-    name: "logits"
-    data_type: TYPE_FP32
-    dims: [ {classes} ]
-  }},
-  {{
-    name: "probabilities"
-    data_type: TYPE_FP32
-    dims: [ {classes} ]
-    label_filename: "labels.txt"
-  }}
+{outputs}
 ]
 dynamic_batching {{
   max_queue_delay_microseconds: {int(queue_delay_us)}

@@ -24,13 +24,14 @@ from starlette.concurrency import run_in_threadpool
 from qdkit import __version__
 from qdkit.constants import SIDE
 from qdkit.errors import QdkitError
+from qdkit.onnxmodel import is_quantized
 from qdkit.predict import Predictor
 from qdkit.serve import schemas
 from qdkit.serve.batcher import DynamicBatcher
 from qdkit.serve.errors import ApiError, BodyLimit, install_error_handlers, json_response
-from qdkit.serve.inputs import image_to_bitmap, parse_json, predict_drawings
+from qdkit.serve.inputs import MAX_DRAWINGS, MAX_IMAGE_PIXELS, image_to_bitmap, parse_json, predict_drawings
 from qdkit.strokes import MAX_POINTS, MAX_STROKES, Drawing, rasterize_many
-from qdkit.triton import DEFAULT_NAME, MAX_BATCH, check_name
+from qdkit.v2api import DEFAULT_NAME, MAX_BATCH, check_name
 
 DEFAULT_MAX_BODY = 4 * 1024 * 1024   # bytes of one request body (--max-body-mb)
 DEFAULT_MAX_WAIT = 0.001              # seconds a batch may wait for more requests
@@ -62,9 +63,10 @@ class Service:
         return {"name": self.name, "classes": self.predictor.class_names, "model_name": meta.get("model_name"),
                 "run_name": meta.get("run_name"), "epoch": meta.get("epoch"),
                 "val_accuracy": meta.get("val_accuracy"), "test_accuracy": meta.get("test_accuracy"),
-                "exported_at": meta.get("exported_at"), "quantized": isinstance(meta.get("quantization"), dict),
+                "exported_at": meta.get("exported_at"), "quantized": is_quantized(meta),
                 "file": self.predictor.path.name, "qdkit_version": __version__,
-                "limits": {"max_strokes": MAX_STROKES, "max_points": MAX_POINTS, "max_body_bytes": self.max_body,
+                "limits": {"max_strokes": MAX_STROKES, "max_points": MAX_POINTS, "max_drawings": MAX_DRAWINGS,
+                           "max_image_pixels": MAX_IMAGE_PIXELS, "max_body_bytes": self.max_body,
                            "max_batch": self.batcher.max_batch}}
 
     def predictions(self, bitmaps: np.ndarray, probs: np.ndarray, top_k: int, bitmap: bool) -> list[dict[str, Any]]:

@@ -26,6 +26,8 @@ class PredictResponse(Prediction):
 class Limits(BaseModel):
     max_strokes: int
     max_points: int
+    max_drawings: int
+    max_image_pixels: int
     max_body_bytes: int
     max_batch: int
 

@@ -55,7 +55,7 @@ def serve(model: str | os.PathLike | None = None, *, host: str = "127.0.0.1", po
 
     from qdkit.predict import Predictor
     from qdkit.serve.app import DEFAULT_MAX_BODY, create_app
-    from qdkit.triton import DEFAULT_NAME
+    from qdkit.v2api import DEFAULT_NAME
 
     path = Path(model) if model is not None else default_model_path()
     threads = threads or max(1, (os.cpu_count() or 1) // workers)

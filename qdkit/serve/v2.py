@@ -19,17 +19,14 @@ from fastapi.responses import Response
 
 from qdkit import __version__
 from qdkit.constants import SIDE
-from qdkit.onnxmodel import INPUT_NAME
 from qdkit.serve import schemas
 from qdkit.serve.errors import ApiError, json_response
 from qdkit.serve.inputs import MAX_DRAWINGS, parse_json
+from qdkit.v2api import INPUT_DATATYPE, INPUT_DIMS, INPUT_NAME, OUTPUT_DATATYPE, OUTPUTS, VERSION
 
 if TYPE_CHECKING:
     from qdkit.serve.app import Service
 
-VERSION = "1"
-OUTPUTS = ("logits", "probabilities")
-INPUT_SHAPE = [1, SIDE, SIDE]  # after the batch axis
 
 
 def parse_infer(body: Any) -> tuple[np.ndarray, list[str], str | None]:
@@ -46,15 +43,15 @@ def parse_infer(body: Any) -> tuple[np.ndarray, list[str], str | None]:
     name = tensor.get("name")
     if name != INPUT_NAME:
         raise ApiError(400, f"inputs[0].name: {name!r} is not an input of this model (it takes '{INPUT_NAME}')")
-    if tensor.get("datatype") != "UINT8":
-        raise ApiError(400, f"inputs[0].datatype: {tensor.get('datatype')!r}; '{INPUT_NAME}' is UINT8")
+    if tensor.get("datatype") != INPUT_DATATYPE:
+        raise ApiError(400, f"inputs[0].datatype: {tensor.get('datatype')!r}; '{INPUT_NAME}' is {INPUT_DATATYPE}")
     if isinstance(tensor.get("parameters"), dict) and "binary_data_size" in tensor["parameters"]:
         raise ApiError(400, "inputs[0].parameters.binary_data_size: the binary tensor extension is not "
                             "supported; send 'data' as a JSON list")
     shape = tensor.get("shape")
     if (not isinstance(shape, list) or len(shape) != 4 or not all(type(d) is int for d in shape)
-            or shape[1:] != INPUT_SHAPE or not 1 <= shape[0] <= MAX_DRAWINGS):
-        raise ApiError(400, f"inputs[0].shape: {shape!r}; '{INPUT_NAME}' takes [N, {', '.join(map(str, INPUT_SHAPE))}] "
+            or shape[1:] != INPUT_DIMS or not 1 <= shape[0] <= MAX_DRAWINGS):
+        raise ApiError(400, f"inputs[0].shape: {shape!r}; '{INPUT_NAME}' takes [N, {', '.join(map(str, INPUT_DIMS))}] "
                             f"with 1 <= N <= {MAX_DRAWINGS}")
     data = tensor.get("data")
     if not isinstance(data, list):
@@ -97,8 +94,8 @@ def v2_router(service: Service) -> APIRouter:
 
     def model_metadata() -> dict[str, Any]:
         return {"name": service.name, "versions": [VERSION], "platform": "onnxruntime_onnx",
-                "inputs": [{"name": INPUT_NAME, "datatype": "UINT8", "shape": [-1, *INPUT_SHAPE]}],
-                "outputs": [{"name": n, "datatype": "FP32", "shape": [-1, classes]} for n in OUTPUTS],
+                "inputs": [{"name": INPUT_NAME, "datatype": INPUT_DATATYPE, "shape": [-1, *INPUT_DIMS]}],
+                "outputs": [{"name": n, "datatype": OUTPUT_DATATYPE, "shape": [-1, classes]} for n in OUTPUTS],
                 "parameters": {"class_names": service.predictor.class_names}}
 
     @router.get("", summary="Server metadata")
@@ -139,7 +136,7 @@ def v2_router(service: Service) -> APIRouter:
         out: dict[str, Any] = {"model_name": service.name, "model_version": VERSION}
         if request_id is not None:
             out["id"] = request_id
-        out["outputs"] = [{"name": n, "datatype": "FP32", "shape": list(arrays[n].shape),
+        out["outputs"] = [{"name": n, "datatype": OUTPUT_DATATYPE, "shape": list(arrays[n].shape),
                            "data": arrays[n].ravel().tolist()} for n in names]
         return json_response(out)
 
