@@ -60,7 +60,7 @@ def test_agreement(fp32_path: Path, int8_path: Path, store_path: Path, threads: 
 def predict_wall(png_dir: Path, model: Path, out: Path, threads: int, expected: int) -> float:
     """Best of two wall times of `qdkit predict` over every PNG under png_dir, as a user runs it."""
     cmd = [sys.executable, "-m", "qdkit", "predict", str(png_dir), "--model", str(model),
-           "--threads", str(threads), "--format", "csv", "--output", str(out)]
+           "--threads", str(threads), "--format", "csv", "--output", str(out), "--overwrite"]
     walls = []
     for _ in range(2):
         t = time.perf_counter()
@@ -94,8 +94,8 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     classes = [f"class{i}" for i in range(10)]
-    with tempfile.TemporaryDirectory(prefix="qdkit-bench-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="qdkit-bench-") as tmp_name:
+        tmp = Path(tmp_name)
         if args.checkpoint:
             model, ckpt = model_from_checkpoint(args.checkpoint)
             model_name, classes = ckpt["model_name"], [str(c) for c in ckpt["class_names"]]

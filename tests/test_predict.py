@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +48,7 @@ def _body(out: str) -> str:
     return "\n".join(line for line in out.splitlines() if not line.startswith("qdkit:"))
 
 
-def _parse_csv(text: str) -> dict[Path, list[str]]:
+def _parse_csv(text: str) -> dict[Path, dict[str, str]]:
     return {Path(r["path"]): r for r in csv.DictReader(io.StringIO(text))}
 
 
@@ -180,8 +182,8 @@ def test_big_rgb_rgba_and_inverted_images_become_the_same_drawing(model, test_ro
     # raw pixels, so both sides are compared after a 3x3 box blur.
     reference = np.array([_cropped_and_fitted(d) for d in originals])
     want = [r.label for r in p.predict(reference)]
-    for name, drawings in variants.items():
-        drawings = np.array(drawings)
+    for name, variant in variants.items():
+        drawings = np.array(variant)
         assert all(_fills_frame(v) for v in drawings), name
         corr = [np.corrcoef(_blur(a).ravel(), _blur(b).ravel())[0, 1] for a, b in zip(drawings, reference, strict=True)]
         assert min(corr) > 0.85, (name, corr)
@@ -374,6 +376,7 @@ def test_a_dying_decoder_process_loses_no_result(model, slow_images):
     def kill_a_worker() -> None:  # as if the kernel killed it for memory, mid-run
         if _wait_for(lambda: bool(multiprocessing.active_children()), 30):
             victim = multiprocessing.active_children()[0]
+            assert victim.pid is not None
             os.kill(victim.pid, signal.SIGKILL)
             killed.append(victim.pid)
 
@@ -387,10 +390,7 @@ def test_a_dying_decoder_process_loses_no_result(model, slow_images):
     assert not result.errors and len(warned) == 1 and "decoding process died" in warned[0]
 
 
-def _start_predict(folder: Path, onnx_path: Path) -> tuple[object, list[int]]:
-    import subprocess
-    import sys
-
+def _start_predict(folder: Path, onnx_path: Path) -> tuple[subprocess.Popen, list[int]]:
     proc = subprocess.Popen([sys.executable, "-m", "qdkit", "predict", str(folder), "--model", str(onnx_path),
                              "--workers", "2", "--format", "csv"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -475,8 +475,6 @@ def test_globs_and_folders_survive_symlink_loops_without_duplicates(model, png_d
 def test_an_unreadable_subfolder_is_a_warning_and_exit_code_1(model, png_dir, tmp_path):
     import os
     import shutil
-    import subprocess
-    import sys
 
     _, onnx_path = model
     good = _some_pngs(png_dir, 2)
