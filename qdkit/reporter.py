@@ -7,12 +7,14 @@ last.pt that does not exist.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import shutil
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,7 @@ class Reporter:
         self.run_name = cfg.run_name or ""
         self.art_dir, self.log_dir = run_folders(cfg, self.run_name)
         self._writer: Any = None
+        self._thread_hook: Any = None
         self._reserved = False  # this process created the folders (and may release them)
 
     def say(self, message: str) -> None:
@@ -106,14 +109,40 @@ class Reporter:
             from torch.utils.tensorboard import SummaryWriter
 
             purge = resumed_epoch + 1 if resumed_epoch is not None else None
-            self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge)
+            # TensorBoard writes from a thread of its own; a write error there (a full disk) would be
+            # printed as that thread's traceback. It is re-raised in this thread at the next call
+            # into the writer, where `_tensorboard()` makes it one line; until close(), only that
+            # thread's OSError is kept quiet.
+            self._thread_hook = threading.excepthook
+            threading.excepthook = self._quiet_writer_thread
+            with self._tensorboard():
+                self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge)
+
+    def _quiet_writer_thread(self, args: Any) -> None:
+        if not (isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread"):
+            self._thread_hook(args)
+
+    @contextlib.contextmanager
+    def _tensorboard(self) -> Iterator[Any]:
+        try:
+            yield self._writer
+        except OSError as err:
+            raise write_error(self.log_dir, err) from err
 
     def close(self, failed: bool = False) -> None:
         """Flush TensorBoard; after a failure before the first checkpoint, remove the folders this
         run reserved (nothing in them can be resumed)."""
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        writer, self._writer = self._writer, None
+        try:
+            if writer is not None:
+                with self._tensorboard():
+                    writer.close()
+        except QdkitError:
+            if not failed:  # a run that failed already reports its own error
+                raise
+        finally:
+            if self._thread_hook is not None:
+                threading.excepthook, self._thread_hook = self._thread_hook, None
         if failed and self.active and self._reserved and not (self.art_dir / "last.pt").exists():
             for folder in (self.art_dir, self.log_dir):
                 shutil.rmtree(folder, ignore_errors=True)
@@ -138,11 +167,12 @@ class Reporter:
         writer.writerows(history)
         write_atomic(self.art_dir / "results.csv", buf.getvalue())
         e = int(row["epoch"])
-        for tag, key in (("loss/train", "train_loss"), ("loss/validation", "val_loss"),
-                         ("accuracy/train", "train_accuracy"), ("accuracy/validation", "val_accuracy"),
-                         ("learning_rate", "lr"), ("throughput/img_per_s", "img_per_s")):
-            self._writer.add_scalar(tag, row[key], e)
-        self._flush()
+        with self._tensorboard() as w:
+            for tag, key in (("loss/train", "train_loss"), ("loss/validation", "val_loss"),
+                             ("accuracy/train", "train_accuracy"), ("accuracy/validation", "val_accuracy"),
+                             ("learning_rate", "lr"), ("throughput/img_per_s", "img_per_s")):
+                w.add_scalar(tag, row[key], e)
+            w.flush()
         self.say(f"epoch {e:>3}/{self.cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.2%}"
                  f"  val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.2%}{' *' if improved else '  '}"
                  f"  lr {row['lr']:.2e}  {row['img_per_s']:.0f} img/s  {row['epoch_seconds']:.1f}s")
@@ -180,10 +210,6 @@ class Reporter:
         if not self.active:
             return metrics
         write_atomic(self.art_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-        w = self._writer
-        if test_acc is not None:
-            w.add_scalar("accuracy/test", test_acc, state.epoch)
-            w.add_scalar("loss/test", test_loss, state.epoch)
         hparams = {"model": cfg.model, "lr": cfg.lr, "batch_size": cfg.batch_size, "epochs": cfg.epochs,
                    "optimizer": cfg.optimizer, "schedule": cfg.schedule, "dropout": cfg.dropout,
                    "weight_decay": cfg.weight_decay, "label_smoothing": cfg.label_smoothing,
@@ -191,12 +217,10 @@ class Reporter:
         hmetrics = {"hparam/best_val_accuracy": state.best_val}
         if test_acc is not None:
             hmetrics["hparam/test_accuracy"] = test_acc
-        w.add_hparams(hparams, hmetrics, run_name=".")
-        self._flush()
+        with self._tensorboard() as w:
+            if test_acc is not None:
+                w.add_scalar("accuracy/test", test_acc, state.epoch)
+                w.add_scalar("loss/test", test_loss, state.epoch)
+            w.add_hparams(hparams, hmetrics, run_name=".")
+            w.flush()
         return metrics
-
-    def _flush(self) -> None:
-        try:
-            self._writer.flush()
-        except OSError as err:
-            raise write_error(self.log_dir, err) from err

@@ -208,6 +208,15 @@ def test_disk_full_later_keeps_the_last_good_checkpoint(store_path, tmp_path):
         assert load_checkpoint(disk / "full" / "last.pt")["epoch"] >= 1  # resumable
 
 
+def test_disk_full_under_tensorboard_is_one_line(store_path, tmp_path):
+    """TensorBoard writes from its own thread: its error is still one line, no thread traceback."""
+    with _small_disk(tmp_path / "runs", "4k") as runs:
+        line = _cli("train", "--data", str(store_path), "--model", "seed-cnn", "--epochs", "2", "--run-name", "tb",
+                    "--artifacts-dir", str(tmp_path / "a"), "--runs-dir", str(runs), "--no-progress",
+                    "--device", "cpu")
+        assert line == f"qdkit: error: no space left on device while writing {runs / 'tb'}", line
+
+
 # --------------------------------------------------------------------------- 11: a crash before the first checkpoint
 
 @pytest.mark.parametrize("crash", ["diverged", "exception", "ctrl-c-twice"])
