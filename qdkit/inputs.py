@@ -274,13 +274,17 @@ def chunks(files: Sequence[str | os.PathLike], image_chunk: int, line_chunk: int
             images = []
         try:
             block: list[tuple[int, bytes | None]] = []
+            lines = 0
             for item in _ndjson_lines(f):
                 block.append(item)
+                lines += 1
                 if len(block) == line_chunk:
                     yield LineChunk(f, tuple(block))
                     block = []
             if block:
                 yield LineChunk(f, tuple(block))
+            if not lines:
+                problems(f"{f}: no drawings (the file is empty or blank)")
         except OSError as e:
             problems(f"{f}: cannot read ({e.strerror or first_line(e)})")
         except _NotText as e:
@@ -316,7 +320,7 @@ def _decode_lines(chunk: LineChunk) -> Decoded:
     for number, line in chunk.lines:
         where = f"{chunk.path}:{number}"
         if line is None:
-            errors.append(f"{where}: line longer than {MAX_LINE_BYTES >> 20} MiB, not a drawing")
+            errors.append(f"{where}: line longer than {MAX_LINE_BYTES:,} bytes, not a drawing")
             continue
         try:
             drawings.append(parse_ndjson_line(line))

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from _helpers import clean_run, exported, one_line_error, torch_logits
+from _helpers import alive, children_of, clean_run, exported, one_line_error, torch_logits
 from click.testing import CliRunner
 from PIL import Image
 
@@ -327,29 +327,6 @@ def slow_images(tmp_path_factory):
     return folder
 
 
-def _children(pid: int) -> list[int]:
-    """Live (not zombie) processes whose parent is `pid`, from /proc."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2:].split()  # after "(comm)": state, ppid, ...
-            if int(fields[1]) == pid and fields[0] != "Z":
-                found.append(int(entry.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return state[state.rindex(")") + 2] != "Z"
-
-
 def _wait_for(condition, seconds: float) -> bool:
     import time
 
@@ -394,8 +371,8 @@ def _start_predict(folder: Path, onnx_path: Path) -> tuple[subprocess.Popen, lis
     proc = subprocess.Popen([sys.executable, "-m", "qdkit", "predict", str(folder), "--model", str(onnx_path),
                              "--workers", "2", "--format", "csv"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    assert _wait_for(lambda: len(_children(proc.pid)) >= 2, 60), "the decoding pool never started"
-    return proc, _children(proc.pid)
+    assert _wait_for(lambda: len(children_of(proc.pid)) >= 2, 60), "the decoding pool never started"
+    return proc, children_of(proc.pid)
 
 
 def test_kill_9_of_predict_leaves_no_worker_behind(model, slow_images):
@@ -405,7 +382,7 @@ def test_kill_9_of_predict_leaves_no_worker_behind(model, slow_images):
     proc, workers = _start_predict(slow_images, onnx_path)
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
-    assert _wait_for(lambda: not any(map(_alive, workers)), 5), f"orphaned workers: {workers}"
+    assert _wait_for(lambda: not any(map(alive, workers)), 5), f"orphaned workers: {workers}"
 
 
 def test_sigterm_of_predict_stops_it_like_ctrl_c(model, slow_images):
@@ -417,7 +394,7 @@ def test_sigterm_of_predict_stops_it_like_ctrl_c(model, slow_images):
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert "qdkit: interrupted" in err and "Traceback" not in err
-    assert _wait_for(lambda: not any(map(_alive, workers)), 5), f"orphaned workers: {workers}"
+    assert _wait_for(lambda: not any(map(alive, workers)), 5), f"orphaned workers: {workers}"
 
 
 # --- hostile inputs (issue 10) -----------------------------------------------------------------
@@ -604,6 +581,30 @@ def test_a_gzip_file_named_ndjson_is_one_line(model, golden, tmp_path):
     assert out.count("qdkit: warning:") == 1, out  # one line for the file, not one per (binary) line
     assert "packed.ndjson: is gzip-compressed data, not text (gunzip it first)" in out
     assert "1 input(s) failed, 0 predicted" in out
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", ": no drawings (the file is empty or blank)"),
+    (b"\n  \n", ": no drawings (the file is empty or blank)"),
+    (b"\xff\xfe{]\n", ":1: is not JSON"),
+    (b'{"drawing": [[[1, 2], [3, 4]]], "recognized": "yes"}\n', ":1: 'recognized' is str, not bool"),
+    (b"[[[0, 300], [0, 10]]]\n", ":1: coordinates outside 0..255"),
+    (b'{"drawing": [[[NaN], [1]]]}\n', ":1: is not JSON"),  # NaN is not JSON
+    (b"[]\n", ":1: drawing has no strokes"),
+    (b'{"drawing": "[[[1], [1]]]"}\n', ":1: drawing is str, not a list of strokes"),
+    (b"[[[1, 2], [3, 4]]]" + b" " * 3000 + b"\n", ":1: line longer than 2,048 bytes"),
+])
+def test_hostile_ndjson_files_are_one_line_each(model, tmp_path, monkeypatch, content, message):
+    import qdkit.inputs
+
+    _, onnx_path = model
+    monkeypatch.setattr(qdkit.inputs, "MAX_LINE_BYTES", 2048)  # the cap, small enough to test cheaply
+    bad = tmp_path / "bad.ndjson"
+    bad.write_bytes(content)
+    out = clean_run(CliRunner().invoke(main, ["predict", str(bad), "--model", str(onnx_path)]), code=1)
+    warnings = [line for line in out.splitlines() if line.startswith("qdkit: warning:")]
+    assert len(warnings) == 1 and f"{bad}{message}" in warnings[0], out
+    assert "Traceback" not in out and "0 predicted" in out
 
 
 def test_predictor_takes_drawings_stroke_lists_and_ndjson_objects(model, golden):
