@@ -7,6 +7,7 @@ from __future__ import annotations
 import click
 
 from qdkit import __version__
+from qdkit.constants import DEFAULT_STORE
 from qdkit.errors import QdkitError
 
 
@@ -151,7 +152,7 @@ def download(classes: str, limit: int | None, out_dir: str, fmt: str, base_url: 
 # Options shared by the commands that run an exported model over a store's split.
 _model_option = click.option("--model", type=click.Path(dir_okay=False), default=None,
                              help="ONNX model [default: newest artifacts/*/model.onnx].")
-_store_option = click.option("--data", type=click.Path(), default="data/quickdraw.h5", show_default=True,
+_store_option = click.option("--data", type=click.Path(), default=str(DEFAULT_STORE), show_default=True,
                              help="HDF5 store.")
 _split_option = click.option("--split", default="test", show_default=True)
 
@@ -219,7 +220,7 @@ def export(checkpoint: str | None, out: str | None, opset: int, int8: bool, data
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="onnxruntime intra-op threads [default: one per core].")
 @click.option("--workers", type=click.IntRange(1), default=None,
-              help="Image decoding processes [default: CPU count, at most 8].")
+              help="Decoding processes for images and .ndjson lines [default: CPU count, at most 8].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output file.")
 @click.pass_context
 def predict(ctx: click.Context, paths: tuple[str, ...], model: str | None, top_k: int, batch_size: int,
