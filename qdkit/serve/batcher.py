@@ -3,9 +3,9 @@
 Requests await `submit(items)`; a single task on the event loop takes the waiting jobs (up to
 `max_batch` items; a larger job runs alone) and runs `fn` on them in one worker thread, so the
 event loop keeps reading requests while a batch is computed. Under load, requests that arrive
-during a batch form the next one by themselves. When requests have been arriving together (the
-last batch held several jobs, or more were waiting), the loop also waits up to `max_wait` seconds
-for stragglers before it starts a batch; a lone request (one client) goes straight through.
+during a batch form the next one by themselves. Before a batch starts, the loop waits up to
+`max_wait` seconds for as many requests as were in flight around the last batch, and no longer
+than until they are there; a lone client's request goes straight through.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ class DynamicBatcher:
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._crowded = False  # requests arrived together lately: worth waiting for stragglers
+        self._expected = 1  # requests in flight around the last batch: how many the next may wait for
 
     async def start(self) -> None:
         """Start the batching task on the running event loop (again, if an earlier loop has gone:
@@ -94,6 +94,19 @@ class DynamicBatcher:
             n += len(job.items)
         return jobs
 
+    async def _stragglers(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self._wakeup is not None
+        deadline = loop.time() + self.max_wait
+        while len(self._pending) < self._expected and sum(len(j.items) for j in self._pending) < self.max_batch:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except asyncio.TimeoutError:
+                return
+
     async def _run(self) -> None:
         assert self._wakeup is not None and self._executor is not None
         loop = asyncio.get_running_loop()
@@ -101,8 +114,7 @@ class DynamicBatcher:
             while not self._pending:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            if self._crowded and self.max_wait > 0 and sum(len(j.items) for j in self._pending) < self.max_batch:
-                await asyncio.sleep(self.max_wait)
+            await self._stragglers(loop)
             jobs = self._take()
             items = [item for job in jobs for item in job.items]
             try:
@@ -113,7 +125,7 @@ class DynamicBatcher:
                         job.future.set_exception(e)
                 continue
             finally:
-                self._crowded = len(jobs) > 1 or bool(self._pending)
+                self._expected = len(jobs) + len(self._pending)
             self.stats.batches += 1
             self.stats.items += len(items)
             self.stats.largest = max(self.stats.largest, len(items))
