@@ -51,6 +51,18 @@ def default_model_path() -> Path:
 
 # ----------------------------------------------------------------------------- the session
 
+def check_model_file(model: str | os.PathLike) -> Path:
+    """`model` as a path to a regular file, or a one-line QdkitError (never opens a FIFO)."""
+    path = Path(model)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise QdkitError(f"{path}: is a folder, not an ONNX model file")
+    if path.exists():
+        raise QdkitError(f"{path}: not a regular file (a FIFO, socket or device), not an ONNX model")
+    raise QdkitError(f"{path}: no such model file")
+
+
 def available_providers() -> list[str]:
     """CUDA when this onnxruntime build has it, then CPU."""
     have = ort.get_available_providers()
@@ -76,9 +88,7 @@ def make_session(model: str | os.PathLike | bytes, threads: int | None = None,
     so.log_severity_level = 3  # onnxruntime's own warnings would bypass our one-line messages
     label = name or (os.fspath(model) if not isinstance(model, bytes) else "model")
     if not isinstance(model, bytes):
-        path = Path(model)
-        if not path.is_file():
-            raise QdkitError(f"{path}: no such model file")
+        path = check_model_file(model)
         if path.stat().st_size == 0:
             raise QdkitError(f"{path}: empty file, not an ONNX model")
         model = os.fspath(path)

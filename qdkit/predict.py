@@ -15,7 +15,6 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +23,7 @@ from qdkit.constants import SIDE
 from qdkit.errors import QdkitError
 from qdkit.images import image_to_drawing, read_drawing
 from qdkit.inputs import SMALL_JOB, chunks, decoded_chunks, default_workers, expand_paths
-from qdkit.onnxmodel import OnnxModel, default_model_path
+from qdkit.onnxmodel import OnnxModel, check_model_file, default_model_path
 
 
 @dataclass(frozen=True)
@@ -162,9 +161,7 @@ def predict_files(specs: Sequence[str | os.PathLike], model: str | os.PathLike |
         if warn:
             warn(msg)
 
-    model_path = Path(model) if model is not None else default_model_path()
-    if not model_path.is_file():  # before any decoding starts
-        raise QdkitError(f"{model_path}: no such model file")
+    model_path = check_model_file(model if model is not None else default_model_path())  # before any decoding
     files, problems = expand_paths(specs)
     if not files:  # said once, as the error
         raise QdkitError(problems[0] if len(problems) == 1 else "no images to predict: " + "; ".join(problems))

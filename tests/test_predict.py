@@ -424,6 +424,9 @@ def test_fifos_and_other_non_regular_files_are_skipped_with_a_warning(model, png
         assert len(_parse_csv(_body(out))) == (1 if len(args) == 2 else 2), out  # every good file, once
     out = clean_run(runner.invoke(main, ["predict", str(folder), "--model", str(onnx_path)]), code=1)
     assert "stream.ndjson: a FIFO" in out and "gone.png: a broken symbolic link" in out
+    os.mkfifo(tmp_path / "model.onnx")  # a FIFO as the model: refused, not opened
+    line = one_line_error(runner.invoke(main, ["predict", str(folder), "--model", str(tmp_path / "model.onnx")]))
+    assert "model.onnx: not a regular file" in line
 
 
 def test_globs_and_folders_survive_symlink_loops_without_duplicates(model, png_dir, tmp_path):
