@@ -76,7 +76,8 @@ def resolve_checkpoint(predictor: OnnxModel, checkpoint: str | os.PathLike | Non
     if checkpoint is not None:
         path = Path(checkpoint)
         if not path.is_file():
-            raise QdkitError(f"{path}: no such checkpoint file")
+            what = "not a regular file" if path.exists() else "no such checkpoint file"
+            raise QdkitError(f"{path}: {what}")
         sha = sha256_file(path)
         if recorded and sha != recorded:
             warn(f"{path}: not the checkpoint {predictor.path} was exported from (SHA-256 differs); "
