@@ -141,6 +141,8 @@ def _glob(pattern: str, walker: _Walker) -> list[Path]:
     def match(folder: Path, k: int) -> None:
         part = rest[k]
         if part == "**":
+            if not folder.is_dir():
+                return  # a path that does not exist matches nothing, as in glob
             if k + 1 == len(rest):  # a trailing `**`: the folder search takes it from here
                 matches.append(folder)
                 return

@@ -450,6 +450,8 @@ def test_globs_and_folders_survive_symlink_loops_without_duplicates(model, png_d
     out = clean_run(CliRunner().invoke(main, ["predict", str(root / "**" / "*.png"), "--model", str(onnx_path),
                                               "--format", "csv"]))
     assert len(_parse_csv(out)) == 3
+    assert expand_paths([str(tmp_path / "nowhere" / "**" / "*.png")]) == ([], [f"{tmp_path}/nowhere/**/*.png: "
+                                                                               "no file matches"])
 
 
 def test_an_unreadable_subfolder_is_a_warning_and_exit_code_1(model, png_dir, tmp_path):
