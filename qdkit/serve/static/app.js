@@ -88,7 +88,7 @@ pad.addEventListener("pointermove", (event) => {
   if (now - state.lastMoveSend >= THROTTLE_MS && !state.moveInFlight) {
     state.lastMoveSend = now;
     state.moveInFlight = true;
-    guess(false).finally(() => { state.moveInFlight = false; });
+    guess().finally(() => { state.moveInFlight = false; });
   }
 });
 
@@ -98,18 +98,18 @@ function endStroke(event) {
   state.strokes.push(state.current);
   state.current = null;
   redraw();
-  guess(true);
+  guess(event.timeStamp);  // the latency counts from the pointer event itself
 }
 pad.addEventListener("pointerup", endStroke);
 pad.addEventListener("pointercancel", endStroke);
 
 // ---------------------------------------------------------------------------------- guessing
 
-async function guess(strokeEnd) {
+// strokeEndAt: the time of the pointerup that ended a stroke (its latency is recorded), or null.
+async function guess(strokeEndAt = null) {
   const drawing = state.current ? [...state.strokes, state.current] : state.strokes.slice();
   if (!drawing.length) return;
   const seq = ++state.seq;
-  const started = performance.now();
   const body = JSON.stringify({ drawing });
   let data;
   try {
@@ -128,9 +128,9 @@ async function guess(strokeEnd) {
   showPicture(data.bitmap, body);
   showStatus("");
   checkGame(data.top[0].class);
-  if (strokeEnd) {
+  if (strokeEndAt !== null) {
     // "on screen": measured when the browser is about to paint the updated page
-    requestAnimationFrame(() => { state.latencies.push(performance.now() - started); });
+    requestAnimationFrame(() => { state.latencies.push(performance.now() - strokeEndAt); });
   }
 }
 
@@ -189,7 +189,7 @@ document.getElementById("undo").addEventListener("click", () => {
   state.strokes.pop();
   if (!state.strokes.length) { clearAll(); return; }
   redraw();
-  guess(false);
+  guess();
 });
 
 // ---------------------------------------------------------------------------------- game
