@@ -392,6 +392,8 @@ def test_serve_cli_errors_are_one_line(model_path, tmp_path):
 
     runner = CliRunner()
     assert "no such model" in one_line_error(runner.invoke(main, ["serve", str(tmp_path / "none.onnx")]))
+    with runner.isolated_filesystem(temp_dir=tmp_path):  # no artifacts/ here
+        assert "qdkit serve path/to/model.onnx" in one_line_error(runner.invoke(main, ["serve"]))
     with running_server(model_path) as server:
         port = server.url.rsplit(":", 1)[1].strip("/")
         taken = one_line_error(runner.invoke(main, ["serve", str(model_path), "--port", port]))

@@ -46,6 +46,14 @@ def url_of(sock: socket.socket, host: str) -> str:
     return f"http://{shown}:{port}/"
 
 
+def _default_model() -> Path:
+    try:
+        return default_model_path()
+    except QdkitError:
+        raise QdkitError("no exported model found in artifacts/; run `qdkit export`, or name one: "
+                         "qdkit serve path/to/model.onnx") from None
+
+
 def serve(model: str | os.PathLike | None = None, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
           max_batch: int = 64, max_body: int | None = None, name: str | None = None, threads: int | None = None,
           open_page: bool = False, echo: Callable[[str], None] = print) -> None:
@@ -57,7 +65,7 @@ def serve(model: str | os.PathLike | None = None, *, host: str = "127.0.0.1", po
     from qdkit.serve.app import DEFAULT_MAX_BODY, create_app
     from qdkit.v2api import DEFAULT_NAME
 
-    path = Path(model) if model is not None else default_model_path()
+    path = Path(model) if model is not None else _default_model()
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     settings: dict[str, Any] = {"name": name or DEFAULT_NAME, "max_batch": max_batch,
                                 "max_body": max_body or DEFAULT_MAX_BODY, "threads": threads}
