@@ -384,7 +384,7 @@ def test_real_server_under_mixed_load_then_stops_cleanly(model_path, predictor, 
     assert "Traceback" not in output and "ERROR" not in output, output
 
 
-def test_serve_cli_errors_are_one_line(model_path, tmp_path):
+def test_serve_cli_errors_are_one_line(model_path, tmp_path, monkeypatch):
     from _helpers import one_line_error
     from click.testing import CliRunner
 
@@ -392,8 +392,8 @@ def test_serve_cli_errors_are_one_line(model_path, tmp_path):
 
     runner = CliRunner()
     assert "no such model" in one_line_error(runner.invoke(main, ["serve", str(tmp_path / "none.onnx")]))
-    with runner.isolated_filesystem(temp_dir=tmp_path):  # no artifacts/ here
-        assert "qdkit serve path/to/model.onnx" in one_line_error(runner.invoke(main, ["serve"]))
+    monkeypatch.chdir(tmp_path)  # no artifacts/ here
+    assert "qdkit serve path/to/model.onnx" in one_line_error(runner.invoke(main, ["serve"]))
     with running_server(model_path) as server:
         port = server.url.rsplit(":", 1)[1].strip("/")
         taken = one_line_error(runner.invoke(main, ["serve", str(model_path), "--port", port]))
