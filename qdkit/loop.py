@@ -68,9 +68,9 @@ class Trainer:
             error = e
         agree(error, info)
         assert built is not None
-        self.plan, self.parts = built
-        self.cfg, self.device, self.amp_dtype, self.data = self.plan.cfg, self.plan.device, self.plan.amp_dtype, \
-            self.plan.data
+        plan, self.parts = built
+        self.plan = replace(plan, resume=None)  # the checkpoint is restored and can be large: let it go
+        self.cfg, self.device, self.amp_dtype, self.data = plan.cfg, plan.device, plan.amp_dtype, plan.data
         self.model = self.train_model = self.parts.model  # train_model: the DDP wrapper once the run opens
         self.reporter = Reporter(self.cfg, info.is_main, log)
 
