@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -147,6 +148,13 @@ def as_drawings(x: Any, invert: str | bool = "auto") -> np.ndarray:
     raise TypeError(f"cannot predict on {type(x).__name__}: pass drawing arrays, images, paths or strokes")
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:  # gone since it was listed: reading it will say so
+        return 0
+
+
 def predict_files(specs: Sequence[str | os.PathLike], model: str | os.PathLike | None = None, *,
                   top_k: int = 3, batch_size: int = 256, invert: str = "auto", threads: int | None = None,
                   workers: int | None = None, warn: Callable[[str], None] | None = None) -> FileResults:
@@ -164,11 +172,11 @@ def predict_files(specs: Sequence[str | os.PathLike], model: str | os.PathLike |
     model_path = check_model_file(model if model is not None else default_model_path())  # before any decoding
     files, problems = expand_paths(specs)
     if not files:  # said once, as the error
-        raise QdkitError(problems[0] if len(problems) == 1 else "no images to predict: " + "; ".join(problems))
+        raise QdkitError(problems[0] if len(problems) == 1 else "nothing to predict: " + "; ".join(problems))
     for msg in problems:
         failed(msg)
     workers = default_workers() if workers is None else max(1, int(workers))
-    stroke_bytes = sum(f.stat().st_size for f in files if f.suffix.lower() == ".ndjson")
+    stroke_bytes = sum(_size(f) for f in files if f.suffix.lower() == ".ndjson")
     if len(files) < SMALL_JOB and stroke_bytes < SMALL_JOB * 1024:
         workers = 1  # forking a pool costs more than decoding a few inputs
     # Image chunks no bigger than a batch, and small enough that every worker gets some.
