@@ -18,7 +18,7 @@ import torch
 
 from qdkit.checkpoint import load_checkpoint
 from qdkit.data import fetch
-from qdkit.devices import precision_name, rank_device
+from qdkit.devices import rank_device
 from qdkit.distributed import (
     DistInfo,
     agree,
@@ -72,15 +72,12 @@ class Trainer:
         self.plan = replace(plan, resume=None)  # the checkpoint is restored and can be large: let it go
         self.cfg, self.device, self.amp_dtype, self.data = plan.cfg, plan.device, plan.amp_dtype, plan.data
         self.model = self.train_model = self.parts.model  # train_model: the DDP wrapper once the run opens
+        self.eval_batch = max(self.cfg.batch_size, 512)
         self.reporter = Reporter(self.cfg, info.is_main, log)
 
     @property
     def state(self) -> RunState:
         return self.parts.state
-
-    @property
-    def eval_batch(self) -> int:
-        return max(self.cfg.batch_size, 512)
 
     def fit(self) -> dict[str, Any]:
         cfg, state, say, steps = self.cfg, self.state, self.reporter.say, self.parts.steps_per_epoch
@@ -90,7 +87,7 @@ class Trainer:
             sync = f"at the next sync point (within {SYNC_EVERY} steps)" if self.info.world_size > 1 else None
             with StopRequest(say, sync or "after this step") as stop:  # from here on, Ctrl-C saves last.pt
                 if not state.finished:
-                    say(self.reporter.header(state, self.data, self.device, self.amp_dtype, self.info))
+                    say(self.reporter.header(self.plan, state))
                 while not state.finished and state.epoch < cfg.epochs:
                     epoch = state.epoch + 1
                     tm = self.train_epoch(epoch, stop)
@@ -109,11 +106,7 @@ class Trainer:
                            "lr": float(self.parts.scheduler.get_last_lr()[0]),  # what the next step would use
                            "img_per_s": tm["img_per_s"], "epoch_seconds": tm["seconds"]}
                     improved, patience_hit = state.record(row, cfg.patience, cfg.epochs)
-                    if improved:
-                        self.reporter.save_checkpoint("best.pt", **self._model_fields(), epoch=epoch, metrics=row,
-                                                      history=state.history)
-                    self._save_last()
-                    self.reporter.epoch_done(row, state.history, improved)
+                    self._save(row if improved else None, report=row)
                     if patience_hit and epoch < cfg.epochs:
                         say(f"early stop: no better validation accuracy for {cfg.patience} epochs "
                             f"(best {state.best_val:.2%} at epoch {state.best_epoch})")
@@ -215,9 +208,22 @@ class Trainer:
                     class_names=self.data.class_names, run_name=cfg.run_name, config=asdict(cfg),
                     augment=dict(AUGMENT) if cfg.augment else None, store=self.plan.store_identity)
 
-    def _save_last(self) -> Path:
-        return self.reporter.save_checkpoint("last.pt", **self._model_fields(),
-                                             **self.parts.training_state(self.device, self.info))
+    def _save(self, best: dict[str, float] | None = None, report: dict[str, float] | None = None) -> Path:
+        """last.pt (and best.pt with its metrics `best`, and the epoch's reports for `report`). Rank 0
+        writes; a write error (a full disk) is raised on every rank together."""
+        last = self.parts.training_state(self.device, self.info)  # on every rank: all ranks' RNG
+        path, error = self.reporter.last_path, None
+        try:
+            if best is not None:
+                self.reporter.save_checkpoint("best.pt", **self._model_fields(), epoch=self.state.epoch, metrics=best,
+                                              history=self.state.history)
+            self.reporter.save_checkpoint("last.pt", **self._model_fields(), **last)
+            if report is not None:
+                self.reporter.epoch_done(report, self.state.history, improved=best is not None)
+        except QdkitError as e:
+            error = e
+        agree(error, self.info)
+        return path
 
     def _diverged(self, epoch: int, step: int) -> NoReturn:
         kept = self.reporter.last_path
@@ -228,7 +234,7 @@ class Trainer:
                          f"try a lower --lr; {keep}")
 
     def _interrupted(self, epoch: int, at_epoch_end: bool = False) -> NoReturn:
-        path, state, info = self._save_last(), self.state, self.info
+        path, state, info = self._save(), self.state, self.info
         where = f"after epoch {state.epoch}" if at_epoch_end or state.step_in_epoch == 0 else \
             f"in epoch {epoch} at step {state.step_in_epoch}/{self.parts.steps_per_epoch}"
         again = f"qdkit train --resume {path}"
@@ -250,9 +256,7 @@ class Trainer:
                             self.info)
         else:
             self.reporter.say(f"{self.cfg.data}: no test split; test_accuracy is null")
-        return self.reporter.run_done(self.cfg, self.state, test, model_kwargs=self.plan.model_kwargs,
-                                      classes=self.data.class_names, device=str(self.device),
-                                      precision=precision_name(self.amp_dtype), world_size=self.info.world_size)
+        return self.reporter.run_done(self.plan, self.state, test)
 
 
 def _progress_bar(cfg: RunSettings, epoch: int, steps: int, start_step: int) -> Any:

@@ -18,13 +18,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from qdkit.checkpoint import save_checkpoint, write_atomic, write_error
 from qdkit.devices import precision_name
 from qdkit.distributed import DistInfo, broadcast_object
 from qdkit.errors import QdkitError
-from qdkit.runplan import RunData, RunSettings, check_run_folder_free, default_run_name, format_lr, run_folders
+from qdkit.runplan import RunPlan, RunSettings, check_run_folder_free, default_run_name, format_lr, run_folders
 from qdkit.runstate import RunState
 
 
@@ -177,10 +175,9 @@ class Reporter:
                  f"  val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.2%}{' *' if improved else '  '}"
                  f"  lr {row['lr']:.2e}  {row['img_per_s']:.0f} img/s  {row['epoch_seconds']:.1f}s")
 
-    def header(self, state: RunState, data: RunData, device: torch.device, amp_dtype: torch.dtype | None,
-               info: DistInfo) -> str:
+    def header(self, plan: RunPlan, state: RunState) -> str:
         """The console line that starts (or resumes) the run."""
-        cfg = self.cfg
+        cfg, data, device, info = plan.cfg, plan.data, plan.device, plan.info
         where = f"{info.world_size} processes ({device.type}, DDP)" if info.world_size > 1 else str(device)
         if not state.fresh:
             return (f"resuming {self.run_name} after epoch {state.epoch}"
@@ -188,23 +185,24 @@ class Reporter:
                     + (f" on {where}" if info.world_size > 1 else ""))
         return (f"run {self.run_name}: {cfg.model} on {len(data.class_names)} classes, "
                 f"{len(data.train)} train / {len(data.validation)} validation drawings; "
-                f"{precision_name(amp_dtype)} on {where}; lr {format_lr(cfg.lr)}, batch {cfg.batch_size}, "
+                f"{precision_name(plan.amp_dtype)} on {where}; lr {format_lr(cfg.lr)}, batch {cfg.batch_size}, "
                 f"{cfg.epochs} epochs, {cfg.optimizer}, {cfg.schedule}")
 
-    def run_done(self, cfg: RunSettings, state: RunState, test: tuple[float, float] | None,
-                 **details: Any) -> dict[str, Any]:
+    def run_done(self, plan: RunPlan, state: RunState, test: tuple[float, float] | None) -> dict[str, Any]:
         """The run's metrics (returned on every rank); rank 0 writes metrics.json, the test scalars
-        and the HParams entry. `details`: model_kwargs, classes, device, precision, world_size."""
+        and the HParams entry."""
+        cfg = plan.cfg
         test_loss, test_acc = test if test is not None else (None, None)
         metrics = {
             "run_name": self.run_name, "test_accuracy": test_acc, "test_loss": test_loss,
             "best_val_accuracy": state.best_val, "best_epoch": state.best_epoch, "epochs": state.epoch,
             "epochs_planned": cfg.epochs, "train_seconds": round(state.train_seconds, 2), "model": cfg.model,
-            "model_kwargs": details["model_kwargs"], "lr": cfg.lr, "batch_size": cfg.batch_size,
+            "model_kwargs": plan.model_kwargs, "lr": cfg.lr, "batch_size": cfg.batch_size,
             "optimizer": cfg.optimizer, "weight_decay": cfg.weight_decay, "schedule": cfg.schedule,
             "label_smoothing": cfg.label_smoothing, "augment": cfg.augment, "seed": cfg.seed, "data": str(cfg.data),
-            "classes": list(details["classes"]), "device": details["device"], "precision": details["precision"],
-            "world_size": details["world_size"], "best_checkpoint": str(self.art_dir / "best.pt"),
+            "classes": list(plan.data.class_names), "device": str(plan.device),
+            "precision": precision_name(plan.amp_dtype), "world_size": plan.info.world_size,
+            "best_checkpoint": str(self.art_dir / "best.pt"),
             "tensorboard": str(self.log_dir),
         }
         if not self.active:
