@@ -10,7 +10,6 @@ traceback from deep inside torch.
 """
 from __future__ import annotations
 
-import errno
 import inspect
 import io
 import os
@@ -24,31 +23,21 @@ from torch import nn
 
 from qdkit import __version__
 from qdkit.errors import QdkitError, first_line
-from qdkit.files import atomic_path
+from qdkit.files import atomic_path, disk_full_is_error
 from qdkit.models import INPUT_SPEC, MODELS, build_model
 
 FORMAT = "qdkit-checkpoint/1"
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
-
-
-def write_error(path: str | os.PathLike, err: OSError) -> QdkitError:
-    """The one line for a failed write: disk full says so, anything else names the OS reason."""
-    if err.errno in _NO_SPACE:
-        return QdkitError(f"no space left on device while writing {path}")
-    return QdkitError(f"{path}: cannot write ({err.strerror or first_line(err)})")
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write `data` to `path` through a temporary sibling (removed if anything fails, disk full
-    included); the file appears complete or not at all."""
+    """Write `data` to `path` through a temporary sibling (removed if anything fails); the file
+    appears complete or not at all. A full disk, or any other write error, is one line."""
     path = Path(path)
-    payload = data.encode() if isinstance(data, str) else data
-    with atomic_path(path) as tmp:
-        try:
-            with open(tmp, "wb") as f:
-                f.write(payload)
-        except OSError as err:
-            raise write_error(path, err) from err
+    try:
+        with atomic_path(path) as tmp, disk_full_is_error(path):
+            tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    except OSError as err:
+        raise QdkitError(f"{path}: cannot write ({err.strerror or first_line(err)})") from err
     return path
 
 

@@ -18,10 +18,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from qdkit.checkpoint import save_checkpoint, write_atomic, write_error
+from qdkit.checkpoint import save_checkpoint, write_atomic
 from qdkit.devices import precision_name
 from qdkit.distributed import DistInfo, broadcast_object
 from qdkit.errors import QdkitError
+from qdkit.files import disk_full_is_error
 from qdkit.runplan import RunPlan, RunSettings, check_run_folder_free, default_run_name, format_lr, run_folders
 from qdkit.runstate import RunState
 
@@ -123,9 +124,10 @@ class Reporter:
     @contextlib.contextmanager
     def _tensorboard(self) -> Iterator[Any]:
         try:
-            yield self._writer
+            with disk_full_is_error(self.log_dir):
+                yield self._writer
         except OSError as err:
-            raise write_error(self.log_dir, err) from err
+            raise QdkitError(f"{self.log_dir}: cannot write TensorBoard events ({err.strerror or err})") from err
 
     def close(self, failed: bool = False) -> None:
         """Flush TensorBoard; after a failure before the first checkpoint, remove the folders this

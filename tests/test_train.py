@@ -2,7 +2,6 @@
 scalars, the NaN guard fires, a sweep writes its table, and bad input is one line with exit 2."""
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _training import on_training_forward
 from click.testing import CliRunner
 
 import qdkit.devices as devices
@@ -19,7 +19,6 @@ import qdkit.recipes as recipes
 from qdkit.checkpoint import load_checkpoint, model_from_checkpoint
 from qdkit.cli import main
 from qdkit.errors import QdkitError
-from qdkit.models import MODELS
 from qdkit.reporter import reserve_run
 from qdkit.store import StoreWriter, open_store
 from qdkit.train import TrainConfig, Trainer, TrainingInterrupted, choose_device, evaluate, train
@@ -88,25 +87,6 @@ def test_tensorboard_holds_the_scalars(trained):
     assert acc.Scalars("accuracy/test")[0].value == pytest.approx(m["test_accuracy"])
     # add_hparams wrote the HParams plugin data into the same run folder.
     assert acc.PluginTagToContent("hparams")
-
-
-@contextlib.contextmanager
-def on_training_forward(action):
-    """Call action(n, inputs) before the n-th training-mode forward of a qdkit model (1-based), through
-    torch's public global forward pre-hook: what it returns replaces the inputs."""
-    count = {"n": 0}
-
-    def hook(module, args):
-        if isinstance(module, tuple(MODELS.values())) and module.training:
-            count["n"] += 1
-            return action(count["n"], args)
-        return None
-
-    handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 def _interrupt_at(step_to_stop: int):

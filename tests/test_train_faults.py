@@ -4,23 +4,20 @@ one line naming the file, exit 2, no traceback, and nothing left behind that loo
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import shutil
-import subprocess
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from _helpers import one_line_error
+from _helpers import one_line_error, small_tmpfs
+from _training import on_training_forward
 from click.testing import CliRunner
 
 from qdkit.checkpoint import FORMAT, load_checkpoint
 from qdkit.cli import main
 from qdkit.errors import QdkitError
-from qdkit.models import MODELS
 from qdkit.store import StoreWriter, open_store
 from qdkit.train import TrainConfig, train
 
@@ -56,24 +53,6 @@ def _crafted(src: Path, dst: Path, change) -> Path:
     change(ckpt)
     torch.save(ckpt, dst)
     return dst
-
-
-@contextlib.contextmanager
-def _on_training_forward(action):
-    """action(n, inputs) before the n-th training forward of a qdkit model (torch's public global hook)."""
-    count = {"n": 0}
-
-    def hook(module, args):
-        if isinstance(module, tuple(MODELS.values())) and module.training:
-            count["n"] += 1
-            return action(count["n"], args)
-        return None
-
-    handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 # --------------------------------------------------------------------------- 1: resume with another store
@@ -170,25 +149,9 @@ def test_damaged_checkpoints_are_one_line(run, tmp_path, damage):
 
 # --------------------------------------------------------------------------- 6: disk full
 
-@contextlib.contextmanager
-def _small_disk(path: Path, size: str):
-    """A tmpfs of `size` at `path` (root only)."""
-    path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
-        pytest.skip("disk-full tests mount a small tmpfs, which needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
-                          text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
 @pytest.mark.parametrize("size, fails", [("256k", "best.pt"), ("1m", "last.pt")])
 def test_disk_full_before_the_first_checkpoint_is_one_line_and_leaves_nothing(store_path, tmp_path, size, fails):
-    with _small_disk(tmp_path / "disk", size) as disk:
+    with small_tmpfs(tmp_path / "disk", size) as disk:
         line = _cli("train", "--data", str(store_path), "--model", "seed-cnn", "--epochs", "1", "--run-name", "full",
                     "--artifacts-dir", str(disk), "--runs-dir", str(tmp_path / "runs"), "--no-progress",
                     "--device", "cpu")
@@ -198,7 +161,7 @@ def test_disk_full_before_the_first_checkpoint_is_one_line_and_leaves_nothing(st
 
 
 def test_disk_full_later_keeps_the_last_good_checkpoint(store_path, tmp_path):
-    with _small_disk(tmp_path / "disk", "3m") as disk:
+    with small_tmpfs(tmp_path / "disk", "3m") as disk:
         line = _cli("train", "--data", str(store_path), "--model", "seed-cnn", "--epochs", "3", "--run-name", "full",
                     "--artifacts-dir", str(disk), "--runs-dir", str(tmp_path / "runs"), "--no-progress",
                     "--device", "cpu")
@@ -210,7 +173,7 @@ def test_disk_full_later_keeps_the_last_good_checkpoint(store_path, tmp_path):
 
 def test_disk_full_under_tensorboard_is_one_line(store_path, tmp_path):
     """TensorBoard writes from its own thread: its error is still one line, no thread traceback."""
-    with _small_disk(tmp_path / "runs", "4k") as runs:
+    with small_tmpfs(tmp_path / "runs", "4k") as runs:
         line = _cli("train", "--data", str(store_path), "--model", "seed-cnn", "--epochs", "2", "--run-name", "tb",
                     "--artifacts-dir", str(tmp_path / "a"), "--runs-dir", str(runs), "--no-progress",
                     "--device", "cpu")
@@ -229,7 +192,7 @@ def test_a_crash_before_the_first_checkpoint_releases_the_run_folder(store_path,
         return None
 
     expected = {"diverged": QdkitError, "exception": RuntimeError, "ctrl-c-twice": KeyboardInterrupt}[crash]
-    with _on_training_forward(act), pytest.raises(expected):
+    with on_training_forward(act), pytest.raises(expected):
         train(_config(store_path, tmp_path, run_name="early"), log=lambda s: None)
     assert not (tmp_path / "artifacts" / "early").exists() and not (tmp_path / "runs" / "early").exists()
     train(_config(store_path, tmp_path, run_name="early"), log=lambda s: None)  # the same name works again
