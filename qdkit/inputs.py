@@ -170,13 +170,14 @@ def expand_paths(specs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[s
     (input files, problem lines).
 
     Each spec that yields nothing is one problem line, and so is each file or folder that cannot be
-    read. Duplicates are dropped; the order of first mention is kept.
+    read. Duplicates are dropped — the same file named twice, or reached again through a symbolic
+    link or another spec; the order of first mention is kept.
     """
     files: list[Path] = []
     problems: list[str] = []
-    walker = _Walker(problems)
     for spec in (os.fspath(s) for s in specs):
         p = Path(spec)
+        walker = _Walker(problems)  # per spec: `a/ a/sub/` both list sub/
         if p.is_file():
             files.append(p)
         elif p.is_dir():
@@ -188,7 +189,7 @@ def expand_paths(specs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[s
             files += found
         elif glob.has_magic(spec):
             found = []
-            for m in _glob(spec, walker):
+            for m in _glob(spec, _Walker(problems)):  # its own walker: `**/test` then lists test/
                 if m.is_file():
                     found.append(m)
                 elif m.is_dir():
@@ -202,7 +203,23 @@ def expand_paths(specs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[s
             problems.append(f"{spec}: {_not_regular(p)}, not an image or .ndjson file")
         else:
             problems.append(f"{spec}: no such file or folder")
-    return list(dict.fromkeys(files)), problems
+    return _distinct(files), list(dict.fromkeys(problems))
+
+
+def _distinct(paths: list[Path]) -> list[Path]:
+    """`paths` without second names of a file already listed (device, inode)."""
+    seen: set[tuple[int, int]] = set()
+    out = []
+    for p in paths:
+        try:
+            st = p.stat()
+        except OSError:
+            out.append(p)  # reading it will say what is wrong
+            continue
+        if (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            out.append(p)
+    return out
 
 
 # ----------------------------------------------------------------------------- work chunks

@@ -450,6 +450,13 @@ def test_globs_and_folders_survive_symlink_loops_without_duplicates(model, png_d
     out = clean_run(CliRunner().invoke(main, ["predict", str(root / "**" / "*.png"), "--model", str(onnx_path),
                                               "--format", "csv"]))
     assert len(_parse_csv(out)) == 3
+    # One file reached through a/ and again/ is listed once.
+    assert expand_paths([str(root / "*" / "*.png")]) == ([root / "a" / "mid.png"], [])
+    files, problems = expand_paths([str(root / "**" / "a") + "*"])  # a/ and again/ (top.png via a/b/up)
+    assert not problems and len(files) == 3 and {f.resolve() for f in files} == want
+    # A folder named twice, or a folder and its subfolder: each file once, no false "no images".
+    files, problems = expand_paths([str(root / "a"), str(root / "a" / "b"), str(root / "a")])
+    assert not problems and len(files) == 3 and {f.resolve() for f in files} == want
     assert expand_paths([str(tmp_path / "nowhere" / "**" / "*.png")]) == ([], [f"{tmp_path}/nowhere/**/*.png: "
                                                                                "no file matches"])
 
