@@ -126,6 +126,8 @@ def is_qdkit_model(path: str | os.PathLike) -> bool:
     import onnx
 
     try:
+        if Path(path).stat().st_size > 1 << 30:  # qdkit's models are a few MB; never read a huge file
+            return False
         proto = onnx.load(os.fspath(path), load_external_data=False)
     except Exception:  # not ONNX at all (onnx raises protobuf's DecodeError and others)
         return False
