@@ -186,6 +186,9 @@ def test_bad_query_upload_route_and_method(client):
     _is_clean_error(client.post("/predict?top_k=0", json=ok), 400, "top_k (query)")
     _is_clean_error(client.post("/predict?top_k=x", json=ok), 400, "top_k (query)")
     _is_clean_error(client.post("/predict?bitmap=perhaps", json=ok), 400, "bitmap (query)")
+    _is_clean_error(client.post("/predict?invert=maybe", json=ok), 400, "invert (query)")
+    _is_clean_error(client.post("/predict?topk=2", json=ok), 400, "topk (query): unknown")
+    assert len(client.post("/predict?top_k=1&bitmap=0&invert=no", json=ok).json()["top"]) == 1
     _is_clean_error(client.post("/predict", files={"photo": ("a.png", b"x", "image/png")}), 400, "'image'")
     _is_clean_error(client.get("/nowhere"), 404, "/nowhere")
     _is_clean_error(client.get("/predict"), 405, "GET")

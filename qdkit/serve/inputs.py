@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,31 @@ def parse_json(body: bytes) -> Any:
         raise ApiError(400, "body: not UTF-8 text (send JSON)") from None
     except ValueError as e:
         raise ApiError(400, f"body: malformed JSON ({first_line(e, 100)})") from None
+
+
+MAX_TOP_K = 1000
+INVERT_CHOICES = ("auto", "yes", "no")
+
+
+def predict_query(query: Mapping[str, str]) -> tuple[int, bool, str]:
+    """(top_k, bitmap, invert) of /predict's query string: ?top_k=3&bitmap=false&invert=auto."""
+    unknown = sorted(set(query) - {"top_k", "bitmap", "invert"})
+    if unknown:
+        raise ApiError(400, f"{unknown[0]} (query): unknown parameter (expected top_k, bitmap, invert)")
+    raw_k = query.get("top_k", "3")
+    try:
+        top_k = int(raw_k)
+    except ValueError:
+        top_k = 0
+    if not 1 <= top_k <= MAX_TOP_K:
+        raise ApiError(400, f"top_k (query): {raw_k!r} is not a whole number from 1 to {MAX_TOP_K}")
+    raw_bitmap = query.get("bitmap", "false").lower()
+    if raw_bitmap not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        raise ApiError(400, f"bitmap (query): {raw_bitmap!r} is not true or false")
+    invert = query.get("invert", "auto")
+    if invert not in INVERT_CHOICES:
+        raise ApiError(400, f"invert (query): {invert!r} is not one of {', '.join(INVERT_CHOICES)}")
+    return top_k, raw_bitmap in ("true", "1", "yes", "on"), invert
 
 
 def predict_drawings(body: Any) -> tuple[list[Drawing], bool]:

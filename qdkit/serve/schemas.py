@@ -82,3 +82,13 @@ INFER_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {"app
             "name": {"type": "string", "enum": ["logits", "probabilities"]}}}},
     }},
 }}}}
+
+PREDICT_QUERY: dict[str, Any] = {"parameters": [
+    {"name": "top_k", "in": "query", "required": False, "description": "How many classes to return (1..1000).",
+     "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 3}},
+    {"name": "bitmap", "in": "query", "required": False, "description": "Also return the 28x28 picture the model saw.",
+     "schema": {"type": "boolean", "default": False}},
+    {"name": "invert", "in": "query", "required": False,
+     "description": "Images only: dark ink on light (yes), light on dark (no), or decide per image (auto).",
+     "schema": {"type": "string", "enum": ["auto", "yes", "no"], "default": "auto"}},
+]}
