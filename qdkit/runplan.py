@@ -120,6 +120,7 @@ class RunSettings(TrainConfig):
             (0.0 <= self.label_smoothing < 1.0, f"--label-smoothing {self.label_smoothing}: must be in [0, 1)"),
             (self.workers >= 0, f"--workers {self.workers}: must be >= 0"),
             ((self.patience or 0) >= 0, f"--patience {self.patience}: must be >= 0"),
+            (0 <= self.seed < 2**63, f"--seed {self.seed}: must be in [0, 2**63)"),
         ]
         for ok, message in checks:
             if not ok:

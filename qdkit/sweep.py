@@ -16,8 +16,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from qdkit.checkpoint import write_atomic
 from qdkit.errors import QdkitError
-from qdkit.files import atomic_path
 from qdkit.recipes import SWEEP_BATCH_SIZES, SWEEP_LRS
 from qdkit.store import open_store
 from qdkit.train import TrainConfig, TrainingInterrupted, check_run_name, console, format_lr, train
@@ -95,15 +95,12 @@ def sweep(lrs: Sequence[float] = SWEEP_LRS, batch_sizes: Sequence[int] = SWEEP_B
 
 def _write(result: SweepResult, lrs: list[float], batch_sizes: list[int], base: TrainConfig) -> None:
     result.table = markdown_table(result.cells, lrs, batch_sizes, base, result.name)
-    result.folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(result.folder / "sweep.md") as tmp:
-        tmp.write_text(result.table)
+    write_atomic(result.folder / "sweep.md", result.table)
     rows = [{"lr": lr, "batch_size": bs, **{k: v for k, v in m.items() if k in (
         "run_name", "test_accuracy", "best_val_accuracy", "best_epoch", "epochs", "train_seconds", "error")}}
         for (lr, bs), m in result.cells.items()]
-    with atomic_path(result.folder / "sweep.json") as tmp:
-        tmp.write_text(json.dumps({"name": result.name, "model": base.model, "data": str(base.data),
-                                   "runs": rows}, indent=2) + "\n")
+    write_atomic(result.folder / "sweep.json", json.dumps({"name": result.name, "model": base.model,
+                                                            "data": str(base.data), "runs": rows}, indent=2) + "\n")
 
 
 def _cell_text(metrics: dict[str, Any] | None, best: float | None) -> str:

@@ -253,6 +253,7 @@ BAD_INPUT = {  # case: (arguments, what the one line must say)
                       "larger than the 800 training drawings"),
     "one-class": (lambda tmp, store: ["--data", str(_one_class_store(tmp / "one.h5"))], "training needs at least two"),
     "bad-lr": (lambda tmp, store: ["--data", str(store), "--lr", "-1"], "--lr -1.0: must be a positive number"),
+    "bad-seed": (lambda tmp, store: ["--data", str(store), "--seed", "-1"], "--seed -1: must be in [0, 2**63)"),
     "bad-run-name": (lambda tmp, store: ["--data", str(store), "--run-name", "../escape"], "--run-name '../escape'"),
     "resume-missing": (lambda tmp, store: ["--resume", str(tmp / "gone" / "last.pt")], "no such checkpoint file"),
 }

@@ -229,6 +229,8 @@ CRAFTED = {  # case: (change, what the one line must say)
     "batch-zero": (_set(("config", "batch_size"), 0), "--batch-size 0: must be at least 1"),
     "epochs-missing": (lambda c: c["config"].pop("epochs"), "--epochs None"),
     "model-other": (_set(("config", "model"), "qdnet"), "the weights are 'seed-cnn'"),
+    "seed-huge": (_set(("config", "seed"), 2**70), "--seed 1180591620717411303424: must be in [0, 2**63)"),
+    "dropout-nan": (_set(("config", "dropout"), float("nan")), "--dropout nan"),
     "optimizer-unknown": (_set(("config", "optimizer"), "lion"), "--optimizer 'lion'"),
     "runs-dir-number": (_set(("config", "runs_dir"), 3), "--runs-dir 3"),
     "config-list": (_set(("config",), [1, 2]), "'config' is not a mapping"),
