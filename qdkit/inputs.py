@@ -207,17 +207,22 @@ def expand_paths(specs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[s
 
 
 def _distinct(paths: list[Path]) -> list[Path]:
-    """`paths` without second names of a file already listed (device, inode)."""
-    seen: set[tuple[int, int]] = set()
+    """`paths` without second names of an entry already listed: the same name in the same real
+    folder (device, inode), reached through another path. One stat per folder, not per file."""
+    folders: dict[str, tuple[int, int] | str] = {}
+    seen: set[tuple[tuple[int, int] | str, str]] = set()
     out = []
     for p in paths:
-        try:
-            st = p.stat()
-        except OSError:
-            out.append(p)  # reading it will say what is wrong
-            continue
-        if (st.st_dev, st.st_ino) not in seen:
-            seen.add((st.st_dev, st.st_ino))
+        parent = os.path.dirname(p) or "."
+        if parent not in folders:
+            try:
+                st = os.stat(parent)
+                folders[parent] = (st.st_dev, st.st_ino)
+            except OSError:
+                folders[parent] = parent  # reading the file will say what is wrong
+        key = (folders[parent], p.name)
+        if key not in seen:
+            seen.add(key)
             out.append(p)
     return out
 
