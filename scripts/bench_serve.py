@@ -2,7 +2,8 @@
 
   (a) the in-process rate of the same work, no HTTP: validate the strokes (parse_drawing),
       simplify + rasterize (qdkit.strokes) and infer (the Predictor, same threads), in batches of
-      16 drawings as the server's batcher forms them under 16 clients — the ceiling;
+      16 drawings as the server's batcher forms them under 16 clients — the ceiling (the best
+      round, measured before and after the server runs);
   (b) `qdkit serve` in its own process, POST /predict with ONE real drawing per request (raw
       strokes, as the page sends them), from 1 and from 16 concurrent clients, --seconds each
       (default 10): requests/s, p50, p99, errors.
@@ -75,8 +76,9 @@ def make_model(folder: Path) -> Path:
 
 # ----------------------------------------------------------------------------- (a) in-process
 
-def in_process_rate(model: Path, drawings: list, threads: int, seconds: float) -> float:
-    """Drawings/s of parse + simplify + rasterize + infer + top-k, batches of BATCH; best of rounds."""
+def in_process_rate(model: Path, drawings: list, threads: int, seconds: float) -> tuple[float, float]:
+    """(drawings/s, drawings per CPU-second) of parse + simplify + rasterize + infer + top-k, batches of
+    BATCH; the best of 3 rounds."""
     from qdkit.predict import Predictor
     from qdkit.strokes import parse_drawing, rasterize_many
 
@@ -89,14 +91,39 @@ def in_process_rate(model: Path, drawings: list, threads: int, seconds: float) -
         predictor.top_k(probs, 3)
 
     one(batches[0])  # warm-up
-    best = 0.0
+    best, per_cpu = 0.0, 0.0
     for _ in range(3):
-        done, start = 0, time.perf_counter()
+        done, start, cpu = 0, time.perf_counter(), time.process_time()  # all threads' CPU, onnxruntime's too
         while time.perf_counter() - start < seconds / 3:
             one(batches[done % len(batches)])
             done += 1
         best = max(best, done * BATCH / (time.perf_counter() - start))
-    return best
+        per_cpu = max(per_cpu, done * BATCH / (time.process_time() - cpu))
+    return best, per_cpu
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its descendants (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    family, total = {pid}, 0.0
+    changed = True
+    while changed:
+        changed = False
+        for p, (parent, _) in stats.items():
+            if parent in family and p not in family:
+                family.add(p)
+                changed = True
+    for p in family:
+        total += stats.get(p, (0, 0.0))[1]
+    return total
 
 
 # ----------------------------------------------------------------------------- (b) the load generator
@@ -139,15 +166,18 @@ async def _client(host: str, port: int, requests: list[bytes], offset: int, unti
 async def _load(host: str, port: int, requests: list[bytes], clients: int, seconds: float) -> dict:
     latencies: list[float] = []
     errors: list[str] = []
+    warm_latencies: list[float] = []
     warm = time.perf_counter() + 0.5
-    await asyncio.gather(*(_client(host, port, requests, 7919 * c, warm, [], errors) for c in range(clients)))
+    await asyncio.gather(*(_client(host, port, requests, 7919 * c, warm, warm_latencies, errors)
+                           for c in range(clients)))
     start = time.perf_counter()
     await asyncio.gather(*(_client(host, port, requests, 104729 * c, start + seconds, latencies, errors)
                            for c in range(clients)))
     wall = time.perf_counter() - start
     cpu = time.process_time()
     ms = np.array(latencies) * 1000
-    return {"clients": clients, "requests": len(latencies), "seconds": wall, "req_per_s": len(latencies) / wall,
+    return {"clients": clients, "requests": len(latencies), "with_warm_up": len(latencies) + len(warm_latencies),
+            "seconds": wall, "req_per_s": len(latencies) / wall,
             "p50_ms": float(np.percentile(ms, 50)) if len(ms) else None,
             "p99_ms": float(np.percentile(ms, 99)) if len(ms) else None,
             "errors": len(errors), "first_errors": errors[:3], "generator_cpu_s": cpu}
@@ -193,20 +223,29 @@ def main() -> int:
         drawings_file = tmp_path / "drawings.json"
         drawings_file.write_text(json.dumps(drawings))
         print(f"drawings: {source}; model {model}; {os.cpu_count()} cores", flush=True)
-        ceiling = in_process_rate(model, drawings, threads, seconds=max(3.0, args.seconds / 2))
-        print(f"(a) in-process, batches of {BATCH}, {threads} onnxruntime threads: {ceiling:,.0f} drawings/s",
-              flush=True)
+        # The ceiling is the best round before and after the server runs: a shared machine's other
+        # load only ever makes a round slower.
+        rounds = max(3.0, args.seconds / 2)
+        before, before_cpu = in_process_rate(model, drawings, threads, seconds=rounds)
+        print(f"(a) in-process, batches of {BATCH}, {threads} onnxruntime threads: {before:,.0f} drawings/s "
+              f"({before_cpu:,.0f} per CPU-second)", flush=True)
         results = {}
         with running_server(model, "--workers", str(args.workers), "--threads", str(threads)) as server:
             for clients in (1, 16):
+                cpu = cpu_seconds(server.proc.pid)
                 r = run_load(server.url, clients, args.seconds, drawings_file)
+                r["per_cpu_s"] = r["with_warm_up"] / max(cpu_seconds(server.proc.pid) - cpu, 1e-9)
                 results[clients] = r
                 print(f"(b) POST /predict, {clients:2d} client(s), {r['seconds']:.1f} s: {r['req_per_s']:,.0f} req/s, "
                       f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, {r['errors']} errors "
-                      f"(load generator CPU {r['generator_cpu_s']:.1f} s)", flush=True)
+                      f"({r['per_cpu_s']:,.0f} per server CPU-second; load generator CPU {r['generator_cpu_s']:.1f} s)",
+                      flush=True)
                 for e in r["first_errors"]:
                     print(f"    error: {e}")
             server.stop()
+        after, after_cpu = in_process_rate(model, drawings, threads, seconds=rounds)
+        ceiling, ceiling_cpu = max(before, after), max(before_cpu, after_cpu)
+        print(f"(a) in-process again after the server: {after:,.0f} drawings/s; the ceiling: {ceiling:,.0f}")
     c1, c16 = results[1], results[16]
     report = {
         "inprocess_per_s": round(ceiling, 1),
@@ -215,6 +254,9 @@ def main() -> int:
         "p50_ms_c1": round(c1["p50_ms"], 3),
         "p99_ms_c16": round(c16["p99_ms"], 3),
         "errors": c1["errors"] + c16["errors"],
+        # the same ratio in CPU time (requests per server CPU-second / drawings per in-process CPU-second):
+        # what the server costs per drawing, which other load on a shared machine does not change much
+        "efficiency_cpu_c16": round(c16["per_cpu_s"] / ceiling_cpu, 3),
         "serve_req_per_s_c1": round(c1["req_per_s"], 1),
         "p99_ms_c1": round(c1["p99_ms"], 3),
         "p50_ms_c16": round(c16["p50_ms"], 3),
@@ -227,7 +269,7 @@ def main() -> int:
     }
     print(f"efficiency (16 clients / in-process) {report['efficiency']:.2f} (goal >= 0.6); p50 at 1 client "
           f"{report['p50_ms_c1']:.2f} ms (goal <= 5); p99 at 16 clients {report['p99_ms_c16']:.2f} ms (goal <= 50); "
-          f"{report['errors']} errors")
+          f"{report['errors']} errors; CPU-time efficiency {report['efficiency_cpu_c16']:.2f}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
     return 0
