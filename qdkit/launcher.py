@@ -47,7 +47,10 @@ def run_agent(nproc: int, qdkit_args: list[str]) -> int:
     from torch.distributed.run import parse_args, run
 
     if "LOGLEVEL" not in os.environ:  # torchrun's log lines stay off the console unless asked for
-        logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)
+        for name in ("torch.distributed.elastic", "torch.distributed.run", "torch.distributed.launcher"):
+            logger = logging.getLogger(name)  # its children set their own levels: stop them here
+            logger.addHandler(logging.NullHandler())
+            logger.propagate = False
     try:
         run(parse_args(["--standalone", "--nproc-per-node", str(nproc), "--max-restarts", "0",
                         "-m", "qdkit", *qdkit_args]))
