@@ -76,12 +76,19 @@ def _store_like(src: Path, dst: Path, names=None, keep=None, images=None, labels
     return dst
 
 
+def _one_pixel_changed(images: np.ndarray) -> np.ndarray:
+    images = images.copy()
+    images[-1, 27, 27] ^= 1
+    return images
+
+
 OTHER_STORES = {  # case: (how the store differs, what the one line must say)
     "other-class-names": (dict(names=["ant", "bee", "cow", "dog"]), "classes ant,bee,cow,dog (4)"),
     "three-classes": (dict(names=["a", "b", "c"]), "(3)"),
     "fewer-drawings": (dict(keep=40), "drawings per split"),
     "other-drawings": (dict(images=lambda x: 255 - x), "fingerprint differs"),
     "other-labels": (dict(labels=lambda y: np.roll(y, 1)), "fingerprint differs"),
+    "one-pixel": (dict(images=lambda x: _one_pixel_changed(x)), "fingerprint differs"),
 }
 
 
