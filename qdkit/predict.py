@@ -5,8 +5,8 @@ drawing-like input, and `predict_files`, the batch path behind `qdkit predict`.
 strokes (a `qdkit.strokes.Drawing`, a stroke list, a Quick Draw ndjson object) or a list of them,
 and returns one `Prediction` (top-k class names and probabilities) per drawing; `logits` /
 `predict_proba` give the raw (N, classes) arrays. `predict_files` expands files, folders and globs
-(qdkit.inputs), decodes them in a process pool while the session runs, and keeps every good result
-when some inputs fail.
+(qdkit.inputs), decodes them in a process pool while the session runs (qdkit.decoding), and keeps
+every good result when some inputs fail.
 """
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 
 from qdkit.constants import SIDE
+from qdkit.decoding import SMALL_JOB, chunks, decoded_chunks, default_workers
 from qdkit.errors import QdkitError
 from qdkit.images import image_to_drawing, read_drawing
-from qdkit.inputs import SMALL_JOB, chunks, decoded_chunks, default_workers, expand_paths
+from qdkit.inputs import expand_paths
 from qdkit.onnxmodel import OnnxModel, check_model_file, default_model_path
 
 

@@ -607,10 +607,10 @@ def test_a_gzip_file_named_ndjson_is_one_line(model, golden, tmp_path):
     (b"[[[1, 2], [3, 4]]]" + b" " * 3000 + b"\n", ":1: line longer than 2,048 bytes"),
 ])
 def test_hostile_ndjson_files_are_one_line_each(model, tmp_path, monkeypatch, content, message):
-    import qdkit.inputs
+    import qdkit.decoding
 
     _, onnx_path = model
-    monkeypatch.setattr(qdkit.inputs, "MAX_LINE_BYTES", 2048)  # the cap, small enough to test cheaply
+    monkeypatch.setattr(qdkit.decoding, "MAX_LINE_BYTES", 2048)  # the cap, small enough to test cheaply
     bad = tmp_path / "bad.ndjson"
     bad.write_bytes(content)
     out = clean_run(CliRunner().invoke(main, ["predict", str(bad), "--model", str(onnx_path)]), code=1)
