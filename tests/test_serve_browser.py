@@ -185,6 +185,12 @@ def test_game_names_a_class_and_says_when_it_recognised_it(page, predictor):
     _draw(page, drawing)
     page.wait_for_selector("#game[data-result='won']")
     assert target in page.locator("#game-prompt").inner_text()
+    # a new word, and the clock runs out (moved forward rather than waiting 20 s)
+    page.click("#play")
+    assert page.locator("#guesses li").count() == 0  # a new round starts on a clean canvas
+    page.evaluate("window.qdkit.game.ends = performance.now() + 300")
+    page.wait_for_selector("#game[data-result='lost']")
+    assert page.locator("#game-prompt").inner_text().startswith("Time's up")
 
 
 def test_phone_screen_with_touch(browser, server, predictor):
