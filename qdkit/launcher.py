@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 from qdkit.distributed import cpu_cores
 from qdkit.train import EXIT_CRASH, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
@@ -46,6 +48,7 @@ def run_agent(nproc: int, qdkit_args: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    _stop_with(os.getppid())
     if "LOGLEVEL" not in os.environ:  # torchrun's log lines stay off the console unless asked for
         for name in ("torch.distributed.elastic", "torch.distributed.run", "torch.distributed.launcher"):
             logger = logging.getLogger(name)  # its children set their own levels: stop them here
@@ -67,6 +70,18 @@ def run_agent(nproc: int, qdkit_args: list[str]) -> int:
         return EXIT_ERROR
     except SignalException as e:  # the workers got the signal too and have exited
         return 128 + int(e.sigval)
+
+
+def _stop_with(launcher: int) -> None:
+    """The agent runs in a session of its own, so nothing stops it when its launcher is killed
+    (SIGKILL included): a thread watches the launcher and, once it is gone, stops the workers as a
+    SIGTERM to this process does."""
+    def watch() -> None:
+        while os.getppid() == launcher:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="qdkit-launcher-watch", daemon=True).start()
 
 
 if __name__ == "__main__":

@@ -258,3 +258,30 @@ def test_a_worker_that_dies_without_saying_why_is_one_line(tmp_path):
         errors = [line for line in done.stderr.splitlines() if line.startswith("qdkit: error:")]
         assert errors == (["qdkit: error: training process rank 0 was killed by SIGKILL (out of memory?); "
                            "the other processes were stopped"] if how == "kill" else []), done.stderr
+
+
+def test_killing_the_launcher_stops_its_training_processes(store_path, tmp_path):
+    """kill -9 of `qdkit train --nproc 2` leaves no agent or worker running on (they are in a session
+    of their own, out of reach of the terminal's process group)."""
+    from _helpers import alive, children_of
+
+    proc = subprocess.Popen([sys.executable, "-m", "qdkit", *_args(store_path, tmp_path, "orphans"),
+                             "--epochs", "50"], cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        for line in proc.stderr:  # until the workers train
+            if "run orphans: qdnet" in line or time.monotonic() > deadline:
+                break
+        agents = children_of(proc.pid)
+        family = agents + [w for a in agents for w in children_of(a)]
+        assert len(family) >= 3, family  # the agent and two workers
+        proc.kill()
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        while any(alive(p) for p in family) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [p for p in family if alive(p)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
