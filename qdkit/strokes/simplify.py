@@ -26,37 +26,44 @@ def resample(stroke: np.ndarray, spacing: float = 1.0) -> np.ndarray:
     return np.stack([np.interp(at, arc, stroke[0]), np.interp(at, arc, stroke[1])])
 
 
-def _rdp(points: np.ndarray, epsilon: float) -> np.ndarray:
-    """Ramer–Douglas–Peucker on a (2, n) polyline: the kept points, endpoints always kept.
+def _rdp_keep(xs: np.ndarray, ys: np.ndarray, starts: np.ndarray, ends: np.ndarray, epsilon: float) -> np.ndarray:
+    """Ramer–Douglas–Peucker over several polylines at once: the points to keep (endpoints always).
 
-    Distance is to the segment between the kept endpoints, so no dropped point lies farther than
-    ε from the simplified polyline (even where a stroke doubles back). Iterative: long strokes
-    cannot overflow the stack."""
-    n = points.shape[1]
-    if n < 3:
-        return points
-    keep = np.zeros(n, dtype=bool)
-    keep[0] = keep[-1] = True
-    xs, ys = points[0], points[1]
+    The polylines lie one after another in `xs`/`ys`, polyline i at [starts[i], ends[i]]
+    (inclusive). Distance is to the segment between the kept endpoints, so no dropped point lies
+    farther than ε from the simplified polyline (even where a stroke doubles back). Every open span
+    of every polyline is split in the same vectorised round, so a drawing costs a few numpy calls
+    per level of the recursion rather than per span; the result is the one the recursive
+    algorithm gives (a span's split point — its first farthest point — does not depend on order)."""
+    keep = np.zeros(len(xs), dtype=bool)
+    keep[starts] = keep[ends] = True
+    a, b = starts, ends
     eps2 = epsilon * epsilon
-    todo = [(0, n - 1)]
-    while todo:
-        a, b = todo.pop()
-        if b - a < 2:
-            continue
-        dx, dy = xs[b] - xs[a], ys[b] - ys[a]
-        mx, my = xs[a + 1:b] - xs[a], ys[a + 1:b] - ys[a]
+    while True:
+        open_ = b - a >= 2
+        a, b = a[open_], b[open_]
+        if len(a) == 0:
+            return keep
+        counts = b - a - 1
+        span = np.repeat(np.arange(len(a)), counts)
+        first = np.cumsum(counts) - counts
+        inner = a[span] + 1 + (np.arange(len(span)) - first[span])
+        ax, ay = xs[a][span], ys[a][span]
+        dx, dy = xs[b][span] - ax, ys[b][span] - ay
+        mx, my = xs[inner] - ax, ys[inner] - ay
         length2 = dx * dx + dy * dy
-        if length2 > 0:  # distance to the segment: project, clamp to its ends
-            t = np.minimum(np.maximum((mx * dx + my * dy) / length2, 0.0), 1.0)
-            mx, my = mx - t * dx, my - t * dy
-        dist2 = mx * mx + my * my
-        i = int(dist2.argmax())
-        if dist2[i] > eps2:
-            k = a + 1 + i
-            keep[k] = True
-            todo += [(a, k), (k, b)]
-    return points[:, keep]
+        t = np.where(length2 > 0, (mx * dx + my * dy) / np.where(length2 > 0, length2, 1.0), 0.0)
+        t = np.minimum(np.maximum(t, 0.0), 1.0)  # project onto the segment, clamp to its ends
+        ex, ey = mx - t * dx, my - t * dy
+        dist2 = ex * ex + ey * ey
+        peak = np.maximum.reduceat(dist2, first)
+        split = peak > eps2
+        # the first farthest point of each span that splits
+        hit = np.flatnonzero((dist2 == peak[span]) & split[span])
+        spans_hit, first_hit = np.unique(span[hit], return_index=True)
+        k = inner[hit[first_hit]]
+        keep[k] = True
+        a, b = np.concatenate([a[spans_hit], k]), np.concatenate([k, b[spans_hit]])
 
 
 def simplify(strokes: Drawing | Sequence[np.ndarray]) -> Strokes:
@@ -70,9 +77,10 @@ def simplify(strokes: Drawing | Sequence[np.ndarray]) -> Strokes:
     low = allxy.min(axis=1, keepdims=True)
     extent = float((allxy - low).max())
     scale = 255.0 / extent if extent > 0 else 0.0
-    out = []
-    for s in arrays:
-        s = (s - low) * scale
-        s = _rdp(resample(s), EPSILON)
-        out.append(np.clip(np.round(s), 0, 255))
-    return out
+    dense = [resample((s - low) * scale) for s in arrays]
+    lengths = np.array([d.shape[1] for d in dense])
+    ends = np.cumsum(lengths) - 1
+    xy = np.concatenate(dense, axis=1)
+    keep = _rdp_keep(xy[0], xy[1], ends - lengths + 1, ends, EPSILON)
+    kept = np.clip(np.round(xy), 0, 255)
+    return [kept[:, start:end + 1][:, keep[start:end + 1]] for start, end in zip(ends - lengths + 1, ends, strict=True)]
