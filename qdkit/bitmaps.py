@@ -17,13 +17,12 @@ from typing import BinaryIO
 
 import numpy as np
 
+from qdkit.constants import NPY_MAGIC, SIDE
 from qdkit.errors import QdkitError, first_line
 from qdkit.files import atomic_path
 
-SIDE = 28
 PIXELS = SIDE * SIDE
 OFFICIAL_PREFIX = "full_numpy_bitmap_"
-_NPY_MAGIC = b"\x93NUMPY"
 # Official files have 128-byte headers; numpy itself refuses more than 10,000 bytes by default. The cap
 # is checked from the declared length before anything is read, so a crafted header claiming 4 GiB
 # costs 12 bytes, not a 4 GiB read.
@@ -33,7 +32,7 @@ MAX_HEADER_BYTES = 1 << 16
 def header_end(prefix: bytes, name: str) -> int:
     """Where the .npy header that `prefix` (at least its first 12 bytes) starts ends, checked
     against MAX_HEADER_BYTES before the header itself is read."""
-    if not prefix.startswith(_NPY_MAGIC):
+    if not prefix.startswith(NPY_MAGIC):
         hint = " (it looks like an HTML page)" if prefix.lstrip().startswith(b"<") else ""
         raise QdkitError(f"{name}: not a .npy file{hint}")
     major = prefix[6:7]

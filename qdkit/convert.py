@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from qdkit import __version__
 from qdkit.bitmaps import BitmapFile, bitmap_class, find_class_files, open_bitmaps, safe_dirname
+from qdkit.constants import DEFAULT_STORE
 from qdkit.errors import QdkitError
 from qdkit.files import atomic_path, disk_full_is_error, output_lock, sha256_file
 from qdkit.images import write_png
@@ -30,7 +31,7 @@ from qdkit.store import SPLITS, StoreWriter
 from qdkit.strokefiles import StrokeFile, eligible_records, index_records, render_records, stroke_file
 from qdkit.workers import die_with_parent, sigterm_as_interrupt
 
-STORE_NAME = "quickdraw.h5"
+STORE_NAME = DEFAULT_STORE.name
 PNG_DIR = "png"
 _PNG_TASK_ROWS = 500  # rows per pool task: large enough to amortise IPC, small enough to balance
 

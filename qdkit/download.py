@@ -38,6 +38,7 @@ from qdkit.bitmaps import (
     safe_dirname,
     save_bitmaps,
 )
+from qdkit.constants import NPY_MAGIC
 from qdkit.errors import QdkitError
 from qdkit.files import atomic_path
 from qdkit.httprange import (
@@ -186,7 +187,7 @@ def _fetch_header(remote: RemoteFile) -> _Header:
     The header length is checked against a cap before the header is asked for, so a mirror that
     claims a 4 GiB header costs one small request."""
     raw = read_prefix(remote, _HEAD_BYTES)
-    if not raw.startswith(b"\x93NUMPY"):
+    if not raw.startswith(NPY_MAGIC):
         what = "an HTML page" if raw.lstrip()[:1] == b"<" else "something else"
         raise QdkitError(f"{remote.url}: not a .npy file (the server sent {what})")
     end = header_end(raw, remote.url)

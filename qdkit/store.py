@@ -31,11 +31,11 @@ import h5py
 import numpy as np
 
 from qdkit import __version__
+from qdkit.constants import SIDE
 from qdkit.errors import QdkitError, first_line
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "validation", "test")
-SIDE = 28
 
 
 class StoreWriter:
