@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-SIDE = 28
+from qdkit.constants import SIDE
+
 # The input contract of every qdkit model, stored in checkpoints and ONNX metadata.
 INPUT_SPEC: dict[str, Any] = {
     "shape": ["N", 1, SIDE, SIDE],

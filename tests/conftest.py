@@ -38,3 +38,18 @@ def store_path(converted_dir) -> Path:
 def png_dir(converted_dir) -> Path:
     """The PNG tree png/{train,validation,test}/<class>/<source row>.png of the same split."""
     return converted_dir / "png"
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory, store_path) -> Path:
+    """A small trained qdnet exported to ONNX (the serve tests' model)."""
+    from _helpers import exported
+
+    return exported(tmp_path_factory, store_path)[1]
+
+
+@pytest.fixture(scope="session")
+def predictor(model_path):
+    from qdkit.predict import Predictor
+
+    return Predictor(model_path, threads=1)

@@ -13,7 +13,6 @@ import zlib
 import httpx
 import numpy as np
 import pytest
-from _helpers import exported
 from _serving import SHARED_BITMAPS, SHARED_STROKES, running_server, shared_simplified, synthetic_drawings
 from PIL import Image
 
@@ -24,16 +23,6 @@ from qdkit.strokes import rasterize, simplify, to_bitmap
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette's note on httpx versions
     from fastapi.testclient import TestClient
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory, store_path):
-    return exported(tmp_path_factory, store_path)[1]
-
-
-@pytest.fixture(scope="module")
-def predictor(model_path):
-    return Predictor(model_path, threads=1)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import os
 
 import numpy as np
 import pytest
-from _helpers import exported
 from _serving import SHARED_STROKES, running_server, shared_simplified, synthetic_drawings
 
 from qdkit.predict import Predictor
@@ -33,16 +32,6 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         yield b
         b.close()
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory, store_path):
-    return exported(tmp_path_factory, store_path)[1]
-
-
-@pytest.fixture(scope="module")
-def predictor(model_path):
-    return Predictor(model_path, threads=1)
 
 
 @pytest.fixture(scope="module")
