@@ -1,4 +1,5 @@
 """qdkit: Quick, Draw! doodles from numpy bitmaps to a trained CNN, an ONNX model and batch inference."""
+
 from __future__ import annotations
 
 __version__ = "0.1.0"

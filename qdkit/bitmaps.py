@@ -4,6 +4,7 @@ The official format: `full_numpy_bitmap_<class>.npy`, uint8, shape (N, 784), eac
 drawing with 0 = background and 255 = ink. `<class>.npy`, (N, 28, 28) and (N, 1, 784) are
 accepted too. Files are memory-mapped, never unpickled.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,8 +44,9 @@ def header_end(prefix: bytes, name: str) -> int:
         raise QdkitError(f"{name}: unreadable .npy header (file ends after {len(prefix)} bytes)")
     length = int.from_bytes(prefix[8:len_end], "little")
     if length > MAX_HEADER_BYTES:
-        raise QdkitError(f"{name}: .npy header claims {length} bytes (more than {MAX_HEADER_BYTES}): "
-                         "not a Quick Draw file")
+        raise QdkitError(
+            f"{name}: .npy header claims {length} bytes (more than {MAX_HEADER_BYTES}): not a Quick Draw file"
+        )
     return len_end + length
 
 
@@ -58,7 +60,7 @@ class BitmapFile:
 def class_name_from_path(path: str | os.PathLike) -> str:
     """`full_numpy_bitmap_The Eiffel Tower.npy` -> `The Eiffel Tower`; `cat.npy` -> `cat`."""
     stem = Path(path).name[: -len(".npy")]
-    return stem[len(OFFICIAL_PREFIX):] if stem.startswith(OFFICIAL_PREFIX) else stem
+    return stem[len(OFFICIAL_PREFIX) :] if stem.startswith(OFFICIAL_PREFIX) else stem
 
 
 def bitmap_filename(class_name: str) -> str:
@@ -126,8 +128,13 @@ def read_header(path: str | os.PathLike) -> tuple[tuple[int, ...], np.dtype, int
 
 
 def _file_kind(mode: int) -> str:
-    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a folder"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+    for test, kind in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
         if test(mode):
             return kind
     return "not a plain file"
@@ -165,9 +172,13 @@ def open_bitmaps(path: str | os.PathLike) -> np.ndarray:
     return np.memmap(path, dtype=np.uint8, mode="r", offset=offset, shape=(rows, PIXELS))
 
 
-def find_class_files(folder: str | os.PathLike, class_of: Callable[[Path], str | None], what: str,
-                     classes: list[str] | None = None,
-                     warn: Callable[[str], None] = _stderr_warning) -> list[tuple[str, Path]]:
+def find_class_files(
+    folder: str | os.PathLike,
+    class_of: Callable[[Path], str | None],
+    what: str,
+    classes: list[str] | None = None,
+    warn: Callable[[str], None] = _stderr_warning,
+) -> list[tuple[str, Path]]:
     """(class name, path) of every file in `folder` that `class_of` names, sorted by class name;
     `classes` picks (and orders) some. One file per class.
 
@@ -197,9 +208,7 @@ def find_class_files(folder: str | os.PathLike, class_of: Callable[[Path], str |
     else:
         unknown = [c for c in classes if c not in by_class]
         if unknown:
-            raise QdkitError(
-                f"{folder}: unknown class {unknown[0]!r} (available: {', '.join(sorted(by_class))})"
-            )
+            raise QdkitError(f"{folder}: unknown class {unknown[0]!r} (available: {', '.join(sorted(by_class))})")
         if len(set(classes)) != len(classes):
             raise QdkitError(f"--classes names a class twice: {', '.join(classes)}")
         names = list(classes)
@@ -211,8 +220,9 @@ def bitmap_class(path: Path) -> str | None:
     return class_name_from_path(path) if path.name.endswith(".npy") and len(path.name) > 4 else None
 
 
-def find_bitmap_files(folder: str | os.PathLike, classes: list[str] | None = None,
-                      warn: Callable[[str], None] = _stderr_warning) -> list[BitmapFile]:
+def find_bitmap_files(
+    folder: str | os.PathLike, classes: list[str] | None = None, warn: Callable[[str], None] = _stderr_warning
+) -> list[BitmapFile]:
     """Every valid bitmap file in `folder`, sorted by class name; `classes` picks (and orders) some."""
     found = find_class_files(folder, bitmap_class, ".npy bitmap files", classes, warn)
     return [BitmapFile(path, name, len(open_bitmaps(path))) for name, path in found]

@@ -8,6 +8,7 @@ the model fields are checked against the model they name — registry name, cons
 class names, and every weight's name and shape — so a bad file is one line naming it, never a
 traceback from deep inside torch.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -78,8 +79,10 @@ def verify_archive(path: Path) -> None:
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as err:
         raise QdkitError(f"{path}: damaged checkpoint archive ({first_line(err)})") from err
     if bad is not None:
-        raise QdkitError(f"{path}: damaged checkpoint: {bad.split('/', 1)[-1]} fails its CRC-32 check "
-                         "(the file was corrupted on disk or in transfer)")
+        raise QdkitError(
+            f"{path}: damaged checkpoint: {bad.split('/', 1)[-1]} fails its CRC-32 check "
+            "(the file was corrupted on disk or in transfer)"
+        )
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -95,8 +98,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "weights only" in str(err).lower() or "weights_only" in str(err):
-            raise QdkitError(f"{path}: holds Python code or objects, not only weights and plain values; "
-                             "qdkit will not load it (loading would run code from the file)") from err
+            raise QdkitError(
+                f"{path}: holds Python code or objects, not only weights and plain values; "
+                "qdkit will not load it (loading would run code from the file)"
+            ) from err
         raise QdkitError(f"{path}: not a loadable PyTorch checkpoint ({first_line(err)})") from err
     except Exception as err:  # torch raises many types for a bad file
         raise QdkitError(f"{path}: not a loadable PyTorch checkpoint ({first_line(err)})") from err
@@ -112,14 +117,21 @@ def _check_model_fields(ckpt: dict[str, Any], path: Path) -> None:
         raise QdkitError(f"{path}: unknown model {name!r} (qdkit knows {', '.join(MODELS)})")
     params = {k for k in inspect.signature(MODELS[name]).parameters if k != "num_classes"}
     if not isinstance(kwargs, dict) or not all(
-            k in params and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in kwargs.items()):
-        raise QdkitError(f"{path}: malformed model_kwargs for {name} "
-                         f"(expected numbers for {', '.join(sorted(params))})")
-    if (not isinstance(classes, list) or len(classes) < 1
-            or not all(isinstance(c, str) and c for c in classes) or len(set(classes)) != len(classes)):
+        k in params and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in kwargs.items()
+    ):
+        raise QdkitError(
+            f"{path}: malformed model_kwargs for {name} (expected numbers for {', '.join(sorted(params))})"
+        )
+    if (
+        not isinstance(classes, list)
+        or len(classes) < 1
+        or not all(isinstance(c, str) and c for c in classes)
+        or len(set(classes)) != len(classes)
+    ):
         raise QdkitError(f"{path}: malformed class_names (expected a list of distinct names)")
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                              for k, v in state.items()):
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
         raise QdkitError(f"{path}: malformed model_state (expected named tensors)")
     try:
         with torch.device("meta"):  # shapes only: nothing is allocated
@@ -131,8 +143,10 @@ def _check_model_fields(ckpt: dict[str, Any], path: Path) -> None:
         raise QdkitError(f"{path}: weights do not match {name}: missing {missing[:3]}, unexpected {unexpected[:3]}")
     for key, value in expected.items():
         if state[key].shape != value.shape or state[key].dtype.is_floating_point != value.dtype.is_floating_point:
-            raise QdkitError(f"{path}: weight {key} is {tuple(state[key].shape)} {state[key].dtype}, "
-                             f"{name} with {len(classes)} classes needs {tuple(value.shape)}")
+            raise QdkitError(
+                f"{path}: weight {key} is {tuple(state[key].shape)} {state[key].dtype}, "
+                f"{name} with {len(classes)} classes needs {tuple(value.shape)}"
+            )
 
 
 def model_from_checkpoint(ckpt: dict[str, Any] | str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:

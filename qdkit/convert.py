@@ -6,6 +6,7 @@ inputs, so peak memory is one class's selected rows whatever the dataset size. R
 encoding run in a process pool over all cores while the main process fills the store and hashes
 the sources.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,7 +45,7 @@ def split_indices(rows: int, per_class: dict[str, int], seed: int, class_name: s
     out, start = {}, 0
     for split in SPLITS:
         n = per_class.get(split, 0)
-        out[split] = np.sort(chosen[start:start + n])
+        out[split] = np.sort(chosen[start : start + n])
         start += n
     return out
 
@@ -68,8 +69,10 @@ def _source_class(path: Path) -> str | None:
 def find_sources(folder: str | os.PathLike, classes: list[str] | None = None) -> list[Source]:
     """One source per class: a bitmap file or a stroke file, sorted by class (or in `classes` order)."""
     found = find_class_files(folder, _source_class, ".npy bitmap files or .ndjson/.bin/.csv stroke files", classes)
-    return [BitmapFile(path, name, len(open_bitmaps(path))) if bitmap_class(path) else stroke_file(path)  # type: ignore[misc]
-            for name, path in found]
+    return [
+        BitmapFile(path, name, len(open_bitmaps(path))) if bitmap_class(path) else stroke_file(path)  # type: ignore[misc]
+        for name, path in found
+    ]
 
 
 Rows = tuple[str, np.ndarray, np.ndarray, dict[str, np.ndarray] | None]  # split, images, source rows, extras
@@ -82,8 +85,17 @@ def _bitmap_rows(bf: BitmapFile, per_class: dict[str, int], seed: int, info: dic
         yield split, np.asarray(drawings[idx]), idx, None
 
 
-def _stroke_rows(sf: StrokeFile, per_class: dict[str, int], seed: int, info: dict, pool: Executor, *,
-                 recognized_only: bool, skip_invalid: bool, progress: Callable[[int], None] | None) -> Iterator[Rows]:
+def _stroke_rows(
+    sf: StrokeFile,
+    per_class: dict[str, int],
+    seed: int,
+    info: dict,
+    pool: Executor,
+    *,
+    recognized_only: bool,
+    skip_invalid: bool,
+    progress: Callable[[int], None] | None,
+) -> Iterator[Rows]:
     """The chosen drawings of a stroke file, rasterized on the pool. Splits draw from the eligible
     records (valid, recognized when asked) exactly as from the rows of a bitmap file."""
     index = index_records(sf)
@@ -93,28 +105,44 @@ def _stroke_rows(sf: StrokeFile, per_class: dict[str, int], seed: int, info: dic
         info["skipped_invalid"] = count
         tqdm.write(f"qdkit: warning: skipped {count} invalid drawing(s); first: {first}", file=sys.stderr)
 
-    eligible = eligible_records(sf, index, pool, recognized_only=recognized_only, skip_invalid=skip_invalid,
-                                on_skip=skipped)
+    eligible = eligible_records(
+        sf, index, pool, recognized_only=recognized_only, skip_invalid=skip_invalid, on_skip=skipped
+    )
     need = sum(per_class.values())
     if len(eligible) < need:
-        what = "recognized valid" if recognized_only and skip_invalid else "recognized" if recognized_only \
-            else "valid" if skip_invalid else ""
-        raise QdkitError(f"{sf.path}: has {len(eligible)} {what + ' ' if what else ''}drawings, but the splits need "
-                         f"{need} per class (lower --train/--validation/--test)")
+        what = (
+            "recognized valid"
+            if recognized_only and skip_invalid
+            else "recognized"
+            if recognized_only
+            else "valid"
+            if skip_invalid
+            else ""
+        )
+        raise QdkitError(
+            f"{sf.path}: has {len(eligible)} {what + ' ' if what else ''}drawings, but the splits need "
+            f"{need} per class (lower --train/--validation/--test)"
+        )
     splits = split_indices(len(eligible), per_class, seed, sf.class_name)
     chosen = np.sort(np.concatenate(list(splits.values())))
     rendered = render_records(sf, eligible.take(chosen), pool, progress)
     for split, positions in splits.items():
         rows = np.searchsorted(chosen, positions)
-        yield split, rendered.images[rows], eligible.numbers[positions], \
-            {"key_id": rendered.key_ids[rows], "countrycode": rendered.countrycodes[rows]}
+        yield (
+            split,
+            rendered.images[rows],
+            eligible.numbers[positions],
+            {"key_id": rendered.key_ids[rows], "countrycode": rendered.countrycodes[rows]},
+        )
 
 
 def _check_rows(files: list[BitmapFile], need: int) -> None:
     for bf in files:
         if bf.rows < need:
-            raise QdkitError(f"{bf.path}: has {bf.rows} drawings, but the splits need {need} per class "
-                             f"(lower --train/--validation/--test)")
+            raise QdkitError(
+                f"{bf.path}: has {bf.rows} drawings, but the splits need {need} per class "
+                f"(lower --train/--validation/--test)"
+            )
 
 
 def _check_outputs(out_dir: Path, png: bool, h5: bool) -> None:
@@ -132,10 +160,21 @@ def _count_into(bar: tqdm) -> Callable[[Future], None]:
     return lambda f: bar.update(f.result()) if not f.cancelled() and f.exception() is None else None
 
 
-def convert(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, h5: bool = False, png: bool = True,
-            per_class: dict[str, int] | None = None, classes: list[str] | None = None, seed: int = 0,
-            workers: int | None = None, overwrite: bool = False, progress: bool = True,
-            recognized_only: bool = False, skip_invalid: bool = False) -> str:
+def convert(
+    in_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    h5: bool = False,
+    png: bool = True,
+    per_class: dict[str, int] | None = None,
+    classes: list[str] | None = None,
+    seed: int = 0,
+    workers: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    recognized_only: bool = False,
+    skip_invalid: bool = False,
+) -> str:
     """Convert every bitmap or stroke file in `in_dir`; returns a one-paragraph summary.
 
     `recognized_only` keeps the drawings the game recognized (stroke sources; bitmaps carry no flag);
@@ -170,19 +209,33 @@ def convert(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, h5: bool =
         writer = None
         if h5_tmp is not None:
             counts = {s: per_class.get(s, 0) * len(files) for s in SPLITS}
-            writer = StoreWriter(h5_tmp, class_names, counts, {"seed": seed, "per_class": per_class},
-                                 STROKE_EXTRAS if has_strokes else None)
+            writer = StoreWriter(
+                h5_tmp,
+                class_names,
+                counts,
+                {"seed": seed, "per_class": per_class},
+                STROKE_EXTRAS if has_strokes else None,
+            )
             stack.callback(writer.abort)
         total = sum(per_class.values()) * len(files)
-        bar = stack.enter_context(tqdm(total=total, unit="img", desc="convert", disable=not progress,
-                                       dynamic_ncols=True))
+        bar = stack.enter_context(
+            tqdm(total=total, unit="img", desc="convert", disable=not progress, dynamic_ncols=True)
+        )
         futures, sources = [], []
         for label, (source, dirname) in enumerate(zip(files, dirnames, strict=True)):
             info: dict = {}
             if isinstance(source, StrokeFile):
                 assert pool is not None
-                rows = _stroke_rows(source, per_class, seed, info, pool, recognized_only=recognized_only,
-                                    skip_invalid=skip_invalid, progress=bar.update if png_tmp is None else None)
+                rows = _stroke_rows(
+                    source,
+                    per_class,
+                    seed,
+                    info,
+                    pool,
+                    recognized_only=recognized_only,
+                    skip_invalid=skip_invalid,
+                    progress=bar.update if png_tmp is None else None,
+                )
             else:
                 rows = _bitmap_rows(source, per_class, seed, info)
             for split, images, source_index, extras in rows:
@@ -200,8 +253,9 @@ def convert(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, h5: bool =
                     if pool is None:
                         bar.update(len(images))
             if writer is not None:
-                sources.append({"class": source.class_name, "file": source.path.name, **info,
-                                "sha256": sha256_file(source.path)})
+                sources.append(
+                    {"class": source.class_name, "file": source.path.name, **info, "sha256": sha256_file(source.path)}
+                )
         with disk_full_is_error(out_dir / PNG_DIR):
             for fut in futures:
                 fut.result()  # re-raise the first worker error, if any
@@ -215,5 +269,7 @@ def convert(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, h5: bool =
     if h5:
         wrote.append(f"{out_dir / STORE_NAME} ({(out_dir / STORE_NAME).stat().st_size / 2**20:.1f} MiB)")
     split_counts = ", ".join(f"{s} {per_class.get(s, 0) * len(files)}" for s in SPLITS)
-    return (f"converted {len(files)} classes ({split_counts} drawings) in {seconds:.1f} s "
-            f"(qdkit {__version__}) -> {' and '.join(wrote)}")
+    return (
+        f"converted {len(files)} classes ({split_counts} drawings) in {seconds:.1f} s "
+        f"(qdkit {__version__}) -> {' and '.join(wrote)}"
+    )

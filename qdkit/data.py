@@ -6,6 +6,7 @@
 - `BatchLoader`: the fast path the trainer uses: each batch is one sorted fancy index into the
   memory-map, no per-item Python. It also shards every batch across DDP ranks.
 """
+
 from __future__ import annotations
 
 import math
@@ -80,8 +81,16 @@ class BatchLoader:
     training is the world_size=1 case of the same code.
     """
 
-    def __init__(self, arrays: SplitArrays, batch_size: int, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = False, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        arrays: SplitArrays,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         if batch_size < world_size:
             raise ValueError(f"batch size {batch_size} is smaller than the {world_size} ranks")
         self.arrays, self.batch_size, self.shuffle, self.seed = arrays, batch_size, shuffle, seed
@@ -104,10 +113,10 @@ class BatchLoader:
     def shard(self, batch: np.ndarray) -> np.ndarray:
         """This rank's contiguous slice of one global batch."""
         bounds = np.linspace(0, len(batch), self.world_size + 1).astype(int)
-        return batch[bounds[self.rank]:bounds[self.rank + 1]]
+        return batch[bounds[self.rank] : bounds[self.rank + 1]]
 
     def __iter__(self):
         order = self.global_order()
         for b in range(len(self)):
-            idx = self.shard(order[b * self.batch_size:(b + 1) * self.batch_size])
+            idx = self.shard(order[b * self.batch_size : (b + 1) * self.batch_size])
             yield fetch(self.arrays, idx)

@@ -2,6 +2,7 @@
 runs of image files (qdkit.images) and the lines of .ndjson stroke files (qdkit.strokes), each
 failure one line naming the file (and line), never a lost batch.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,9 +20,9 @@ from qdkit.images import read_drawing
 from qdkit.inputs import STROKE_SUFFIXES
 from qdkit.workers import die_with_parent
 
-MAX_LINE_BYTES = 16 << 20   # one ndjson drawing; real ones are a few KB (raw ones up to ~100 KB)
-SMALL_JOB = 64              # fewer inputs than this are decoded in-process: forking costs more
-WINDOW_PER_WORKER = 2       # chunks in flight per decoding process
+MAX_LINE_BYTES = 16 << 20  # one ndjson drawing; real ones are a few KB (raw ones up to ~100 KB)
+SMALL_JOB = 64  # fewer inputs than this are decoded in-process: forking costs more
+WINDOW_PER_WORKER = 2  # chunks in flight per decoding process
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,9 @@ def _ndjson_lines(path: str) -> Iterator[tuple[int, bytes | None]]:
                 yield number, line
 
 
-def chunks(files: Sequence[str | os.PathLike], image_chunk: int, line_chunk: int,
-           problems: Callable[[str], None]) -> Iterator[Chunk]:
+def chunks(
+    files: Sequence[str | os.PathLike], image_chunk: int, line_chunk: int, problems: Callable[[str], None]
+) -> Iterator[Chunk]:
     """The work in input order: runs of image files, and each .ndjson file's lines, in chunks.
     A stroke file that cannot be opened is passed to `problems`."""
     images: list[str] = []
@@ -127,7 +129,7 @@ def decode_chunk(chunk: Chunk, invert: str) -> Decoded:
             errors.append(str(e))
         except Exception as e:  # never lose the batch to one odd file
             errors.append(f"{p}: unreadable image ({type(e).__name__}: {first_line(e, 100)})")
-    return Decoded(out[:len(names)], names, errors)
+    return Decoded(out[: len(names)], names, errors)
 
 
 def _decode_lines(chunk: LineChunk) -> Decoded:
@@ -151,12 +153,14 @@ def _decode_lines(chunk: LineChunk) -> Decoded:
 
 # ----------------------------------------------------------------------------- parallel decoding
 
+
 def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def decoded_chunks(work: Iterable[Chunk], invert: str, workers: int,
-                   warn: Callable[[str], None] = lambda msg: None) -> Generator[Decoded, None, None]:
+def decoded_chunks(
+    work: Iterable[Chunk], invert: str, workers: int, warn: Callable[[str], None] = lambda msg: None
+) -> Generator[Decoded, None, None]:
     """`decode_chunk` of each chunk, in order. With workers > 1 a forked process pool decodes a few
     chunks ahead (PNG decoding is Python-bound: threads would serialise on the GIL); its workers
     exit if this process dies (qdkit.workers). Should a worker die (killed for memory, say), the

@@ -1,5 +1,6 @@
 """Device and precision: which device and autocast dtype a run uses, chosen in one place, and the
 GPU of each process under DDP."""
+
 from __future__ import annotations
 
 import re
@@ -48,14 +49,17 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def precision_name(amp_dtype: torch.dtype | None) -> str:
-    return {None: "float32", torch.bfloat16: "bfloat16 autocast",
-            torch.float16: "float16 autocast + GradScaler"}[amp_dtype]
+    return {None: "float32", torch.bfloat16: "bfloat16 autocast", torch.float16: "float16 autocast + GradScaler"}[
+        amp_dtype
+    ]
 
 
 def _one_gpu_each(device: str, dev: torch.device, world_size: int) -> None:
     if dev.type == "cuda" and world_size > 1 and dev.index is not None:
-        raise QdkitError(f"--device {device}: with several processes each one uses the GPU of its local "
-                         "rank; use --device cuda (or CUDA_VISIBLE_DEVICES to choose the GPUs)")
+        raise QdkitError(
+            f"--device {device}: with several processes each one uses the GPU of its local "
+            "rank; use --device cuda (or CUDA_VISIBLE_DEVICES to choose the GPUs)"
+        )
 
 
 def check_devices(device: str, amp: bool, world_size: int) -> None:
@@ -63,8 +67,10 @@ def check_devices(device: str, amp: bool, world_size: int) -> None:
     dev, _ = choose_device(device, amp)
     _one_gpu_each(device, dev, world_size)
     if dev.type == "cuda" and world_size > torch.cuda.device_count():
-        raise QdkitError(f"--nproc {world_size}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                         "one per process (or train on --device cpu)")
+        raise QdkitError(
+            f"--nproc {world_size}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+            "one per process (or train on --device cpu)"
+        )
 
 
 def rank_device(device: str, amp: bool, info: DistInfo) -> tuple[torch.device, torch.dtype | None]:
@@ -76,7 +82,9 @@ def rank_device(device: str, amp: bool, info: DistInfo) -> tuple[torch.device, t
     if info.world_size > 1:
         count = torch.cuda.device_count()
         if info.local_rank >= count:
-            raise QdkitError(f"local rank {info.local_rank}: this machine has {count} CUDA device(s); "
-                             f"start at most {count} processes per machine (one per GPU)")
+            raise QdkitError(
+                f"local rank {info.local_rank}: this machine has {count} CUDA device(s); "
+                f"start at most {count} processes per machine (one per GPU)"
+            )
         return torch.device("cuda", info.local_rank), amp_dtype
     return (dev if dev.index is not None else torch.device("cuda", torch.cuda.current_device())), amp_dtype

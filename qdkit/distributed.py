@@ -9,6 +9,7 @@ The rules that keep a DistributedDataParallel job from hanging, and where they a
   collective (`any_flags`, `agree`), so all ranks stop at the same step and raise the same error;
 - only rank 0 writes files or prints; the others stay silent (qdkit.cli exits them quietly).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,8 +46,9 @@ def dist_info() -> DistInfo:
     """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE)."""
     env = os.environ
     world = int(env.get("WORLD_SIZE", 1))
-    return DistInfo(int(env.get("RANK", 0)), world, int(env.get("LOCAL_RANK", 0)),
-                    int(env.get("LOCAL_WORLD_SIZE", world)))
+    return DistInfo(
+        int(env.get("RANK", 0)), world, int(env.get("LOCAL_RANK", 0)), int(env.get("LOCAL_WORLD_SIZE", world))
+    )
 
 
 def cpu_cores() -> int:
@@ -79,6 +81,7 @@ def process_group(info: DistInfo, device: torch.device) -> Iterator[DistInfo]:
 
 
 # --------------------------------------------------------------------------- collectives
+
 
 def all_reduce_(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Sum `t` over the ranks in place (nothing to do in a single process)."""

@@ -14,6 +14,7 @@ rename or through an atomic write: never half-written.
 The HTTP side — ranges, resume, and never splicing two versions of a file that changes on the
 mirror — is `qdkit.httprange`; this module knows the formats and how many bytes N drawings take.
 """
+
 from __future__ import annotations
 
 import io
@@ -57,11 +58,11 @@ from qdkit.httprange import (
 
 DEFAULT_BASE_URL = "https://storage.googleapis.com/quickdraw_dataset"
 
-_HEAD_BYTES = 1024          # one request holds the whole .npy header (128 bytes in the official files)
-_FIRST_STROKE_BYTES = 1 << 16   # the first request for a stroke file; later ones grow with the need
-_MAX_RANGE = 1 << 24            # one growing range asks for at most 16 MiB
-_BINARY_HEADER = 17             # key_id u64, countrycode 2 bytes, recognized u8, timestamp u32, n_strokes u16
-_MAX_RECORD = 1 << 20           # a real drawing record is a few KB; a claim of more is not Quick Draw data
+_HEAD_BYTES = 1024  # one request holds the whole .npy header (128 bytes in the official files)
+_FIRST_STROKE_BYTES = 1 << 16  # the first request for a stroke file; later ones grow with the need
+_MAX_RANGE = 1 << 24  # one growing range asks for at most 16 MiB
+_BINARY_HEADER = 17  # key_id u64, countrycode 2 bytes, recognized u8, timestamp u32, n_strokes u16
+_MAX_RECORD = 1 << 20  # a real drawing record is a few KB; a claim of more is not Quick Draw data
 
 
 @dataclass(frozen=True)
@@ -69,10 +70,10 @@ class Format:
     """One published format: where it lives on the server and what it is called locally."""
 
     name: str
-    folder: str       # under the dataset root
+    folder: str  # under the dataset root
     suffix: str
     local_prefix: str
-    what: str         # for messages
+    what: str  # for messages
 
     def local_name(self, class_name: str) -> str:
         return f"{self.local_prefix}{class_name}{self.suffix}"
@@ -88,8 +89,12 @@ assert FORMATS["bitmap"].local_name("cat") == bitmap_filename("cat")
 
 
 def download_classes(
-    classes: list[str], out_dir: str | os.PathLike, limit: int | None = None,
-    base_url: str = DEFAULT_BASE_URL, timeout: float = 30, fmt: str = "bitmap",
+    classes: list[str],
+    out_dir: str | os.PathLike,
+    limit: int | None = None,
+    base_url: str = DEFAULT_BASE_URL,
+    timeout: float = 30,
+    fmt: str = "bitmap",
 ) -> list[Path]:
     """Download each class's official file of format `fmt` into `out_dir`; return the paths.
 
@@ -130,11 +135,12 @@ def download_classes(
 
 # --- bitmaps -------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class _Header:
-    raw: bytes          # the first bytes of the remote file: the header and perhaps some rows
+    raw: bytes  # the first bytes of the remote file: the header and perhaps some rows
     rows: int
-    offset: int         # where the rows start
+    offset: int  # where the rows start
 
 
 def _download_bitmap(remote: RemoteFile, final: Path, limit: int | None, fmt: Format) -> Path:
@@ -218,6 +224,7 @@ def _finish_subset(part: Path, final: Path, offset: int, rows: int) -> None:
 
 # --- stroke files (ndjson, binary) ---------------------------------------------------------------
 
+
 class _LineCounter:
     """Counts whole ndjson lines in a stream; `end` is the byte offset after the `want`-th line."""
 
@@ -277,8 +284,10 @@ class _RecordWalker:
 
     def at_eof(self, name: str) -> None:
         if self.end is None and self._buf:
-            raise QdkitError(f"{name}: truncated binary record {self.count} ({len(self._buf)} bytes at the end "
-                             "are not a whole record)")
+            raise QdkitError(
+                f"{name}: truncated binary record {self.count} ({len(self._buf)} bytes at the end "
+                "are not a whole record)"
+            )
         if self.end is None:
             self.end = self.pos
 
@@ -287,12 +296,12 @@ def _record_size(buf: bytearray, at: int, index: int) -> int | None:
     """The byte size of the binary record at `buf[at:]`, or None when it is not all in `buf` yet."""
     if len(buf) - at < _BINARY_HEADER:
         return None
-    strokes = int.from_bytes(buf[at + 15:at + 17], "little")
+    strokes = int.from_bytes(buf[at + 15 : at + 17], "little")
     off = at + _BINARY_HEADER
     for _ in range(strokes):
         if len(buf) < off + 2:
             return None
-        off += 2 + 2 * int.from_bytes(buf[off:off + 2], "little")
+        off += 2 + 2 * int.from_bytes(buf[off : off + 2], "little")
         if off - at > _MAX_RECORD:
             raise QdkitError(f"binary record {index} claims more than {_MAX_RECORD} bytes: not Quick Draw data")
     return off - at if off <= len(buf) else None

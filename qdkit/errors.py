@@ -1,4 +1,5 @@
 """The one exception type a user sees: the CLI prints its message as one line and exits with 2."""
+
 from __future__ import annotations
 
 

@@ -7,6 +7,7 @@ An int8 model (`qdkit export --int8`; its metadata has `quantization`) cannot ma
 1e-4 — quantization moves probabilities by ~1e-2 by design — so unless the caller sets tolerances
 its verdict is top-1 agreement >= 98% alone, and |Δprobability| is reported, not gated.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,21 +54,28 @@ class EvaluationReport:
             f"need >= {tol['min_agreement']:.4%})",
             f"  max |Δlogit|           {f['max_abs_logit_delta']:.3e}",
             f"  max |Δprobability|     {f['max_abs_prob_delta']:.3e}   "
-            + (f"(need <= {tol['max_prob_delta']:g})" if tol["max_prob_delta"] is not None
-               else "(reported, not gated: int8 model)"),
+            + (
+                f"(need <= {tol['max_prob_delta']:g})"
+                if tol["max_prob_delta"] is not None
+                else "(reported, not gated: int8 model)"
+            ),
             f"parity {verdict}; wrote {self.json_path} and {self.png_path}",
         ]
         if f.get("quantization"):
             q = f["quantization"]
-            lines.insert(0, f"int8 model ({q.get('type', 'quantized')}, calibrated on "
-                            f"{q.get('calibration_drawings', '?')} drawings): PyTorch parity to 1e-4 holds only "
-                            f"for the fp32 model; this one is judged by top-1 agreement"
-                            + (" and the |Δprobability| asked for" if tol["max_prob_delta"] is not None else ""))
+            lines.insert(
+                0,
+                f"int8 model ({q.get('type', 'quantized')}, calibrated on "
+                f"{q.get('calibration_drawings', '?')} drawings): PyTorch parity to 1e-4 holds only "
+                f"for the fp32 model; this one is judged by top-1 agreement"
+                + (" and the |Δprobability| asked for" if tol["max_prob_delta"] is not None else ""),
+            )
         return "\n".join(lines)
 
 
-def resolve_checkpoint(predictor: OnnxModel, checkpoint: str | os.PathLike | None,
-                       warn: Callable[[str], None]) -> tuple[Path, str]:
+def resolve_checkpoint(
+    predictor: OnnxModel, checkpoint: str | os.PathLike | None, warn: Callable[[str], None]
+) -> tuple[Path, str]:
     """The checkpoint to compare with, and its SHA-256. By default the one the model's metadata
     names (its recorded path, else the same file name beside the model), whose hash must match."""
 
@@ -80,12 +88,12 @@ def resolve_checkpoint(predictor: OnnxModel, checkpoint: str | os.PathLike | Non
             raise QdkitError(f"{path}: {what}")
         sha = sha256_file(path)
         if recorded and sha != recorded:
-            warn(f"{path}: not the checkpoint {predictor.path} was exported from (SHA-256 differs); "
-                 "comparing anyway")
+            warn(f"{path}: not the checkpoint {predictor.path} was exported from (SHA-256 differs); comparing anyway")
         return path, sha
     if not meta.get("checkpoint_path") and not meta.get("checkpoint_file"):
-        raise QdkitError(f"{predictor.path}: the model does not name its checkpoint (no qdkit metadata); "
-                         "pass --checkpoint")
+        raise QdkitError(
+            f"{predictor.path}: the model does not name its checkpoint (no qdkit metadata); pass --checkpoint"
+        )
     candidates = [Path(meta["checkpoint_path"])] if meta.get("checkpoint_path") else []
     if meta.get("checkpoint_file"):
         candidates.append(predictor.path.parent / meta["checkpoint_file"])
@@ -95,27 +103,40 @@ def resolve_checkpoint(predictor: OnnxModel, checkpoint: str | os.PathLike | Non
     path = found
     sha = sha256_file(path)
     if recorded and sha != recorded:
-        raise QdkitError(f"{path}: changed since {predictor.path} was exported from it (SHA-256 "
-                         f"{sha[:12]}… ≠ {recorded[:12]}…); re-export, or pass --checkpoint to compare anyway")
+        raise QdkitError(
+            f"{path}: changed since {predictor.path} was exported from it (SHA-256 "
+            f"{sha[:12]}… ≠ {recorded[:12]}…); re-export, or pass --checkpoint to compare anyway"
+        )
     return path, sha
 
 
-def tolerances(metadata: dict[str, Any], min_agreement: float | None,
-               max_prob_delta: float | None) -> tuple[float, float | None]:
+def tolerances(
+    metadata: dict[str, Any], min_agreement: float | None, max_prob_delta: float | None
+) -> tuple[float, float | None]:
     """The parity tolerances: the caller's where given, else by model kind — fp32: 100% agreement
     and |Δprobability| <= 1e-4; int8: 98% agreement and |Δprobability| not gated (None)."""
     if is_quantized(metadata):
         return (INT8_MIN_AGREEMENT if min_agreement is None else min_agreement), max_prob_delta
-    return (MIN_AGREEMENT if min_agreement is None else min_agreement,
-            MAX_PROB_DELTA if max_prob_delta is None else max_prob_delta)
+    return (
+        MIN_AGREEMENT if min_agreement is None else min_agreement,
+        MAX_PROB_DELTA if max_prob_delta is None else max_prob_delta,
+    )
 
 
-def evaluate_model(model: str | os.PathLike | None = None, checkpoint: str | os.PathLike | None = None,
-                   data: str | os.PathLike = DEFAULT_STORE, split: str = "test",
-                   out: str | os.PathLike | None = None, *, batch_size: int = 512,
-                   min_agreement: float | None = None, max_prob_delta: float | None = None,
-                   threads: int | None = None, warn: Callable[[str], None] | None = None,
-                   overwrite: bool = False) -> EvaluationReport:
+def evaluate_model(
+    model: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    data: str | os.PathLike = DEFAULT_STORE,
+    split: str = "test",
+    out: str | os.PathLike | None = None,
+    *,
+    batch_size: int = 512,
+    min_agreement: float | None = None,
+    max_prob_delta: float | None = None,
+    threads: int | None = None,
+    warn: Callable[[str], None] | None = None,
+    overwrite: bool = False,
+) -> EvaluationReport:
     """Compare the ONNX model with its checkpoint on one split; tolerances left None take the
     defaults for the model's kind (see `tolerances`). Writes evaluation.json and
     confusion_matrix.png into `out` (default: the model's folder); files there that qdkit did not
@@ -129,8 +150,9 @@ def evaluate_model(model: str | os.PathLike | None = None, checkpoint: str | os.
     t0 = time.perf_counter()
     predictor = OnnxModel(model, threads=threads, batch_size=batch_size, warn=warn)
     out_dir = output_folder(out if out is not None else predictor.path.parent)
-    json_path = output_file(out_dir / JSON_NAME, "report", overwrite=overwrite,
-                            ours=lambda p: is_qdkit_json(p, "confusion_matrix_axes"))
+    json_path = output_file(
+        out_dir / JSON_NAME, "report", overwrite=overwrite, ours=lambda p: is_qdkit_json(p, "confusion_matrix_axes")
+    )
     png_path = output_file(out_dir / PNG_NAME, "picture", overwrite=overwrite, ours=is_qdkit_png)
     min_agreement, max_prob_delta = tolerances(predictor.metadata, min_agreement, max_prob_delta)
     ckpt_path, sha = resolve_checkpoint(predictor, checkpoint, warn)
@@ -157,7 +179,7 @@ def evaluate_model(model: str | os.PathLike | None = None, checkpoint: str | os.
     torch_pred = np.empty(n, np.int64)
     max_dl = max_dp = 0.0
     for s in range(0, n, batch_size):
-        x = np.array(arrays.images[s:s + batch_size])  # a writable copy: torch refuses read-only memory
+        x = np.array(arrays.images[s : s + batch_size])  # a writable copy: torch refuses read-only memory
         o_logits, o_probs = predictor.run(x)
         assert o_probs is not None
         with torch.inference_mode():
@@ -168,8 +190,8 @@ def evaluate_model(model: str | os.PathLike | None = None, checkpoint: str | os.
         max_dp = max(max_dp, float(np.abs(o_probs - t_probs).max()))
         if not np.isfinite(o_logits).all():
             max_dl = max_dp = float("inf")
-        onnx_pred[s:s + len(x)] = o_logits.argmax(1)
-        torch_pred[s:s + len(x)] = t_logits.argmax(1)
+        onnx_pred[s : s + len(x)] = o_logits.argmax(1)
+        torch_pred[s : s + len(x)] = t_logits.argmax(1)
     labels = np.asarray(arrays.labels, np.int64)
     confusion = np.zeros((k, k), np.int64)
     np.add.at(confusion, (labels, onnx_pred), 1)
@@ -192,10 +214,12 @@ def evaluate_model(model: str | os.PathLike | None = None, checkpoint: str | os.
         "tolerances": {"min_agreement": min_agreement, "max_prob_delta": max_prob_delta},
         "quantization": predictor.metadata.get("quantization"),
         # NaN/inf (non-finite outputs) fail even where |Δprobability| is not gated.
-        "passed": bool(agreement >= min_agreement and np.isfinite(max_dp)
-                       and (max_prob_delta is None or max_dp <= max_prob_delta)),
-        "per_class_accuracy": {c: (float(confusion[i, i] / support[i]) if support[i] else None)
-                               for i, c in enumerate(names)},
+        "passed": bool(
+            agreement >= min_agreement and np.isfinite(max_dp) and (max_prob_delta is None or max_dp <= max_prob_delta)
+        ),
+        "per_class_accuracy": {
+            c: (float(confusion[i, i] / support[i]) if support[i] else None) for i, c in enumerate(names)
+        },
         "per_class_support": {c: int(support[i]) for i, c in enumerate(names)},
         "confusion_matrix": confusion.tolist(),
         "confusion_matrix_axes": "rows = true class, columns = onnxruntime's top-1, in class_names order",
@@ -203,8 +227,12 @@ def evaluate_model(model: str | os.PathLike | None = None, checkpoint: str | os.
     }
     with atomic_path(json_path) as tmp:
         tmp.write_text(json.dumps(figures, indent=1, allow_nan=True) + "\n")
-    plot_confusion(confusion, names, png_path,
-                   title=f"{Path(predictor.path).name} on {split}: accuracy {figures['onnx_accuracy']:.2%}")
+    plot_confusion(
+        confusion,
+        names,
+        png_path,
+        title=f"{Path(predictor.path).name} on {split}: accuracy {figures['onnx_accuracy']:.2%}",
+    )
     return EvaluationReport(figures, json_path, png_path)
 
 
@@ -231,8 +259,15 @@ def plot_confusion(confusion: np.ndarray, names: list[str], path: Path, title: s
         for i in range(k):
             for j in range(k):
                 if confusion[i, j]:
-                    ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=8 if k > 12 else 10,
-                            color="white" if share[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(confusion[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=8 if k > 12 else 10,
+                        color="white" if share[i, j] > 0.5 else "black",
+                    )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     fig.tight_layout()
     with atomic_path(path) as tmp:

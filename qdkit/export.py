@@ -22,6 +22,7 @@ onnxruntime and PyTorch, and only if they agree write the file (atomically). A r
 `export_models` is what `qdkit export` runs: the fp32 model and, with int8, its quantized copy
 (qdkit.quantize, a step of this stage), with every input checked before anything is written.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -46,9 +47,9 @@ from qdkit.outfiles import output_file
 if TYPE_CHECKING:
     from qdkit.quantize import QuantizeReport
 
-DEFAULT_OPSET = 17        # onnxruntime >= 1.12 and onnxruntime-web run it
-LOGIT_TOLERANCE = 1e-3    # |Δlogit| <= tol * max(1, |logit|)
-PROB_TOLERANCE = 1e-4     # |Δprobability|
+DEFAULT_OPSET = 17  # onnxruntime >= 1.12 and onnxruntime-web run it
+LOGIT_TOLERANCE = 1e-3  # |Δlogit| <= tol * max(1, |logit|)
+PROB_TOLERANCE = 1e-4  # |Δprobability|
 PARITY_DRAWINGS = 128
 
 
@@ -64,13 +65,18 @@ class ExportReport:
 
     def summary(self) -> str:
         names = json.loads(self.metadata["class_names"])
-        acc = ", ".join(f"{k.split('_')[0]} acc {float(self.metadata[k]):.2%}"
-                        for k in ("val_accuracy", "test_accuracy") if self.metadata.get(k))
-        return (f"exported {self.checkpoint} -> {self.path} ({self.path.stat().st_size / 2**20:.2f} MiB, "
-                f"{self.metadata['model_name']}, {len(names)} classes{', ' + acc if acc else ''}, "
-                f"opset {self.metadata['opset']}) in {self.seconds:.1f} s\n"
-                f"parity on {self.parity_drawings} drawings: max |Δlogit| {self.max_abs_logit_delta:.2e}, "
-                f"max |Δprobability| {self.max_abs_prob_delta:.2e}")
+        acc = ", ".join(
+            f"{k.split('_')[0]} acc {float(self.metadata[k]):.2%}"
+            for k in ("val_accuracy", "test_accuracy")
+            if self.metadata.get(k)
+        )
+        return (
+            f"exported {self.checkpoint} -> {self.path} ({self.path.stat().st_size / 2**20:.2f} MiB, "
+            f"{self.metadata['model_name']}, {len(names)} classes{', ' + acc if acc else ''}, "
+            f"opset {self.metadata['opset']}) in {self.seconds:.1f} s\n"
+            f"parity on {self.parity_drawings} drawings: max |Δlogit| {self.max_abs_logit_delta:.2e}, "
+            f"max |Δprobability| {self.max_abs_prob_delta:.2e}"
+        )
 
 
 def default_checkpoint() -> Path:
@@ -122,10 +128,17 @@ def model_path(checkpoint: Path, out: str | os.PathLike | None, overwrite: bool 
     return output_file(target, ".onnx model", overwrite=overwrite, ours=is_qdkit_model)
 
 
-def export_model(checkpoint: str | os.PathLike | None = None, out: str | os.PathLike | None = None, *,
-                 opset: int = DEFAULT_OPSET, logit_tolerance: float = LOGIT_TOLERANCE,
-                 prob_tolerance: float = PROB_TOLERANCE, drawings: np.ndarray | None = None,
-                 threads: int | None = None, overwrite: bool = False) -> ExportReport:
+def export_model(
+    checkpoint: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    *,
+    opset: int = DEFAULT_OPSET,
+    logit_tolerance: float = LOGIT_TOLERANCE,
+    prob_tolerance: float = PROB_TOLERANCE,
+    drawings: np.ndarray | None = None,
+    threads: int | None = None,
+    overwrite: bool = False,
+) -> ExportReport:
     """Export `checkpoint` (default: the newest artifacts/*/best.pt) to `out` (default: model.onnx
     beside it); raise QdkitError, writing nothing, if the checker or the parity gate fails."""
     import time
@@ -166,9 +179,14 @@ def export_model(checkpoint: str | os.PathLike | None = None, out: str | os.Path
             # dynamo=True (torch.export + onnxscript, measured on torch 2.13), with the same graph
             # after onnxruntime's optimisation, and BatchNorm folded into the convolutions for us.
             torch.onnx.export(  # a BytesIO target works (torch's documented file-like f)
-                wrapped, (sample,), buf, dynamo=False,  # type: ignore[arg-type]
-                opset_version=int(opset), do_constant_folding=True,
-                input_names=[INPUT_NAME], output_names=["logits", "probabilities"],
+                wrapped,
+                (sample,),
+                buf,  # type: ignore[arg-type]
+                dynamo=False,
+                opset_version=int(opset),
+                do_constant_folding=True,
+                input_names=[INPUT_NAME],
+                output_names=["logits", "probabilities"],
                 dynamic_axes={INPUT_NAME: {0: "N"}, "logits": {0: "N"}, "probabilities": {0: "N"}},
             )
     except Exception as e:
@@ -179,10 +197,21 @@ def export_model(checkpoint: str | os.PathLike | None = None, out: str | os.Path
     meta: dict[str, str] = {
         "format": METADATA_FORMAT,
         "class_names": json.dumps(class_names),
-        "input": json.dumps({"name": INPUT_NAME, **ckpt.get("input", {}),
-                             "shape": ["N", 1, SIDE, SIDE], "layout": "NCHW", "dtype": "uint8"}),
-        "outputs": json.dumps({"logits": "float32 (N, classes), unnormalised scores",
-                               "probabilities": "float32 (N, classes), softmax of logits"}),
+        "input": json.dumps(
+            {
+                "name": INPUT_NAME,
+                **ckpt.get("input", {}),
+                "shape": ["N", 1, SIDE, SIDE],
+                "layout": "NCHW",
+                "dtype": "uint8",
+            }
+        ),
+        "outputs": json.dumps(
+            {
+                "logits": "float32 (N, classes), unnormalised scores",
+                "probabilities": "float32 (N, classes), softmax of logits",
+            }
+        ),
         "qdkit_version": __version__,
         "model_name": str(ckpt["model_name"]),
         "model_kwargs": json.dumps(ckpt.get("model_kwargs", {})),
@@ -199,8 +228,10 @@ def export_model(checkpoint: str | os.PathLike | None = None, out: str | os.Path
         "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     proto.producer_name, proto.producer_version = "qdkit", __version__
-    proto.doc_string = (f"qdkit {meta['model_name']} Quick Draw classifier: uint8 pixels (N,1,28,28), "
-                        f"0 = background, 255 = ink -> logits, probabilities over {len(class_names)} classes")
+    proto.doc_string = (
+        f"qdkit {meta['model_name']} Quick Draw classifier: uint8 pixels (N,1,28,28), "
+        f"0 = background, 255 = ink -> logits, probabilities over {len(class_names)} classes"
+    )
     onnx.helper.set_model_props(proto, meta)
     check_graph(proto, ckpt_path, "exported graph")
 
@@ -216,11 +247,14 @@ def export_model(checkpoint: str | os.PathLike | None = None, out: str | os.Path
     d_prob = float(np.abs(ort_probs - t_probs).max())
     worst = float((d_logit / np.maximum(1.0, np.abs(t_logits))).max())
     if not (worst <= logit_tolerance and d_prob <= prob_tolerance):  # also catches NaN
-        raise QdkitError(f"{ckpt_path}: onnxruntime disagrees with PyTorch on {len(x)} drawings "
-                         f"(max |Δlogit| {float(d_logit.max()):.3g}, max |Δprobability| {d_prob:.3g}; "
-                         f"tolerances {logit_tolerance:g} relative, {prob_tolerance:g}); nothing written")
-    meta["parity"] = json.dumps({"drawings": int(len(x)), "max_abs_logit_delta": float(d_logit.max()),
-                                 "max_abs_prob_delta": d_prob})
+        raise QdkitError(
+            f"{ckpt_path}: onnxruntime disagrees with PyTorch on {len(x)} drawings "
+            f"(max |Δlogit| {float(d_logit.max()):.3g}, max |Δprobability| {d_prob:.3g}; "
+            f"tolerances {logit_tolerance:g} relative, {prob_tolerance:g}); nothing written"
+        )
+    meta["parity"] = json.dumps(
+        {"drawings": int(len(x)), "max_abs_logit_delta": float(d_logit.max()), "max_abs_prob_delta": d_prob}
+    )
     onnx.helper.set_model_props(proto, meta)
 
     with atomic_path(out) as tmp:
@@ -239,10 +273,17 @@ class ExportResult:
         return self.fp32.summary() + (f"\n{self.int8.summary()}" if self.int8 else "")
 
 
-def export_models(checkpoint: str | os.PathLike | None = None, out: str | os.PathLike | None = None, *,
-                  opset: int = DEFAULT_OPSET, int8: bool = False, data: str | os.PathLike | None = None,
-                  int8_min_agreement: float | None = None, overwrite: bool = False,
-                  warn: Callable[[str], None] | None = None) -> ExportResult:
+def export_models(
+    checkpoint: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    *,
+    opset: int = DEFAULT_OPSET,
+    int8: bool = False,
+    data: str | os.PathLike | None = None,
+    int8_min_agreement: float | None = None,
+    overwrite: bool = False,
+    warn: Callable[[str], None] | None = None,
+) -> ExportResult:
     """`qdkit export`: the fp32 model (`export_model`) and, with `int8`, its int8 copy beside it,
     calibrated on the store `data` (default: the run's store). Every input — the checkpoint, the
     store and its classes, both output paths — is checked before anything is written. Without
@@ -262,12 +303,15 @@ def export_models(checkpoint: str | os.PathLike | None = None, out: str | os.Pat
     report = export_model(ckpt, out, opset=opset, overwrite=overwrite)
     if store is None:
         if target.is_file():
-            warn(f"{target} is from an earlier export, not from this {report.path}; "
-                 "re-export with --int8 to refresh it, or delete it")
+            warn(
+                f"{target} is from an earlier export, not from this {report.path}; "
+                "re-export with --int8 to refresh it, or delete it"
+            )
         return ExportResult(report)
     try:
-        quantized = quantize_from_store(report.path, target, store, min_agreement=int8_min_agreement, warn=warn,
-                                        overwrite=overwrite)
+        quantized = quantize_from_store(
+            report.path, target, store, min_agreement=int8_min_agreement, warn=warn, overwrite=overwrite
+        )
     except QdkitError as e:
         stale = f"; {target} from an earlier export is left as it was" if target.is_file() else ""
         raise QdkitError(f"{e} (the fp32 {report.path} is written{stale})") from e

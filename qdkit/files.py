@@ -1,6 +1,7 @@
 """The file helpers every stage needs: write-then-rename (an interrupted or failed write never
 leaves a file that looks complete; a full disk is one line), a lock on an output folder, a file's
 SHA-256, and the newest file matching a pattern."""
+
 from __future__ import annotations
 
 import contextlib
@@ -94,8 +95,10 @@ def _replace(tmp: Path, final: Path) -> None:
         kept = kept if not kept.exists() else final.with_name(f"{final.name}.old-{os.getpid()}")
         with contextlib.suppress(OSError):
             os.replace(old, kept)
-        raise QdkitError(f"{final}: written, but the old folder could not be removed ({failures[0]}); "
-                         f"what is left of it is in {kept if kept.exists() else old}")
+        raise QdkitError(
+            f"{final}: written, but the old folder could not be removed ({failures[0]}); "
+            f"what is left of it is in {kept if kept.exists() else old}"
+        )
 
 
 def _check_removable(folder: Path) -> None:
@@ -138,8 +141,10 @@ def output_lock(folder: str | os.PathLike, names: Sequence[str], what: str = "qd
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise QdkitError(f"{folder}: another {what} is writing into this folder; wait for it to finish "
-                             "or choose another output folder") from None
+            raise QdkitError(
+                f"{folder}: another {what} is writing into this folder; wait for it to finish "
+                "or choose another output folder"
+            ) from None
         _clear_stale_temporaries(folder, names)
         try:
             yield
@@ -160,8 +165,10 @@ def _clear_stale_temporaries(folder: Path, names: Sequence[str]) -> None:
         if not match or int(match[3]) == os.getpid():
             continue
         if _alive(int(match[3])):
-            raise QdkitError(f"{entry}: a temporary of a run still in progress (PID {match[3]}); wait for it "
-                             "or choose another output folder")
+            raise QdkitError(
+                f"{entry}: a temporary of a run still in progress (PID {match[3]}); wait for it "
+                "or choose another output folder"
+            )
         _remove(entry)
 
 
@@ -186,8 +193,12 @@ def sha256_file(path: str | os.PathLike) -> str:
 def newest_file(patterns: Sequence[str], what: str, hint: str, exclude: str | None = None) -> Path:
     """The most recently modified file matching any of `patterns` (relative to the working folder)
     and not ending in `exclude`."""
-    found = [Path(p) for pattern in patterns for p in glob.glob(pattern)
-             if Path(p).is_file() and not (exclude and p.endswith(exclude))]
+    found = [
+        Path(p)
+        for pattern in patterns
+        for p in glob.glob(pattern)
+        if Path(p).is_file() and not (exclude and p.endswith(exclude))
+    ]
     if not found:
         raise QdkitError(f"no {what} found ({' or '.join(patterns)}); {hint}")
     return max(found, key=lambda p: (p.stat().st_mtime, str(p)))

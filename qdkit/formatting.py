@@ -1,4 +1,5 @@
 """How `qdkit predict` shows predictions: an aligned table for people, JSON or CSV for programs."""
+
 from __future__ import annotations
 
 import csv

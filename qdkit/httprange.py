@@ -7,6 +7,7 @@ made of two versions. A download grows `<file>.part`, which always holds a prefi
 file, beside `<file>.part.validator` recording the version it was fetched under, so a resume
 against another version starts over. Standard library only (and tqdm for the progress bar).
 """
+
 from __future__ import annotations
 
 import http.client
@@ -31,14 +32,14 @@ CHUNK = 1 << 16
 class RemoteFile:
     """One file on the server, and what the first answer said about it (to spot a change)."""
 
-    name: str         # the class, for messages and the progress bar
+    name: str  # the class, for messages and the progress bar
     url: str
     timeout: float
-    what: str         # "a .npy file", ...: what the file should be, for messages
+    what: str  # "a .npy file", ...: what the file should be, for messages
     etag: str | None = None
     last_modified: str | None = None
     total: int | None = None
-    ranged: bool = False   # the server answered a Range request with 206
+    ranged: bool = False  # the server answered a Range request with 206
     seen: bool = field(default=False)
 
     def validator(self) -> dict:
@@ -106,22 +107,27 @@ def _open(remote: RemoteFile, start: int, end: int) -> tuple[http.client.HTTPRes
         raise
 
 
-def _same_version(remote: RemoteFile, response: http.client.HTTPResponse, total: int | None, start: int,
-                  ranged: bool) -> None:
+def _same_version(
+    remote: RemoteFile, response: http.client.HTTPResponse, total: int | None, start: int, ranged: bool
+) -> None:
     """Remember the first answer's validator and size; refuse a later answer about another version."""
     etag, modified = response.headers.get("ETag"), response.headers.get("Last-Modified")
     if not remote.seen:
         remote.etag, remote.last_modified, remote.total, remote.ranged = etag, modified, total, ranged
         remote.seen = True
         return
-    pairs = (("ETag", remote.etag, etag), ("Last-Modified", remote.last_modified, modified),
-             ("size", remote.total, total))
+    pairs = (
+        ("ETag", remote.etag, etag),
+        ("Last-Modified", remote.last_modified, modified),
+        ("size", remote.total, total),
+    )
     changes = [what for what, was, now in pairs if was and now and was != now]
     if remote.ranged and not ranged and start > 0:
         changes.append("If-Range answered with the whole file")
     if changes:
-        raise FileChanged(f"{remote.url}: the file changed on the server during the download "
-                          f"({', '.join(changes)}); run again")
+        raise FileChanged(
+            f"{remote.url}: the file changed on the server during the download ({', '.join(changes)}); run again"
+        )
 
 
 def _read(remote: RemoteFile, response: http.client.HTTPResponse, size: int, done: int) -> bytes:
@@ -194,8 +200,11 @@ def start_part(remote: RemoteFile, part: Path, prefix: bytes, max_size: int | No
                 earlier = {}
             # Without a validator on either side only the prefix can be compared (an older qdkit's .part).
             same = earlier == validator if (earlier is not None or remote.if_range()) else True
-            if (not same or not prefix.startswith(start[:len(prefix)])
-                    or (max_size is not None and part.stat().st_size > max_size)):
+            if (
+                not same
+                or not prefix.startswith(start[: len(prefix)])
+                or (max_size is not None and part.stat().st_size > max_size)
+            ):
                 drop_part(part)  # not a prefix of this remote file (it changed on the server): start over
         held = part.stat().st_size if part.exists() else 0
         if held < len(prefix):
@@ -213,16 +222,21 @@ def fill_part(remote: RemoteFile, part: Path, need: int) -> None:
         append_range(remote, part, held, need)
 
 
-def append_range(remote: RemoteFile, part: Path, held: int, need: int,
-                  on_data: Callable[[bytes], None] | None = None) -> int:
+def append_range(
+    remote: RemoteFile, part: Path, held: int, need: int, on_data: Callable[[bytes], None] | None = None
+) -> int:
     """Append remote bytes [held, need) to `part` (which holds `held` bytes), with a progress bar;
     `on_data` sees each appended block. Returns the bytes added (counted from `held`)."""
     response, start = _open(remote, held, need)
     if start < held:  # the server ignored Range and sends the file from byte 0: skip what `part` holds
         _skip(remote, response, held - start)
     added = 0
-    with response, tqdm(total=need, initial=held, unit="B", unit_scale=True, unit_divisor=1024,
-                        desc=remote.name, file=sys.stderr) as bar:
+    with (
+        response,
+        tqdm(
+            total=need, initial=held, unit="B", unit_scale=True, unit_divisor=1024, desc=remote.name, file=sys.stderr
+        ) as bar,
+    ):
         try:
             with open(part, "ab" if held else "wb") as f:
                 while held < need:
@@ -241,4 +255,3 @@ def append_range(remote: RemoteFile, part: Path, held: int, need: int,
         except OSError as e:
             raise QdkitError(f"{part}: cannot write ({e.strerror})") from None
     return added
-

@@ -3,6 +3,7 @@
 PNGs on disk are black ink on white, as the original project wrote them; the writer and the
 reader of that inversion sit side by side here and nowhere else knows about it.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,19 +37,19 @@ def write_png(drawing: np.ndarray, path: str | os.PathLike) -> None:
 # they would otherwise vanish, and the contrast stretched so the darkest ink is 255.
 
 INVERT_CHOICES = ("auto", "yes", "no")
-_CANVAS = 4 * SIDE   # the drawing is fitted at 4x (112x112), then box-downsampled to 28x28
+_CANVAS = 4 * SIDE  # the drawing is fitted at 4x (112x112), then box-downsampled to 28x28
 _SPAN = 4 * (SIDE - 2)  # its longer side spans 104 canvas pixels = 26 output pixels
-_BIG = 2048 * 2048     # images with more pixels are max-pooled in uint8 before anything else
-_PEN = 3             # strokes thinner than ~5 canvas pixels (~1.2 px at 28x28) are thickened
-_WORN = 0.2          # a stroke is as wide as the erosions it takes to leave 20% of its ink
+_BIG = 2048 * 2048  # images with more pixels are max-pooled in uint8 before anything else
+_PEN = 3  # strokes thinner than ~5 canvas pixels (~1.2 px at 28x28) are thickened
+_WORN = 0.2  # a stroke is as wide as the erosions it takes to leave 20% of its ink
 
 # What counts as ink when fitting (intensities 0..255 after the background is subtracted):
 _MAD_TO_SIGMA = 1.4826  # median absolute deviation -> standard deviation, for Gaussian noise
-_MIN_PEAK = 16.0        # the darkest ink must stand this far above the background ...
-_PEAK_NOISE = 3         # ... and this many noise levels: otherwise nothing is drawn
-_INK_FLOOR = 40.0       # after stretching to 255: fainter pixels are paper texture or JPEG ringing
-_INK_NOISE = 4          # ... as are pixels within this many (stretched) noise levels
-_INK_CEILING = 128.0    # ... but the floor never rises above half the ink
+_MIN_PEAK = 16.0  # the darkest ink must stand this far above the background ...
+_PEAK_NOISE = 3  # ... and this many noise levels: otherwise nothing is drawn
+_INK_FLOOR = 40.0  # after stretching to 255: fainter pixels are paper texture or JPEG ringing
+_INK_NOISE = 4  # ... as are pixels within this many (stretched) noise levels
+_INK_CEILING = 128.0  # ... but the floor never rises above half the ink
 
 
 def _border(a: np.ndarray) -> np.ndarray:
@@ -131,7 +132,7 @@ def _fit(ink: np.ndarray) -> np.ndarray:
     rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
     if rows.size == 0:
         return np.zeros((SIDE, SIDE), np.uint8)
-    ink = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    ink = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     h, w = ink.shape
     scale = _SPAN / max(h, w)
     k = int(1 / scale)
@@ -144,7 +145,7 @@ def _fit(ink: np.ndarray) -> np.ndarray:
     fitted = np.asarray(Image.fromarray(ink, mode="F").resize((nw, nh), resample), np.float32)
     canvas = np.zeros((_CANVAS, _CANVAS), np.float32)
     top, left = (_CANVAS - nh) // 2, (_CANVAS - nw) // 2
-    canvas[top:top + nh, left:left + nw] = fitted
+    canvas[top : top + nh, left : left + nw] = fitted
     # Stroke width: how many 3x3 erosions it takes to wear most of the ink away.
     mask = canvas >= 128
     area, erosions = int(mask.sum()), 0
@@ -206,8 +207,14 @@ def _max_pool(a: np.ndarray, k: int) -> np.ndarray:
 
 
 # The header of every PNG `write_png` makes: 28x28, 8-bit grayscale, not interlaced.
-_QDKIT_PNG_HEAD = (b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + b"IHDR"
-                   + SIDE.to_bytes(4, "big") + SIDE.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0]))
+_QDKIT_PNG_HEAD = (
+    b"\x89PNG\r\n\x1a\n"
+    + (13).to_bytes(4, "big")
+    + b"IHDR"
+    + SIDE.to_bytes(4, "big")
+    + SIDE.to_bytes(4, "big")
+    + bytes([8, 0, 0, 0, 0])
+)
 _HARMLESS_CHUNKS = {b"IDAT", b"IEND", b"pHYs", b"tEXt", b"zTXt", b"iTXt", b"tIME", b"gAMA", b"sRGB", b"cHRM"}
 
 
@@ -225,11 +232,11 @@ def _read_small_png(path: str) -> np.ndarray | None:
         return None
     pos, end, idat = 33, len(data), []
     while pos + 8 <= end:
-        length, kind = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8]
+        length, kind = int.from_bytes(data[pos : pos + 4], "big"), data[pos + 4 : pos + 8]
         if kind not in _HARMLESS_CHUNKS or pos + 12 + length > end:
             return None  # transparency, a palette, a truncated or oversized file: the general path
         if kind == b"IDAT":
-            idat.append(data[pos + 8:pos + 8 + length])
+            idat.append(data[pos + 8 : pos + 8 + length])
         elif kind == b"IEND":
             break
         pos += 12 + length

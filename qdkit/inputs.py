@@ -9,6 +9,7 @@ folder, but never into a folder already searched, so a link loop neither hangs n
 Anything that cannot be read — a FIFO, socket or device among the files, a folder without
 permission — is one problem line and the rest go on.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -19,8 +20,27 @@ import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jpe", ".gif", ".bmp", ".dib", ".webp", ".tif", ".tiff",
-                  ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".jp2", ".jfif", ".avif")
+IMAGE_SUFFIXES = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".jpe",
+    ".gif",
+    ".bmp",
+    ".dib",
+    ".webp",
+    ".tif",
+    ".tiff",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+    ".pnm",
+    ".tga",
+    ".ico",
+    ".jp2",
+    ".jfif",
+    ".avif",
+)
 STROKE_SUFFIXES = (".ndjson",)
 INPUT_SUFFIXES = IMAGE_SUFFIXES + STROKE_SUFFIXES
 
@@ -49,8 +69,13 @@ def _not_regular(path: str | os.PathLike) -> str:
         return "a broken symbolic link"
     except OSError as e:
         return f"unreadable ({e.strerror})"
-    kinds = [(stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
-             (stat.S_ISBLK, "a device"), (stat.S_ISDIR, "a folder")]
+    kinds = [
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a device"),
+        (stat.S_ISBLK, "a device"),
+        (stat.S_ISDIR, "a folder"),
+    ]
     return next((what for test, what in kinds if test(mode)), "not a regular file")
 
 
@@ -71,8 +96,9 @@ class _Walker:
             with os.scandir(folder) as it:
                 return sorted(it, key=lambda e: e.name)
         except OSError as e:
-            self.problems.append(f"{folder}: cannot read folder ({e.strerror or type(e).__name__}); "
-                                 "its files are skipped")
+            self.problems.append(
+                f"{folder}: cannot read folder ({e.strerror or type(e).__name__}); its files are skipped"
+            )
             return None
 
     def inputs_under(self, folder: Path) -> list[Path]:
@@ -170,8 +196,7 @@ def expand_paths(specs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[s
             before = len(problems)
             found = walker.inputs_under(p)
             if not found and len(problems) == before:
-                problems.append(f"{spec}: folder has no images ({', '.join(IMAGE_SUFFIXES[:6])}, ...) "
-                                "or .ndjson files")
+                problems.append(f"{spec}: folder has no images ({', '.join(IMAGE_SUFFIXES[:6])}, ...) or .ndjson files")
             files += found
         elif glob.has_magic(spec):
             found = []

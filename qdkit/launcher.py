@@ -1,5 +1,6 @@
 """`qdkit train --nproc N`: start torchrun for N training processes on this machine, and turn how
 they ended (qdkit.train's exit codes) into this command's exit code."""
+
 from __future__ import annotations
 
 import logging
@@ -31,8 +32,9 @@ def launch(nproc: int, qdkit_args: list[str]) -> int:
     """
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, cpu_cores() // nproc)))
-    agent = subprocess.Popen([sys.executable, "-m", AGENT_MODULE, str(nproc), *qdkit_args], env=env,
-                             start_new_session=True)
+    agent = subprocess.Popen(
+        [sys.executable, "-m", AGENT_MODULE, str(nproc), *qdkit_args], env=env, start_new_session=True
+    )
     with sigterm_as_interrupt():
         while True:
             try:
@@ -55,18 +57,23 @@ def run_agent(nproc: int, qdkit_args: list[str]) -> int:
             logger.addHandler(logging.NullHandler())
             logger.propagate = False
     try:
-        run(parse_args(["--standalone", "--nproc-per-node", str(nproc), "--max-restarts", "0",
-                        "-m", "qdkit", *qdkit_args]))
+        run(
+            parse_args(
+                ["--standalone", "--nproc-per-node", str(nproc), "--max-restarts", "0", "-m", "qdkit", *qdkit_args]
+            )
+        )
         return EXIT_OK
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
         if failure.exitcode in _SAID_WHY:
             return failure.exitcode
-        how = (f"was killed by {failure.signal_name()}" if failure.exitcode < 0
-               else f"exited with code {failure.exitcode}")
+        how = (
+            f"was killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exited with code {failure.exitcode}"
+        )
         hint = " (out of memory?)" if failure.exitcode == -signal.SIGKILL else ""
-        print(f"qdkit: error: training process rank {rank} {how}{hint}; the other processes were stopped",
-              file=sys.stderr)
+        print(
+            f"qdkit: error: training process rank {rank} {how}{hint}; the other processes were stopped", file=sys.stderr
+        )
         return EXIT_ERROR
     except SignalException as e:  # the workers got the signal too and have exited
         return 128 + int(e.sigval)
@@ -76,6 +83,7 @@ def _stop_with(launcher: int) -> None:
     """The agent runs in a session of its own, so nothing stops it when its launcher is killed
     (SIGKILL included): a thread watches the launcher and, once it is gone, stops the workers as a
     SIGTERM to this process does."""
+
     def watch() -> None:
         while os.getppid() == launcher:
             time.sleep(0.5)

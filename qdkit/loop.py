@@ -4,6 +4,7 @@ trains epoch by epoch, checkpoints through the Reporter, and tests best.pt at th
 Every rank runs this code; only rank 0's Reporter writes. What ends a loop early — a NaN, Ctrl-C —
 is agreed at sync points (`any_flags`), so all ranks stop at the same step.
 """
+
 from __future__ import annotations
 
 import math
@@ -54,12 +55,19 @@ class Trainer:
     Under torchrun, construct it inside `process_group` (as `train()` does): a setup error on any
     rank is raised on every rank (`agree`)."""
 
-    def __init__(self, config: TrainConfig, log: Callable[[str], None] | None = None,
-                 info: DistInfo | None = None, device: tuple[torch.device, torch.dtype | None] | None = None) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        log: Callable[[str], None] | None = None,
+        info: DistInfo | None = None,
+        device: tuple[torch.device, torch.dtype | None] | None = None,
+    ) -> None:
         self.info = info = info or dist_info()
         if info.world_size > 1 and not info.active:
-            raise QdkitError(f"WORLD_SIZE={info.world_size} but no process group: under torchrun, "
-                             "train through qdkit.train.train() (or `qdkit train`)")
+            raise QdkitError(
+                f"WORLD_SIZE={info.world_size} but no process group: under torchrun, "
+                "train through qdkit.train.train() (or `qdkit train`)"
+            )
         error, built = None, None
         try:
             plan = plan_run(config, info, *(device or rank_device(config.device, config.amp, info)))
@@ -97,19 +105,28 @@ class Trainer:
                     # exported model, whatever precision the training used. Under DDP every rank first
                     # takes rank 0's batch-norm statistics: the model evaluated is the one saved.
                     broadcast_buffers(self.model, self.info)
-                    val_loss, val_acc = evaluate(self.model, self.data.validation, self.device, None,
-                                                 self.eval_batch, self.info)
+                    val_loss, val_acc = evaluate(
+                        self.model, self.data.validation, self.device, None, self.eval_batch, self.info
+                    )
                     if not math.isfinite(val_loss):
                         self._diverged(epoch, steps)
-                    row = {"epoch": epoch, "train_loss": tm["train_loss"], "train_accuracy": tm["train_accuracy"],
-                           "val_loss": val_loss, "val_accuracy": val_acc,
-                           "lr": float(self.parts.scheduler.get_last_lr()[0]),  # what the next step would use
-                           "img_per_s": tm["img_per_s"], "epoch_seconds": tm["seconds"]}
+                    row = {
+                        "epoch": epoch,
+                        "train_loss": tm["train_loss"],
+                        "train_accuracy": tm["train_accuracy"],
+                        "val_loss": val_loss,
+                        "val_accuracy": val_acc,
+                        "lr": float(self.parts.scheduler.get_last_lr()[0]),  # what the next step would use
+                        "img_per_s": tm["img_per_s"],
+                        "epoch_seconds": tm["seconds"],
+                    }
                     improved, patience_hit = state.record(row, cfg.patience, cfg.epochs)
                     self._save(row if improved else None, report=row)
                     if patience_hit and epoch < cfg.epochs:
-                        say(f"early stop: no better validation accuracy for {cfg.patience} epochs "
-                            f"(best {state.best_val:.2%} at epoch {state.best_epoch})")
+                        say(
+                            f"early stop: no better validation accuracy for {cfg.patience} epochs "
+                            f"(best {state.best_val:.2%} at epoch {state.best_epoch})"
+                        )
                     elif epoch < cfg.epochs and any_flags([stop.requested], self.info, self.device)[0]:
                         self._interrupted(epoch + 1, at_epoch_end=True)
             metrics = self._test_best()
@@ -175,7 +192,8 @@ class Trainer:
                     # A sync point, at the same step on every rank: one all-reduce agrees on the NaN
                     # check and on Ctrl-C, so all ranks stop together (or none waits forever).
                     diverged, stopping = any_flags(
-                        [not bool(torch.isfinite(totals[0])), stop is not None and stop.requested], info, self.device)
+                        [not bool(torch.isfinite(totals[0])), stop is not None and stop.requested], info, self.device
+                    )
                     if diverged:
                         self._diverged(epoch, step)
                     if bar is not None:
@@ -197,16 +215,27 @@ class Trainer:
             return None
         loss_sum, correct, count = totals.tolist()
         state.end_epoch()
-        return {"train_loss": loss_sum / count, "train_accuracy": correct / count,
-                "img_per_s": count / seconds if seconds > 0 else float("nan"), "seconds": seconds}
+        return {
+            "train_loss": loss_sum / count,
+            "train_accuracy": correct / count,
+            "img_per_s": count / seconds if seconds > 0 else float("nan"),
+            "seconds": seconds,
+        }
 
     # ----------------------------------------------------------------- checkpoints and endings
 
     def _model_fields(self) -> dict[str, Any]:
         cfg = self.cfg
-        return dict(model=self.model, model_name=cfg.model, model_kwargs=self.plan.model_kwargs,
-                    class_names=self.data.class_names, run_name=cfg.run_name, config=asdict(cfg),
-                    augment=dict(AUGMENT) if cfg.augment else None, store=self.plan.store_identity)
+        return dict(
+            model=self.model,
+            model_name=cfg.model,
+            model_kwargs=self.plan.model_kwargs,
+            class_names=self.data.class_names,
+            run_name=cfg.run_name,
+            config=asdict(cfg),
+            augment=dict(AUGMENT) if cfg.augment else None,
+            store=self.plan.store_identity,
+        )
 
     def _save(self, best: dict[str, float] | None = None, report: dict[str, float] | None = None) -> Path:
         """last.pt (and best.pt with its metrics `best`, and the epoch's reports for `report`). Rank 0
@@ -215,8 +244,9 @@ class Trainer:
         path, error = self.reporter.last_path, None
         try:
             if best is not None:
-                self.reporter.save_checkpoint("best.pt", **self._model_fields(), epoch=self.state.epoch, metrics=best,
-                                              history=self.state.history)
+                self.reporter.save_checkpoint(
+                    "best.pt", **self._model_fields(), epoch=self.state.epoch, metrics=best, history=self.state.history
+                )
             self.reporter.save_checkpoint("last.pt", **self._model_fields(), **last)
             if report is not None:
                 self.reporter.epoch_done(report, self.state.history, improved=best is not None)
@@ -227,20 +257,31 @@ class Trainer:
 
     def _diverged(self, epoch: int, step: int) -> NoReturn:
         kept = self.reporter.last_path
-        keep = (f"the last good checkpoint is {kept} (epoch {self.state.epoch})" if kept.exists()
-                else "no checkpoint was written")
-        raise QdkitError(f"training diverged: the loss became NaN or infinite in epoch {epoch} (step {step}) "
-                         f"with --lr {format_lr(self.cfg.lr)} --optimizer {self.cfg.optimizer}; "
-                         f"try a lower --lr; {keep}")
+        keep = (
+            f"the last good checkpoint is {kept} (epoch {self.state.epoch})"
+            if kept.exists()
+            else "no checkpoint was written"
+        )
+        raise QdkitError(
+            f"training diverged: the loss became NaN or infinite in epoch {epoch} (step {step}) "
+            f"with --lr {format_lr(self.cfg.lr)} --optimizer {self.cfg.optimizer}; "
+            f"try a lower --lr; {keep}"
+        )
 
     def _interrupted(self, epoch: int, at_epoch_end: bool = False) -> NoReturn:
         path, state, info = self._save(), self.state, self.info
-        where = f"after epoch {state.epoch}" if at_epoch_end or state.step_in_epoch == 0 else \
-            f"in epoch {epoch} at step {state.step_in_epoch}/{self.parts.steps_per_epoch}"
+        where = (
+            f"after epoch {state.epoch}"
+            if at_epoch_end or state.step_in_epoch == 0
+            else f"in epoch {epoch} at step {state.step_in_epoch}/{self.parts.steps_per_epoch}"
+        )
         again = f"qdkit train --resume {path}"
         if info.world_size > 1:  # the same processes again (any number works; see trainparts)
-            again = (f"{again} --nproc {info.world_size}" if info.world_size == info.local_world_size
-                     else f"{again} (under the same torchrun command)")
+            again = (
+                f"{again} --nproc {info.world_size}"
+                if info.world_size == info.local_world_size
+                else f"{again} (under the same torchrun command)"
+            )
         raise TrainingInterrupted(f"interrupted {where}; saved {path}; resume with: {again}", path)
 
     def _test_best(self) -> dict[str, Any]:
@@ -252,8 +293,7 @@ class Trainer:
             weights = load_checkpoint(self.reporter.art_dir / "best.pt")["model_state"] if self.info.is_main else None
             best = build_model(self.cfg.model, len(self.data.class_names), **self.plan.model_kwargs)
             best.load_state_dict(broadcast_object(weights, self.info))
-            test = evaluate(best.to(self.device).eval(), self.data.test, self.device, None, self.eval_batch,
-                            self.info)
+            test = evaluate(best.to(self.device).eval(), self.data.test, self.device, None, self.eval_batch, self.info)
         else:
             self.reporter.say(f"{self.cfg.data}: no test split; test_accuracy is null")
         return self.reporter.run_done(self.plan, self.state, test)
@@ -262,5 +302,14 @@ class Trainer:
 def _progress_bar(cfg: RunSettings, epoch: int, steps: int, start_step: int) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=steps * cfg.batch_size, initial=start_step * cfg.batch_size, desc=f"epoch {epoch}/{cfg.epochs}",
-                unit="img", unit_scale=True, file=sys.stderr, leave=False, dynamic_ncols=True, mininterval=0.5)
+    return tqdm(
+        total=steps * cfg.batch_size,
+        initial=start_step * cfg.batch_size,
+        desc=f"epoch {epoch}/{cfg.epochs}",
+        unit="img",
+        unit_scale=True,
+        file=sys.stderr,
+        leave=False,
+        dynamic_ncols=True,
+        mininterval=0.5,
+    )

@@ -1,5 +1,6 @@
 """The pieces the training loop is made of: one pass over a split (`evaluate`), the rows each rank
 reads in an epoch, background prefetching of batches, and the Ctrl-C request."""
+
 from __future__ import annotations
 
 import queue
@@ -19,8 +20,14 @@ from qdkit.store import SplitArrays
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, arrays: SplitArrays, device: torch.device, amp_dtype: torch.dtype | None = None,
-             batch_size: int = 512, info: DistInfo | None = None) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module,
+    arrays: SplitArrays,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    batch_size: int = 512,
+    info: DistInfo | None = None,
+) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of `model` on a split; sharded and all-reduced under DDP."""
     info = info or DistInfo()
     module = getattr(model, "module", model)
@@ -29,8 +36,9 @@ def evaluate(model: nn.Module, arrays: SplitArrays, device: torch.device, amp_dt
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
     # Every global batch is sliced over the ranks (a slice may be empty at the end); the sums are
     # all-reduced, so each drawing of the split counts exactly once.
-    loader = BatchLoader(arrays, max(batch_size, info.world_size), shuffle=False,
-                         rank=info.rank, world_size=info.world_size)
+    loader = BatchLoader(
+        arrays, max(batch_size, info.world_size), shuffle=False, rank=info.rank, world_size=info.world_size
+    )
     for x, y in loader:
         if len(y) == 0:
             continue
@@ -53,7 +61,7 @@ def epoch_indices(loader: BatchLoader, epoch: int, start_step: int = 0) -> Itera
     loader.set_epoch(epoch)
     order, bs = loader.global_order(), loader.batch_size
     for b in range(start_step, len(loader)):
-        yield loader.shard(order[b * bs:(b + 1) * bs])
+        yield loader.shard(order[b * bs : (b + 1) * bs])
 
 
 def prefetch(batches: Iterable, depth: int, pin: bool) -> Iterator:

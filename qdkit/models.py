@@ -1,6 +1,7 @@
 """The models, picked by name. Normalisation is each model's first layer (`PixelInput`), so a
 model — and the ONNX graph exported from it — takes raw Quick Draw pixels and no preprocessing
 constant lives anywhere else."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -53,7 +54,10 @@ class SeedCNN(nn.Module):
             layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Dropout(dropout), nn.Linear(64 * 3 * 3, 200), nn.ReLU(inplace=True),
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(64 * 3 * 3, 200),
+            nn.ReLU(inplace=True),
             nn.Linear(200, num_classes),
         )
 
@@ -83,13 +87,24 @@ class QDNet(nn.Module):
         # Roughly the mean/std of Quick Draw pixels (ink covers ~20%): centres the input.
         self.input = PixelInput(mean=0.2, std=0.35)
         self.features = nn.Sequential(
-            *_conv_bn(1, w), *_conv_bn(w, w), nn.MaxPool2d(2),                  # 14x14
-            *_conv_bn(w, 2 * w), *_conv_bn(2 * w, 2 * w), nn.MaxPool2d(2),      # 7x7
-            *_conv_bn(2 * w, 4 * w), *_conv_bn(4 * w, 4 * w), nn.MaxPool2d(2),  # 3x3
+            *_conv_bn(1, w),
+            *_conv_bn(w, w),
+            nn.MaxPool2d(2),  # 14x14
+            *_conv_bn(w, 2 * w),
+            *_conv_bn(2 * w, 2 * w),
+            nn.MaxPool2d(2),  # 7x7
+            *_conv_bn(2 * w, 4 * w),
+            *_conv_bn(4 * w, 4 * w),
+            nn.MaxPool2d(2),  # 3x3
         )
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * w * 9, hidden, bias=False), nn.BatchNorm1d(hidden),
-            nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, num_classes),
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(4 * w * 9, hidden, bias=False),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ The contract (written by qdkit.export):
   metadata_props          format (METADATA_FORMAT), class_names (JSON list), input (JSON), ...;
                           an int8 model (qdkit.quantize) adds quantization (JSON)
 """
+
 from __future__ import annotations
 
 import json
@@ -39,6 +40,7 @@ class QdkitWarning(UserWarning):
 
 # ----------------------------------------------------------------------------- model discovery
 
+
 def default_model_path() -> Path:
     """The newest exported model; an int8 one (model.int8.onnx, written after model.onnx by
     `qdkit export --int8`) only where there is no other: int8 is opt-in, via --model."""
@@ -50,6 +52,7 @@ def default_model_path() -> Path:
 
 
 # ----------------------------------------------------------------------------- the session
+
 
 def check_model_file(model: str | os.PathLike) -> Path:
     """`model` as a path to a regular file, or a one-line QdkitError (never opens a FIFO)."""
@@ -69,9 +72,13 @@ def available_providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in have] or have
 
 
-def make_session(model: str | os.PathLike | bytes, threads: int | None = None,
-                 providers: Sequence[str] | None = None, name: str | None = None,
-                 spin: bool = True) -> ort.InferenceSession:
+def make_session(
+    model: str | os.PathLike | bytes,
+    threads: int | None = None,
+    providers: Sequence[str] | None = None,
+    name: str | None = None,
+    spin: bool = True,
+) -> ort.InferenceSession:
     """An onnxruntime session with full graph optimisation (conv/batch-norm/activation fusion and
     the blocked NCHWc conv layout, ~1.8x faster than the extended level on CPU) and `threads`
     intra-op threads (None: onnxruntime's default, one per physical core). `spin=False` stops idle
@@ -139,16 +146,23 @@ def is_quantized(metadata: dict[str, Any]) -> bool:
     return isinstance(metadata.get("quantization"), dict)
 
 
-def check_classes(owner: str | os.PathLike, class_names: Sequence[str], store_names: Sequence[str],
-                  data: str | os.PathLike, same_names: bool = True) -> None:
+def check_classes(
+    owner: str | os.PathLike,
+    class_names: Sequence[str],
+    store_names: Sequence[str],
+    data: str | os.PathLike,
+    same_names: bool = True,
+) -> None:
     """Raise unless `owner` (a model or checkpoint) has as many classes as the store `data` and,
     with `same_names`, the same ones in the same order."""
     class_names, store_names = list(class_names), list(store_names)
     if len(class_names) != len(store_names):
         raise QdkitError(f"{owner}: the model has {len(class_names)} classes, the store {data} has {len(store_names)}")
     if same_names and class_names != store_names:
-        raise QdkitError(f"{owner}: its classes ({', '.join(class_names[:5])}, ...) are not "
-                         f"the store's ({', '.join(store_names[:5])}, ...) in the same order")
+        raise QdkitError(
+            f"{owner}: its classes ({', '.join(class_names[:5])}, ...) are not "
+            f"the store's ({', '.join(store_names[:5])}, ...) in the same order"
+        )
 
 
 def check_graph(proto: Any, owner: str | os.PathLike, what: str) -> None:
@@ -189,9 +203,16 @@ class OnnxModel:
     warning says so. Anything else is refused in one line at load.
     """
 
-    def __init__(self, model: str | os.PathLike | None = None, *, threads: int | None = None,
-                 providers: Sequence[str] | None = None, batch_size: int = 256,
-                 warn: Callable[[str], None] | None = None, spin: bool = True) -> None:
+    def __init__(
+        self,
+        model: str | os.PathLike | None = None,
+        *,
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
+        batch_size: int = 256,
+        warn: Callable[[str], None] | None = None,
+        spin: bool = True,
+    ) -> None:
         self.path = Path(model) if model is not None else default_model_path()
         self.batch_size = max(1, int(batch_size))
         self.session = make_session(self.path, threads=threads, providers=providers, spin=spin)
@@ -216,11 +237,15 @@ class OnnxModel:
         elif len(shape) == 3 and _fits(shape[1], SIDE) and _fits(shape[2], SIDE):
             self._rank = 3
         else:
-            raise QdkitError(f"{self.path}: input {spec.name!r} has shape {shape}; qdkit feeds 28x28 "
-                             f"drawings as (N, 1, 28, 28) or (N, 28, 28)")
+            raise QdkitError(
+                f"{self.path}: input {spec.name!r} has shape {shape}; qdkit feeds 28x28 "
+                f"drawings as (N, 1, 28, 28) or (N, 28, 28)"
+            )
         if isinstance(shape[0], int) and shape[0] != 1:
-            raise QdkitError(f"{self.path}: input {spec.name!r} has a fixed batch of {shape[0]}; "
-                             "qdkit needs a dynamic batch axis (re-export with `qdkit export`)")
+            raise QdkitError(
+                f"{self.path}: input {spec.name!r} has a fixed batch of {shape[0]}; "
+                "qdkit needs a dynamic batch axis (re-export with `qdkit export`)"
+            )
         self._fixed_batch = shape[0] == 1
         if spec.type not in _INPUT_TYPES:
             raise QdkitError(f"{self.path}: input {spec.name!r} is {spec.type}; qdkit feeds uint8 or float pixels")
@@ -232,26 +257,32 @@ class OnnxModel:
         self._probs_name = "probabilities" if "probabilities" in outputs else None
         out_shape = outputs[self._logits_name].shape
         if out_shape and len(out_shape) != 2:
-            raise QdkitError(f"{self.path}: output {self._logits_name!r} has shape {out_shape}; "
-                             "qdkit expects (N, classes)")
+            raise QdkitError(
+                f"{self.path}: output {self._logits_name!r} has shape {out_shape}; qdkit expects (N, classes)"
+            )
         n_out = out_shape[-1] if out_shape else None
         names = self.metadata.get("class_names")
         self.is_qdkit = bool(self.metadata) and isinstance(names, list)
         if isinstance(names, list) and self.is_qdkit:
             self.class_names = [str(c) for c in names]
             if isinstance(n_out, int) and n_out != len(self.class_names):
-                raise QdkitError(f"{self.path}: the model has {n_out} outputs but its metadata names "
-                                 f"{len(self.class_names)} classes")
+                raise QdkitError(
+                    f"{self.path}: the model has {n_out} outputs but its metadata names {len(self.class_names)} classes"
+                )
             return
         if not isinstance(n_out, int):  # learn the class count from one blank drawing
             probe = self._session_run([self._logits_name], np.zeros((1, SIDE, SIDE), np.uint8))[0]
             if probe.ndim != 2:
-                raise QdkitError(f"{self.path}: output {self._logits_name!r} has shape {list(probe.shape)}; "
-                                 "qdkit expects (N, classes)")
+                raise QdkitError(
+                    f"{self.path}: output {self._logits_name!r} has shape {list(probe.shape)}; "
+                    "qdkit expects (N, classes)"
+                )
             n_out = int(probe.shape[-1])
         self.class_names = [str(i) for i in range(n_out)]
-        self._warn(f"{self.path}: no qdkit metadata (not made by `qdkit export`); class indices "
-                   f"stand in for names and raw 0..255 pixels (0 = background) are fed as they are")
+        self._warn(
+            f"{self.path}: no qdkit metadata (not made by `qdkit export`); class indices "
+            f"stand in for names and raw 0..255 pixels (0 = background) are fed as they are"
+        )
 
     def _session_run(self, names: list[str], drawings: np.ndarray) -> list[np.ndarray]:
         x = drawings.reshape(len(drawings), 1, SIDE, SIDE) if self._rank == 4 else drawings.reshape(-1, SIDE, SIDE)
@@ -259,14 +290,15 @@ class OnnxModel:
         try:
             return self.session.run(names, {self.input_name: x})
         except Exception as e:  # a foreign graph whose dimensions only looked right
-            raise QdkitError(f"{self.path}: onnxruntime failed on a batch of {len(drawings)} drawings "
-                             f"({first_line(e)})") from e
+            raise QdkitError(
+                f"{self.path}: onnxruntime failed on a batch of {len(drawings)} drawings ({first_line(e)})"
+            ) from e
 
     def run(self, drawings: np.ndarray, want_probs: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """(logits, probabilities or None) for uint8 (N, 28, 28) drawings, in batches of `batch_size`."""
         names = [self._logits_name] + ([self._probs_name] if want_probs and self._probs_name else [])
         step = 1 if self._fixed_batch else self.batch_size
-        outs = [self._session_run(names, drawings[s:s + step]) for s in range(0, len(drawings), step)]
+        outs = [self._session_run(names, drawings[s : s + step]) for s in range(0, len(drawings), step)]
         if not outs:
             empty = np.zeros((0, len(self.class_names)), np.float32)
             return empty, (empty.copy() if want_probs else None)

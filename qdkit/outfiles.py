@@ -9,6 +9,7 @@ evaluate's reports, visualize's picture), checked before any work starts:
   had is lost.
 The write itself goes through qdkit.files.atomic_path (a temporary name, then a rename).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,14 @@ from qdkit.files import atomic_path
 PNG_SOFTWARE = f"qdkit {__version__}"  # the Software text of every PNG report qdkit writes
 
 
-def output_file(path: str | os.PathLike, what: str, *, overwrite: bool = False,
-                ours: Callable[[Path], bool] | None = None, option: str = "--out") -> Path:
+def output_file(
+    path: str | os.PathLike,
+    what: str,
+    *,
+    overwrite: bool = False,
+    ours: Callable[[Path], bool] | None = None,
+    option: str = "--out",
+) -> Path:
     """`path` as a file qdkit may write `what` to, or a one-line QdkitError saying why not."""
     raw = os.fspath(path)
     if raw.endswith(("/", os.sep)):

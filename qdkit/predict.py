@@ -8,6 +8,7 @@ and returns one `Prediction` (top-k class names and probabilities) per drawing; 
 (qdkit.inputs), decodes them in a process pool while the session runs (qdkit.decoding), and keeps
 every good result when some inputs fail.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -46,8 +47,13 @@ class Prediction:
         return self.probabilities[0]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"path": self.source, "top": [{"class": c, "probability": round(float(p), 6)}
-                                             for c, p in zip(self.labels, self.probabilities, strict=True)]}
+        return {
+            "path": self.source,
+            "top": [
+                {"class": c, "probability": round(float(p), 6)}
+                for c, p in zip(self.labels, self.probabilities, strict=True)
+            ],
+        }
 
 
 @dataclass
@@ -99,9 +105,12 @@ class Predictor(OnnxModel):
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         top = np.take_along_axis(probs, order, axis=1)
         names = self.class_names
-        return [Prediction([names[i] for i in idx], [float(p) for p in pr], [int(i) for i in idx],
-                           sources[n] if sources else None)
-                for n, (idx, pr) in enumerate(zip(order.tolist(), top.tolist(), strict=True))]
+        return [
+            Prediction(
+                [names[i] for i in idx], [float(p) for p in pr], [int(i) for i in idx], sources[n] if sources else None
+            )
+            for n, (idx, pr) in enumerate(zip(order.tolist(), top.tolist(), strict=True))
+        ]
 
 
 def _sources(x: Any) -> list[str | None] | None:
@@ -118,8 +127,11 @@ def _is_number_list(v: Any) -> bool:
 
 def _is_strokes(x: Any) -> bool:
     """Whether `x` is one stroke list `[[xs, ys(, ts)], ...]` rather than a list of inputs."""
-    return (isinstance(x, (list, tuple)) and len(x) > 0
-            and all(isinstance(s, (list, tuple)) and len(s) in (2, 3) and all(map(_is_number_list, s)) for s in x))
+    return (
+        isinstance(x, (list, tuple))
+        and len(x) > 0
+        and all(isinstance(s, (list, tuple)) and len(s) in (2, 3) and all(map(_is_number_list, s)) for s in x)
+    )
 
 
 def as_drawings(x: Any, invert: str | bool = "auto") -> np.ndarray:
@@ -156,9 +168,17 @@ def _size(path: Path) -> int:
         return 0
 
 
-def predict_files(specs: Sequence[str | os.PathLike], model: str | os.PathLike | None = None, *,
-                  top_k: int = 3, batch_size: int = 256, invert: str = "auto", threads: int | None = None,
-                  workers: int | None = None, warn: Callable[[str], None] | None = None) -> FileResults:
+def predict_files(
+    specs: Sequence[str | os.PathLike],
+    model: str | os.PathLike | None = None,
+    *,
+    top_k: int = 3,
+    batch_size: int = 256,
+    invert: str = "auto",
+    threads: int | None = None,
+    workers: int | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> FileResults:
     """Predict every image and every .ndjson line that `specs` name. An input that fails is one
     line in `errors` (and passed to `warn` at once); the rest go on. Raises QdkitError only when
     nothing can be done at all."""

@@ -12,6 +12,7 @@ calibrated on — the store's validation split where it has one.
 Why these choices (calibration method, per-channel weights, pre-processing, float output
 nodes): docs/int8.md, with the measurements behind each.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -44,9 +45,9 @@ from qdkit.outfiles import output_file
 QUANTIZATION_TYPE = "int8-static-qdq"
 MIN_AGREEMENT = INT8_MIN_AGREEMENT  # top-1 agreement int8 vs fp32 on held-out drawings; read at call time
 CALIBRATION_DRAWINGS = 1024
-GATE_DRAWINGS = 2048        # held-out drawings for the gate, at most: ±0.2% standard error at 99%
+GATE_DRAWINGS = 2048  # held-out drawings for the gate, at most: ±0.2% standard error at 99%
 CALIBRATION_BATCH = 128
-PROB_SUM_TOLERANCE = 1e-3   # |sum(probabilities) - 1|: the softmax must still be a softmax
+PROB_SUM_TOLERANCE = 1e-3  # |sum(probabilities) - 1|: the softmax must still be a softmax
 METHODS = ("minmax", "percentile", "entropy")
 
 
@@ -69,12 +70,17 @@ class QuantizeReport:
 
     def summary(self) -> str:
         """One line: where, how big, how well it agrees."""
-        acc = (f", accuracy {self.int8_accuracy:.2%} vs {self.fp32_accuracy:.2%} fp32"
-               if self.int8_accuracy is not None and self.fp32_accuracy is not None else "")
-        return (f"int8 -> {self.path} ({self.int8_bytes / 2**20:.2f} MiB vs {self.fp32_bytes / 2**20:.2f} MiB fp32): "
-                f"top-1 agreement with fp32 {self.agreement:.2%} on {self.gate_drawings} {self.gate_split} drawings "
-                f"(need >= {self.min_agreement:.2%}){acc}; calibrated on {self.calibration_drawings} train drawings; "
-                f"{self.seconds:.1f} s")
+        acc = (
+            f", accuracy {self.int8_accuracy:.2%} vs {self.fp32_accuracy:.2%} fp32"
+            if self.int8_accuracy is not None and self.fp32_accuracy is not None
+            else ""
+        )
+        return (
+            f"int8 -> {self.path} ({self.int8_bytes / 2**20:.2f} MiB vs {self.fp32_bytes / 2**20:.2f} MiB fp32): "
+            f"top-1 agreement with fp32 {self.agreement:.2%} on {self.gate_drawings} {self.gate_split} drawings "
+            f"(need >= {self.min_agreement:.2%}){acc}; calibrated on {self.calibration_drawings} train drawings; "
+            f"{self.seconds:.1f} s"
+        )
 
 
 def int8_path(fp32_path: str | os.PathLike) -> Path:
@@ -116,8 +122,9 @@ def _sample(n_total: int, n: int, seed: int, exclude: np.ndarray | None = None) 
     return np.sort(np.random.default_rng(seed).choice(rows, n, replace=False))
 
 
-def store_drawings(store, calibration: int = CALIBRATION_DRAWINGS, gate: int = GATE_DRAWINGS,
-                   seed: int = 0) -> tuple[np.ndarray, str, np.ndarray, np.ndarray]:
+def store_drawings(
+    store, calibration: int = CALIBRATION_DRAWINGS, gate: int = GATE_DRAWINGS, seed: int = 0
+) -> tuple[np.ndarray, str, np.ndarray, np.ndarray]:
     """(calibration drawings, gate split name, gate drawings, gate labels), all seeded: calibration
     from the train split; the gate from validation, else test, else train rows not calibrated on."""
     train = store.split("train")
@@ -130,14 +137,17 @@ def store_drawings(store, calibration: int = CALIBRATION_DRAWINGS, gate: int = G
             return cal, name, np.asarray(split.images[rows]), np.asarray(split.labels[rows])
     rows = _sample(len(train), gate, seed + 1, exclude=cal_rows)
     if len(rows) == 0:
-        raise QdkitError(f"{store.path}: no drawings left for the int8 gate (no validation or test split, "
-                         "and every train drawing calibrates)")
+        raise QdkitError(
+            f"{store.path}: no drawings left for the int8 gate (no validation or test split, "
+            "and every train drawing calibrates)"
+        )
     return cal, "train (not calibrated on)", np.asarray(train.images[rows]), np.asarray(train.labels[rows])
 
 
 def _run(session: Any, x: np.ndarray, batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    outs = [session.run(["logits", "probabilities"], {INPUT_NAME: x[s:s + batch, None]})
-            for s in range(0, len(x), batch)]
+    outs = [
+        session.run(["logits", "probabilities"], {INPUT_NAME: x[s : s + batch, None]}) for s in range(0, len(x), batch)
+    ]
     return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
 
 
@@ -186,10 +196,13 @@ def _quantize_graph(src: Path, cal: np.ndarray, method: str, graph_outputs: set[
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             s = next(self.batches, None)
-            return None if s is None else {INPUT_NAME: cal[s:s + CALIBRATION_BATCH, None]}
+            return None if s is None else {INPUT_NAME: cal[s : s + CALIBRATION_BATCH, None]}
 
-    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-               "entropy": CalibrationMethod.Entropy}
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }
     # No logging or stdout switches around this call: onnxruntime 1.32's quantizer is silent on
     # pre-processed qdkit models (checked: `qdkit export --int8` prints only qdkit's lines).
     with tempfile.TemporaryDirectory(prefix="qdkit-int8-") as tmp:
@@ -198,17 +211,27 @@ def _quantize_graph(src: Path, cal: np.ndarray, method: str, graph_outputs: set[
             quant_pre_process(os.fspath(src), os.fspath(pre))
             # Node names after pre-processing: keep whatever writes `logits` / `probabilities` float.
             keep_float = [n.name for n in onnx.load(os.fspath(pre)).graph.node if set(n.output) & graph_outputs]
-            quantize_static(os.fspath(pre), os.fspath(quantized), Reader(), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=methods[method], nodes_to_exclude=keep_float)
+            quantize_static(
+                os.fspath(pre),
+                os.fspath(quantized),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=methods[method],
+                nodes_to_exclude=keep_float,
+            )
             return onnx.load(os.fspath(quantized))
         except Exception as e:
             raise QdkitError(f"{src}: int8 quantization failed ({first_line(e)}); nothing written") from e
 
 
 def _contract(model: Any) -> tuple[list, list]:
-    return ([(i.name, i.type.tensor_type.elem_type) for i in model.graph.input],
-            [(o.name, o.type.tensor_type.elem_type) for o in model.graph.output])
+    return (
+        [(i.name, i.type.tensor_type.elem_type) for i in model.graph.input],
+        [(o.name, o.type.tensor_type.elem_type) for o in model.graph.output],
+    )
 
 
 def _finish_graph(proto: Any, fp32: Any, src: Path, metadata: dict[str, str]) -> None:
@@ -228,40 +251,74 @@ def _finish_graph(proto: Any, fp32: Any, src: Path, metadata: dict[str, str]) ->
     onnx.helper.set_model_props(proto, metadata)
     check_graph(proto, src, "int8 graph")
     if _contract(proto) != _contract(fp32):
-        raise QdkitError(f"{src}: the int8 graph changed the inputs/outputs {_contract(fp32)} -> "
-                         f"{_contract(proto)}; nothing written")
+        raise QdkitError(
+            f"{src}: the int8 graph changed the inputs/outputs {_contract(fp32)} -> {_contract(proto)}; nothing written"
+        )
 
 
-def _gate(src: Path, proto: Any, out: Path, held: np.ndarray, gate_labels: np.ndarray | None, gate_split: str,
-          min_agreement: float, threads: int | None) -> dict[str, Any]:
+def _gate(
+    src: Path,
+    proto: Any,
+    out: Path,
+    held: np.ndarray,
+    gate_labels: np.ndarray | None,
+    gate_split: str,
+    min_agreement: float,
+    threads: int | None,
+) -> dict[str, Any]:
     """The same held-out drawings through both models: the gate's figures, or a QdkitError when
     the int8 outputs are not sane or agree with fp32 on too few drawings."""
     cpu = ["CPUExecutionProvider"]
     f_logits, f_probs = _run(make_session(src, threads=threads, providers=cpu), held)
-    q_logits, q_probs = _run(make_session(proto.SerializeToString(), threads=threads, providers=cpu,
-                                          name=str(out)), held)
+    q_logits, q_probs = _run(
+        make_session(proto.SerializeToString(), threads=threads, providers=cpu, name=str(out)), held
+    )
     agreement = float((q_logits.argmax(1) == f_logits.argmax(1)).mean())
-    sane = bool(np.isfinite(q_logits).all() and np.isfinite(q_probs).all()
-                and np.abs(q_probs.sum(1) - 1).max() <= PROB_SUM_TOLERANCE and q_probs.min() >= 0)
+    sane = bool(
+        np.isfinite(q_logits).all()
+        and np.isfinite(q_probs).all()
+        and np.abs(q_probs.sum(1) - 1).max() <= PROB_SUM_TOLERANCE
+        and q_probs.min() >= 0
+    )
     if not sane:
-        raise QdkitError(f"{src}: the int8 model's outputs are not sane on {len(held)} {gate_split} drawings "
-                         f"(non-finite, or probabilities that do not sum to 1); nothing written")
+        raise QdkitError(
+            f"{src}: the int8 model's outputs are not sane on {len(held)} {gate_split} drawings "
+            f"(non-finite, or probabilities that do not sum to 1); nothing written"
+        )
     if not agreement >= min_agreement:
-        raise QdkitError(f"{src}: the int8 model agrees with fp32 on only {agreement:.2%} of {len(held)} "
-                         f"{gate_split} drawings (need >= {min_agreement:.2%}); nothing written")
+        raise QdkitError(
+            f"{src}: the int8 model agrees with fp32 on only {agreement:.2%} of {len(held)} "
+            f"{gate_split} drawings (need >= {min_agreement:.2%}); nothing written"
+        )
 
     def accuracy(logits: np.ndarray) -> float | None:
         return None if gate_labels is None else float((logits.argmax(1) == np.asarray(gate_labels)).mean())
 
-    return {"gate_split": gate_split, "gate_drawings": int(len(held)), "agreement": agreement,
-            "min_agreement": min_agreement, "max_abs_prob_delta": float(np.abs(q_probs - f_probs).max()),
-            "fp32_accuracy": accuracy(f_logits), "int8_accuracy": accuracy(q_logits)}
+    return {
+        "gate_split": gate_split,
+        "gate_drawings": int(len(held)),
+        "agreement": agreement,
+        "min_agreement": min_agreement,
+        "max_abs_prob_delta": float(np.abs(q_probs - f_probs).max()),
+        "fp32_accuracy": accuracy(f_logits),
+        "int8_accuracy": accuracy(q_logits),
+    }
 
 
-def quantize_model(fp32_onnx: str | os.PathLike, out: str | os.PathLike | None, calibration: np.ndarray, *,
-                   gate: np.ndarray, gate_labels: np.ndarray | None = None, gate_split: str = "held-out",
-                   min_agreement: float | None = None, method: str = "minmax", threads: int | None = None,
-                   extra_metadata: dict[str, Any] | None = None, overwrite: bool = False) -> QuantizeReport:
+def quantize_model(
+    fp32_onnx: str | os.PathLike,
+    out: str | os.PathLike | None,
+    calibration: np.ndarray,
+    *,
+    gate: np.ndarray,
+    gate_labels: np.ndarray | None = None,
+    gate_split: str = "held-out",
+    min_agreement: float | None = None,
+    method: str = "minmax",
+    threads: int | None = None,
+    extra_metadata: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> QuantizeReport:
     """Quantize the qdkit model `fp32_onnx` to `out` (default: model.int8.onnx beside it),
     calibrated on `calibration` (N, 28, 28) uint8 drawings; raise QdkitError, writing nothing, if
     top-1 agreement with the fp32 model on `gate` drawings is below `min_agreement` (default
@@ -271,8 +328,9 @@ def quantize_model(fp32_onnx: str | os.PathLike, out: str | os.PathLike | None, 
 
     t0 = time.perf_counter()
     src = Path(fp32_onnx)
-    out = output_file(out if out is not None else int8_path(src), "int8 .onnx model", overwrite=overwrite,
-                      ours=is_qdkit_model)
+    out = output_file(
+        out if out is not None else int8_path(src), "int8 .onnx model", overwrite=overwrite, ours=is_qdkit_model
+    )
     min_agreement = MIN_AGREEMENT if min_agreement is None else float(min_agreement)
     if method not in METHODS:
         raise QdkitError(f"unknown calibration method {method!r} (choose from {', '.join(METHODS)})")
@@ -301,15 +359,37 @@ def quantize_model(fp32_onnx: str | os.PathLike, out: str | os.PathLike | None, 
     onnx.helper.set_model_props(proto, new_meta)
     with atomic_path(out) as tmp_out:
         onnx.save(proto, os.fspath(tmp_out))
-    return QuantizeReport(out, src, new_meta, quant["agreement"], int(len(held)), gate_split, min_agreement,
-                          int(len(cal)), quant["fp32_accuracy"], quant["int8_accuracy"], quant["max_abs_prob_delta"],
-                          src.stat().st_size, out.stat().st_size, time.perf_counter() - t0)
+    return QuantizeReport(
+        out,
+        src,
+        new_meta,
+        quant["agreement"],
+        int(len(held)),
+        gate_split,
+        min_agreement,
+        int(len(cal)),
+        quant["fp32_accuracy"],
+        quant["int8_accuracy"],
+        quant["max_abs_prob_delta"],
+        src.stat().st_size,
+        out.stat().st_size,
+        time.perf_counter() - t0,
+    )
 
 
-def quantize_from_store(fp32_onnx: str | os.PathLike, out: str | os.PathLike | None, data: str | os.PathLike, *,
-                        calibration: int = CALIBRATION_DRAWINGS, gate: int = GATE_DRAWINGS, seed: int = 0,
-                        min_agreement: float | None = None, threads: int | None = None,
-                        warn: Callable[[str], None] | None = None, overwrite: bool = False) -> QuantizeReport:
+def quantize_from_store(
+    fp32_onnx: str | os.PathLike,
+    out: str | os.PathLike | None,
+    data: str | os.PathLike,
+    *,
+    calibration: int = CALIBRATION_DRAWINGS,
+    gate: int = GATE_DRAWINGS,
+    seed: int = 0,
+    min_agreement: float | None = None,
+    threads: int | None = None,
+    warn: Callable[[str], None] | None = None,
+    overwrite: bool = False,
+) -> QuantizeReport:
     """`quantize_model` with calibration and gate drawings from the store `data` (see store_drawings)."""
     import onnx
 
@@ -325,7 +405,15 @@ def quantize_from_store(fp32_onnx: str | os.PathLike, out: str | os.PathLike | N
     cal, split, held, labels = store_drawings(store, calibration, gate, seed)
     if warn and len(cal) < min(calibration, 256):
         warn(f"{data}: only {len(cal)} train drawings to calibrate on")
-    return quantize_model(src, out, cal, gate=held, gate_labels=labels, gate_split=split,
-                          min_agreement=min_agreement, threads=threads,
-                          extra_metadata={"calibration_split": "train", "seed": seed, "store": str(data)},
-                          overwrite=overwrite)
+    return quantize_model(
+        src,
+        out,
+        cal,
+        gate=held,
+        gate_labels=labels,
+        gate_split=split,
+        min_agreement=min_agreement,
+        threads=threads,
+        extra_metadata={"calibration_split": "train", "seed": seed, "store": str(data)},
+        overwrite=overwrite,
+    )

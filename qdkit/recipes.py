@@ -5,6 +5,7 @@ so the trainer, the benchmark and a user's own loop share them.
 These values are also what `qdkit train --help` shows, so importing this module stays cheap: torch
 is imported by the functions that use it.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,10 +28,28 @@ SCHEDULES = ("onecycle", "cosine", "constant")
 # 3 px) with dropout 0.4 cost ~1.4 points. `seed-cnn` is the original project's best setting
 # (Adam, constant lr 1e-4, batch 64, 50 epochs, dropout 0.5, no augmentation, plain cross-entropy).
 RECIPES: dict[str, dict[str, Any]] = {
-    "qdnet": dict(lr=3e-3, batch_size=128, epochs=36, optimizer="adamw", dropout=0.3, weight_decay=0.05,
-                  schedule="onecycle", label_smoothing=0.1, augment=True),
-    "seed-cnn": dict(lr=1e-4, batch_size=64, epochs=50, optimizer="adam", dropout=0.5, weight_decay=0.0,
-                     schedule="constant", label_smoothing=0.0, augment=False),
+    "qdnet": dict(
+        lr=3e-3,
+        batch_size=128,
+        epochs=36,
+        optimizer="adamw",
+        dropout=0.3,
+        weight_decay=0.05,
+        schedule="onecycle",
+        label_smoothing=0.1,
+        augment=True,
+    ),
+    "seed-cnn": dict(
+        lr=1e-4,
+        batch_size=64,
+        epochs=50,
+        optimizer="adam",
+        dropout=0.5,
+        weight_decay=0.0,
+        schedule="constant",
+        label_smoothing=0.0,
+        augment=False,
+    ),
 }
 # Random affine augmentation, drawn per image: rotation (degrees), scale, translation (pixels),
 # probability of a horizontal flip. Small enough to keep every class recognisable.
@@ -42,15 +61,22 @@ SWEEP_BATCH_SIZES = (32, 64, 128, 256, 512)
 
 def recipe_values(key: str) -> str:
     """Every model's recipe value of `key`, for --help: "qdnet 0.003, seed-cnn 0.0001"."""
+
     def shown(value: Any) -> str:
-        return ("on" if value else "off") if isinstance(value, bool) else f"{value:g}" if isinstance(
-            value, (int, float)) else str(value)
+        return (
+            ("on" if value else "off")
+            if isinstance(value, bool)
+            else f"{value:g}"
+            if isinstance(value, (int, float))
+            else str(value)
+        )
 
     return ", ".join(f"{model} {shown(recipe[key])}" for model, recipe in RECIPES.items())
 
 
-def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None,
-                  spec: dict[str, Any] = AUGMENT) -> torch.Tensor:
+def augment_batch(
+    x: torch.Tensor, generator: torch.Generator | None = None, spec: dict[str, Any] = AUGMENT
+) -> torch.Tensor:
     """Random affine per image of a float batch (B, 1, 28, 28) in raw pixel units (0 = background),
     as one affine_grid + grid_sample: rotation, scale, translation and a horizontal flip."""
     import torch
@@ -60,13 +86,12 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None,
     u = torch.rand(b, 5, generator=generator, device=x.device, dtype=torch.float32)
     angle = (u[:, 0] * 2 - 1) * math.radians(spec["rotate_deg"])
     lo, hi = spec["scale"]
-    inv_scale = 1.0 / (lo + (hi - lo) * u[:, 1])              # theta maps output -> input coordinates
+    inv_scale = 1.0 / (lo + (hi - lo) * u[:, 1])  # theta maps output -> input coordinates
     flip = torch.where(u[:, 4] < spec["hflip"], -1.0, 1.0)
     tx = (u[:, 2] * 2 - 1) * (2.0 * spec["translate_px"] / w)  # normalised coords span 2 per side
     ty = (u[:, 3] * 2 - 1) * (2.0 * spec["translate_px"] / h)
     cos, sin = torch.cos(angle) * inv_scale, torch.sin(angle) * inv_scale
-    theta = torch.stack([torch.stack([cos * flip, -sin * flip, tx], 1),
-                         torch.stack([sin, cos, ty], 1)], 1)
+    theta = torch.stack([torch.stack([cos * flip, -sin * flip, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
     grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
     return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
 
@@ -91,8 +116,9 @@ def lr_factor(schedule: str, total_steps: int) -> Callable[[int], float]:
     return factor
 
 
-def make_optimizer(name: str, params: Iterable[nn.Parameter] | list[dict[str, Any]], lr: float,
-                   weight_decay: float) -> torch.optim.Optimizer:
+def make_optimizer(
+    name: str, params: Iterable[nn.Parameter] | list[dict[str, Any]], lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
     import torch
 
     if name == "adamw":

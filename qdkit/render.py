@@ -5,6 +5,7 @@ larger size the same recipe scaled — and written as `<file stem>-<line>.png` (
 binary records from 0), black ink on white like every PNG qdkit writes, beside one `sheet.png` with
 the first drawings in a grid.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,14 @@ def _stroke_files(paths: list[str | os.PathLike]) -> list[StrokeFile]:
     return files
 
 
-def render_files(paths: list[str | os.PathLike], out_dir: str | os.PathLike, *, size: int = 28,
-                 limit: int | None = None, overwrite: bool = False) -> tuple[int, Path]:
+def render_files(
+    paths: list[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    size: int = 28,
+    limit: int | None = None,
+    overwrite: bool = False,
+) -> tuple[int, Path]:
     """Render the drawings of stroke files (the first `limit` of each) to PNGs in `out_dir`;
     returns (drawings written, the contact sheet's path)."""
     files = _stroke_files(paths)
@@ -68,5 +75,5 @@ def _sheet(tiles: list[np.ndarray]) -> Image.Image:
     sheet = np.full((rows * (side + 1) + 1, columns * (side + 1) + 1), 160, np.uint8)
     for k, tile in enumerate(tiles):
         r, c = divmod(k, columns)
-        sheet[1 + r * (side + 1):1 + r * (side + 1) + side, 1 + c * (side + 1):1 + c * (side + 1) + side] = tile
+        sheet[1 + r * (side + 1) : 1 + r * (side + 1) + side, 1 + c * (side + 1) : 1 + c * (side + 1) + side] = tile
     return Image.fromarray(sheet, mode="L")

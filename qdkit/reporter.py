@@ -5,6 +5,7 @@ Nothing is created until `open()`. A run that fails before its first checkpoint 
 folders it reserved (`close(failed=True)`), so rerunning it never meets a folder that points to a
 last.pt that does not exist.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -168,27 +169,38 @@ class Reporter:
         write_atomic(self.art_dir / "results.csv", buf.getvalue())
         e = int(row["epoch"])
         with self._tensorboard() as w:
-            for tag, key in (("loss/train", "train_loss"), ("loss/validation", "val_loss"),
-                             ("accuracy/train", "train_accuracy"), ("accuracy/validation", "val_accuracy"),
-                             ("learning_rate", "lr"), ("throughput/img_per_s", "img_per_s")):
+            for tag, key in (
+                ("loss/train", "train_loss"),
+                ("loss/validation", "val_loss"),
+                ("accuracy/train", "train_accuracy"),
+                ("accuracy/validation", "val_accuracy"),
+                ("learning_rate", "lr"),
+                ("throughput/img_per_s", "img_per_s"),
+            ):
                 w.add_scalar(tag, row[key], e)
             w.flush()
-        self.say(f"epoch {e:>3}/{self.cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.2%}"
-                 f"  val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.2%}{' *' if improved else '  '}"
-                 f"  lr {row['lr']:.2e}  {row['img_per_s']:.0f} img/s  {row['epoch_seconds']:.1f}s")
+        self.say(
+            f"epoch {e:>3}/{self.cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.2%}"
+            f"  val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.2%}{' *' if improved else '  '}"
+            f"  lr {row['lr']:.2e}  {row['img_per_s']:.0f} img/s  {row['epoch_seconds']:.1f}s"
+        )
 
     def header(self, plan: RunPlan, state: RunState) -> str:
         """The console line that starts (or resumes) the run."""
         cfg, data, device, info = plan.cfg, plan.data, plan.device, plan.info
         where = f"{info.world_size} processes ({device.type}, DDP)" if info.world_size > 1 else str(device)
         if not state.fresh:
-            return (f"resuming {self.run_name} after epoch {state.epoch}"
-                    + (f", step {state.step_in_epoch}" if state.step_in_epoch else "")
-                    + (f" on {where}" if info.world_size > 1 else ""))
-        return (f"run {self.run_name}: {cfg.model} on {len(data.class_names)} classes, "
-                f"{len(data.train)} train / {len(data.validation)} validation drawings; "
-                f"{precision_name(plan.amp_dtype)} on {where}; lr {format_lr(cfg.lr)}, batch {cfg.batch_size}, "
-                f"{cfg.epochs} epochs, {cfg.optimizer}, {cfg.schedule}")
+            return (
+                f"resuming {self.run_name} after epoch {state.epoch}"
+                + (f", step {state.step_in_epoch}" if state.step_in_epoch else "")
+                + (f" on {where}" if info.world_size > 1 else "")
+            )
+        return (
+            f"run {self.run_name}: {cfg.model} on {len(data.class_names)} classes, "
+            f"{len(data.train)} train / {len(data.validation)} validation drawings; "
+            f"{precision_name(plan.amp_dtype)} on {where}; lr {format_lr(cfg.lr)}, batch {cfg.batch_size}, "
+            f"{cfg.epochs} epochs, {cfg.optimizer}, {cfg.schedule}"
+        )
 
     def run_done(self, plan: RunPlan, state: RunState, test: tuple[float, float] | None) -> dict[str, Any]:
         """The run's metrics (returned on every rank); rank 0 writes metrics.json, the test scalars
@@ -196,24 +208,48 @@ class Reporter:
         cfg = plan.cfg
         test_loss, test_acc = test if test is not None else (None, None)
         metrics = {
-            "run_name": self.run_name, "test_accuracy": test_acc, "test_loss": test_loss,
-            "best_val_accuracy": state.best_val, "best_epoch": state.best_epoch, "epochs": state.epoch,
-            "epochs_planned": cfg.epochs, "train_seconds": round(state.train_seconds, 2), "model": cfg.model,
-            "model_kwargs": plan.model_kwargs, "lr": cfg.lr, "batch_size": cfg.batch_size,
-            "optimizer": cfg.optimizer, "weight_decay": cfg.weight_decay, "schedule": cfg.schedule,
-            "label_smoothing": cfg.label_smoothing, "augment": cfg.augment, "seed": cfg.seed, "data": str(cfg.data),
-            "classes": list(plan.data.class_names), "device": str(plan.device),
-            "precision": precision_name(plan.amp_dtype), "world_size": plan.info.world_size,
+            "run_name": self.run_name,
+            "test_accuracy": test_acc,
+            "test_loss": test_loss,
+            "best_val_accuracy": state.best_val,
+            "best_epoch": state.best_epoch,
+            "epochs": state.epoch,
+            "epochs_planned": cfg.epochs,
+            "train_seconds": round(state.train_seconds, 2),
+            "model": cfg.model,
+            "model_kwargs": plan.model_kwargs,
+            "lr": cfg.lr,
+            "batch_size": cfg.batch_size,
+            "optimizer": cfg.optimizer,
+            "weight_decay": cfg.weight_decay,
+            "schedule": cfg.schedule,
+            "label_smoothing": cfg.label_smoothing,
+            "augment": cfg.augment,
+            "seed": cfg.seed,
+            "data": str(cfg.data),
+            "classes": list(plan.data.class_names),
+            "device": str(plan.device),
+            "precision": precision_name(plan.amp_dtype),
+            "world_size": plan.info.world_size,
             "best_checkpoint": str(self.art_dir / "best.pt"),
             "tensorboard": str(self.log_dir),
         }
         if not self.active:
             return metrics
         write_atomic(self.art_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-        hparams = {"model": cfg.model, "lr": cfg.lr, "batch_size": cfg.batch_size, "epochs": cfg.epochs,
-                   "optimizer": cfg.optimizer, "schedule": cfg.schedule, "dropout": cfg.dropout,
-                   "weight_decay": cfg.weight_decay, "label_smoothing": cfg.label_smoothing,
-                   "augment": bool(cfg.augment), "seed": cfg.seed}
+        hparams = {
+            "model": cfg.model,
+            "lr": cfg.lr,
+            "batch_size": cfg.batch_size,
+            "epochs": cfg.epochs,
+            "optimizer": cfg.optimizer,
+            "schedule": cfg.schedule,
+            "dropout": cfg.dropout,
+            "weight_decay": cfg.weight_decay,
+            "label_smoothing": cfg.label_smoothing,
+            "augment": bool(cfg.augment),
+            "seed": cfg.seed,
+        }
         hmetrics = {"hparam/best_val_accuracy": state.best_val}
         if test_acc is not None:
             hmetrics["hparam/test_accuracy"] = test_acc

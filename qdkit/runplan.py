@@ -9,6 +9,7 @@ input is one line from one process. Nothing here creates a file.
 Everything read from a checkpoint is checked as strictly as a command-line option: its settings,
 its run name (a folder name), and that the store is the one the run was trained on.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,35 +35,46 @@ from qdkit.store import SplitArrays, Store, open_store
 
 DEFAULT_DATA = str(DEFAULT_STORE)
 # Settings that define a run: a resumed run keeps them (passing a different value is an error).
-RUN_SETTINGS = ("model", "lr", "batch_size", "epochs", "optimizer", "dropout", "weight_decay", "schedule",
-                "label_smoothing", "augment", "seed")
+RUN_SETTINGS = (
+    "model",
+    "lr",
+    "batch_size",
+    "epochs",
+    "optimizer",
+    "dropout",
+    "weight_decay",
+    "schedule",
+    "label_smoothing",
+    "augment",
+    "seed",
+)
 
 
 @dataclass
 class TrainConfig:
     """One training run. None = the model's recipe default (RECIPES) or, on resume, the saved value."""
 
-    data: str | None = None               # the HDF5 store [data/quickdraw.h5]
-    model: str | None = None              # registry name in qdkit.models [qdnet]
-    lr: float | None = None               # peak learning rate
-    batch_size: int | None = None         # GLOBAL batch size (split across DDP ranks)
+    data: str | None = None  # the HDF5 store [data/quickdraw.h5]
+    model: str | None = None  # registry name in qdkit.models [qdnet]
+    lr: float | None = None  # peak learning rate
+    batch_size: int | None = None  # GLOBAL batch size (split across DDP ranks)
     epochs: int | None = None
-    optimizer: str | None = None          # adamw | adam | sgd (momentum 0.9, nesterov)
+    optimizer: str | None = None  # adamw | adam | sgd (momentum 0.9, nesterov)
     dropout: float | None = None
     weight_decay: float | None = None
-    schedule: str | None = None           # onecycle | cosine | constant (per step)
+    schedule: str | None = None  # onecycle | cosine | constant (per step)
     label_smoothing: float | None = None
-    augment: bool | None = None           # batched random affine (AUGMENT) on training batches
-    seed: int | None = None               # model init, shuffling, augmentation [0]
-    run_name: str | None = None           # default: YYYYmmdd-HHMMSS-<model>-lr<lr>-bs<batch>
-    patience: int | None = None           # stop after N epochs without a better val accuracy; 0/None = off
-    device: str = "auto"                  # auto | cpu | cuda | cuda:N
-    amp: bool = True                      # mixed precision where it pays (see choose_device)
-    workers: int = 0                      # 0 = batches read in-process; N = background thread, N batches ahead
-    resume: str | None = None             # a last.pt to continue
-    runs_dir: str | None = None           # TensorBoard logs: runs_dir/<run_name>/ [runs; on resume: the run's]
-    artifacts_dir: str = "artifacts"      # checkpoints and reports: artifacts_dir/<run_name>/
-    progress: bool = True                 # tqdm bar per epoch on stderr
+    augment: bool | None = None  # batched random affine (AUGMENT) on training batches
+    seed: int | None = None  # model init, shuffling, augmentation [0]
+    run_name: str | None = None  # default: YYYYmmdd-HHMMSS-<model>-lr<lr>-bs<batch>
+    patience: int | None = None  # stop after N epochs without a better val accuracy; 0/None = off
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # mixed precision where it pays (see choose_device)
+    workers: int = 0  # 0 = batches read in-process; N = background thread, N batches ahead
+    resume: str | None = None  # a last.pt to continue
+    runs_dir: str | None = None  # TensorBoard logs: runs_dir/<run_name>/ [runs; on resume: the run's]
+    artifacts_dir: str = "artifacts"  # checkpoints and reports: artifacts_dir/<run_name>/
+    progress: bool = True  # tqdm bar per epoch on stderr
 
     def resolved(self) -> RunSettings:
         """A copy with every None filled from the model's recipe and the global defaults."""
@@ -71,8 +83,14 @@ class TrainConfig:
             raise QdkitError(f"--model {model!r}: unknown model (choose from {', '.join(MODELS)})")
         recipe = RECIPES.get(model, RECIPES[DEFAULT_MODEL])
         values = {k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in recipe.items()}
-        filled = replace(self, model=model, data=self.data or DEFAULT_DATA, runs_dir=self.runs_dir or "runs",
-                         seed=self.seed if self.seed is not None else 0, **values)
+        filled = replace(
+            self,
+            model=model,
+            data=self.data or DEFAULT_DATA,
+            runs_dir=self.runs_dir or "runs",
+            seed=self.seed if self.seed is not None else 0,
+            **values,
+        )
         return RunSettings(**asdict(filled))
 
 
@@ -99,8 +117,9 @@ class RunSettings(TrainConfig):
         """Every constructor argument of the model (defaults spelled out), so a checkpoint rebuilds
         the same network even if a default changes later."""
         params = inspect.signature(MODELS[self.model]).parameters
-        kwargs = {k: p.default for k, p in params.items()
-                  if k != "num_classes" and p.default is not inspect.Parameter.empty}
+        kwargs = {
+            k: p.default for k, p in params.items() if k != "num_classes" and p.default is not inspect.Parameter.empty
+        }
         kwargs["dropout"] = float(self.dropout)
         return kwargs
 
@@ -130,10 +149,25 @@ class RunSettings(TrainConfig):
 
 _NUMBER, _INT, _TEXT = (int, float), (int,), (str,)
 _TYPES: dict[str, tuple[type, ...]] = {
-    "data": _TEXT, "model": _TEXT, "lr": _NUMBER, "batch_size": _INT, "epochs": _INT, "optimizer": _TEXT,
-    "dropout": _NUMBER, "weight_decay": _NUMBER, "schedule": _TEXT, "label_smoothing": _NUMBER,
-    "augment": (bool,), "seed": _INT, "device": _TEXT, "amp": (bool,), "workers": _INT, "runs_dir": _TEXT,
-    "artifacts_dir": _TEXT, "progress": (bool,)}
+    "data": _TEXT,
+    "model": _TEXT,
+    "lr": _NUMBER,
+    "batch_size": _INT,
+    "epochs": _INT,
+    "optimizer": _TEXT,
+    "dropout": _NUMBER,
+    "weight_decay": _NUMBER,
+    "schedule": _TEXT,
+    "label_smoothing": _NUMBER,
+    "augment": (bool,),
+    "seed": _INT,
+    "device": _TEXT,
+    "amp": (bool,),
+    "workers": _INT,
+    "runs_dir": _TEXT,
+    "artifacts_dir": _TEXT,
+    "progress": (bool,),
+}
 _OPTIONAL = {"run_name": _TEXT, "patience": _INT, "resume": _TEXT}
 
 
@@ -171,6 +205,7 @@ def default_run_name(cfg: RunSettings, now: datetime | None = None) -> str:
 
 # --------------------------------------------------------------------------- run folders
 
+
 def run_folders(cfg: RunSettings, name: str) -> tuple[Path, Path]:
     """(artifacts_dir/NAME, runs_dir/NAME): checkpoints and reports, TensorBoard."""
     return Path(cfg.artifacts_dir) / name, Path(cfg.runs_dir or "runs") / name
@@ -187,6 +222,7 @@ def check_run_folder_free(cfg: RunSettings, name: str) -> None:
 
 
 # --------------------------------------------------------------------------- the store
+
 
 @dataclass
 class RunData:
@@ -211,8 +247,10 @@ def open_run_data(cfg: RunSettings) -> RunData:
     for split in ("train", "validation"):
         if store.counts.get(split, 0) == 0:
             what = "no" if split not in store.counts else "an empty"
-            raise QdkitError(f"{path}: {what} {split!r} split; training needs drawings in train and validation "
-                             f"(convert with --{split} N)")
+            raise QdkitError(
+                f"{path}: {what} {split!r} split; training needs drawings in train and validation "
+                f"(convert with --{split} N)"
+            )
     test = store.split("test") if store.counts.get("test", 0) > 0 else None
     return RunData(store, store.split("train"), store.split("validation"), test)
 
@@ -258,20 +296,25 @@ def check_batch(cfg: RunSettings, world_size: int, data: RunData) -> None:
     """A global batch must fit in the train split, and each process's slice of it must be trainable:
     at least one drawing, two with batch norm (it cannot normalise one value per channel)."""
     if cfg.batch_size > len(data.train):
-        raise QdkitError(f"--batch-size {cfg.batch_size}: larger than the {len(data.train)} training drawings "
-                         f"in {cfg.data}")
+        raise QdkitError(
+            f"--batch-size {cfg.batch_size}: larger than the {len(data.train)} training drawings in {cfg.data}"
+        )
     need = 2 if uses_batch_norm(cfg.model) else 1
     if cfg.batch_size // world_size >= need:
         return
     if world_size == 1:
-        raise QdkitError(f"--batch-size {cfg.batch_size}: {cfg.model} uses batch norm, which needs at least 2 "
-                         "drawings per step")
-    raise QdkitError(f"--batch-size {cfg.batch_size}: too small for {world_size} processes (the batch size is "
-                     f"global, split across them; {cfg.model} needs at least {need} drawings per process, "
-                     f"so at least {need * world_size})")
+        raise QdkitError(
+            f"--batch-size {cfg.batch_size}: {cfg.model} uses batch norm, which needs at least 2 drawings per step"
+        )
+    raise QdkitError(
+        f"--batch-size {cfg.batch_size}: too small for {world_size} processes (the batch size is "
+        f"global, split across them; {cfg.model} needs at least {need} drawings per process, "
+        f"so at least {need * world_size})"
+    )
 
 
 # --------------------------------------------------------------------------- resume
+
 
 def load_resume(config: TrainConfig) -> tuple[dict[str, Any], RunSettings]:
     """(the checkpoint, the run's settings): the saved ones, with what may change on resume."""
@@ -295,19 +338,30 @@ def load_resume(config: TrainConfig) -> tuple[dict[str, Any], RunSettings]:
     for key in RUN_SETTINGS:
         new, old = getattr(config, key), getattr(saved, key)
         if new is not None and new != old:
-            raise QdkitError(f"--{key.replace('_', '-')} {new}: the run being resumed ({path}) used {old}; "
-                             "a resumed run keeps its settings")
+            raise QdkitError(
+                f"--{key.replace('_', '-')} {new}: the run being resumed ({path}) used {old}; "
+                "a resumed run keeps its settings"
+            )
     if config.run_name is not None and config.run_name != ckpt["run_name"]:
         raise QdkitError(f"--run-name {config.run_name}: a resumed run keeps its name ({ckpt['run_name']})")
-    cfg = replace(saved, data=config.data or saved.data, device=config.device, amp=config.amp,
-                  workers=config.workers, progress=config.progress, run_name=ckpt["run_name"],
-                  runs_dir=config.runs_dir or saved.runs_dir, artifacts_dir=str(path.parent.parent),
-                  resume=str(path),
-                  patience=config.patience if config.patience is not None else saved.patience)
+    cfg = replace(
+        saved,
+        data=config.data or saved.data,
+        device=config.device,
+        amp=config.amp,
+        workers=config.workers,
+        progress=config.progress,
+        run_name=ckpt["run_name"],
+        runs_dir=config.runs_dir or saved.runs_dir,
+        artifacts_dir=str(path.parent.parent),
+        resume=str(path),
+        patience=config.patience if config.patience is not None else saved.patience,
+    )
     return ckpt, cfg
 
 
 # --------------------------------------------------------------------------- the plan
+
 
 @dataclass
 class RunPlan:
@@ -323,8 +377,9 @@ class RunPlan:
     info: DistInfo
 
 
-def _checked(config: TrainConfig, world_size: int, identify: bool) -> tuple[RunSettings, dict[str, Any] | None,
-                                                                             RunData, dict[str, Any] | None]:
+def _checked(
+    config: TrainConfig, world_size: int, identify: bool
+) -> tuple[RunSettings, dict[str, Any] | None, RunData, dict[str, Any] | None]:
     """The checks every run makes, in the launcher and in each process alike. With `identify` (or on
     resume) also the store's identity (store_identity), else None."""
     ckpt = None
@@ -343,8 +398,7 @@ def _checked(config: TrainConfig, world_size: int, identify: bool) -> tuple[RunS
     return cfg, ckpt, data, identity
 
 
-def plan_run(config: TrainConfig, info: DistInfo, device: torch.device,
-             amp_dtype: torch.dtype | None) -> RunPlan:
+def plan_run(config: TrainConfig, info: DistInfo, device: torch.device, amp_dtype: torch.dtype | None) -> RunPlan:
     """This process's plan for the run on `device` (from rank_device; raises QdkitError for anything wrong)."""
     cfg, ckpt, data, identity = _checked(config, info.world_size, identify=info.is_main)
     # A resumed run rebuilds exactly the saved network, whatever the defaults are today.

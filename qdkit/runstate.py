@@ -1,5 +1,6 @@
 """A run's progress as one value: saved into last.pt and restored from it as a unit, every field
 checked on the way in (a malformed checkpoint is one line naming it, never a KeyError)."""
+
 from __future__ import annotations
 
 import math
@@ -17,9 +18,9 @@ from qdkit.errors import QdkitError, first_line
 class RunState:
     """Where a run is. `partial_*` are the global sums of an epoch cut short by Ctrl-C."""
 
-    epoch: int = 0                # completed epochs
-    step_in_epoch: int = 0        # > 0 only when resuming from a Ctrl-C inside an epoch
-    partial_loss: float = 0.0     # loss sum, correct, count and seconds of the interrupted epoch so far
+    epoch: int = 0  # completed epochs
+    step_in_epoch: int = 0  # > 0 only when resuming from a Ctrl-C inside an epoch
+    partial_loss: float = 0.0  # loss sum, correct, count and seconds of the interrupted epoch so far
     partial_correct: float = 0.0
     partial_count: float = 0.0
     partial_seconds: float = 0.0
@@ -63,12 +64,19 @@ class RunState:
 
     def to_checkpoint(self) -> dict[str, Any]:
         """The fields of last.pt that hold this state (the layout every qdkit version has written)."""
-        return {"epoch": self.epoch, "history": [dict(h) for h in self.history],
-                "progress": {"step_in_epoch": self.step_in_epoch,
-                             "partial": [*self.partial_sums(), self.partial_seconds],
-                             "best_val_accuracy": self.best_val, "best_epoch": self.best_epoch,
-                             "since_best": self.since_best, "train_seconds": self.train_seconds,
-                             "finished": self.finished}}
+        return {
+            "epoch": self.epoch,
+            "history": [dict(h) for h in self.history],
+            "progress": {
+                "step_in_epoch": self.step_in_epoch,
+                "partial": [*self.partial_sums(), self.partial_seconds],
+                "best_val_accuracy": self.best_val,
+                "best_epoch": self.best_epoch,
+                "since_best": self.since_best,
+                "train_seconds": self.train_seconds,
+                "finished": self.finished,
+            },
+        }
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict[str, Any], path: Path, steps_per_epoch: int, epochs: int) -> RunState:
@@ -78,8 +86,9 @@ class RunState:
             raise QdkitError(f"{path}: malformed training progress (no 'progress' mapping)")
         partial = progress.get("partial")
         if not isinstance(partial, (list, tuple)) or len(partial) != 4:
-            raise QdkitError(f"{path}: malformed training progress: 'partial' is {str(partial)[:40]!r}, "
-                             "expected 4 numbers")
+            raise QdkitError(
+                f"{path}: malformed training progress: 'partial' is {str(partial)[:40]!r}, expected 4 numbers"
+            )
         read = _Reader(path)
         state = cls(
             epoch=read.integer("epoch", ckpt.get("epoch"), 0, epochs),
@@ -96,8 +105,9 @@ class RunState:
             history=read.history(ckpt.get("history", [])),
         )
         if len(state.history) != state.epoch:
-            raise QdkitError(f"{path}: malformed training progress: {len(state.history)} epochs of history "
-                             f"for epoch {state.epoch}")
+            raise QdkitError(
+                f"{path}: malformed training progress: {len(state.history)} epochs of history for epoch {state.epoch}"
+            )
         return state
 
 
@@ -108,8 +118,9 @@ class _Reader:
         self.path = path
 
     def _bad(self, name: str, value: Any, expected: str) -> QdkitError:
-        return QdkitError(f"{self.path}: malformed training progress: {name} is {repr(value)[:40]}, "
-                          f"expected {expected}")
+        return QdkitError(
+            f"{self.path}: malformed training progress: {name} is {repr(value)[:40]}, expected {expected}"
+        )
 
     def integer(self, name: str, value: Any, low: int, high: int) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -129,8 +140,9 @@ class _Reader:
 
     def history(self, value: Any) -> list[dict[str, float]]:
         def numbers(row: Any) -> bool:
-            return isinstance(row, dict) and all(isinstance(k, str) and isinstance(v, (int, float))
-                                                 for k, v in row.items())
+            return isinstance(row, dict) and all(
+                isinstance(k, str) and isinstance(v, (int, float)) for k, v in row.items()
+            )
 
         if not isinstance(value, list) or not all(numbers(row) for row in value):
             raise self._bad("history", value, "a list of rows of numbers")
@@ -138,6 +150,7 @@ class _Reader:
 
 
 # --------------------------------------------------------------------------- random number generators
+
 
 def rng_state(aug_gen: torch.Generator, device: torch.device) -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "augment": aug_gen.get_state()}

@@ -15,6 +15,7 @@ not changed size or modification time (`SplitArrays.check_unchanged`) and stops 
 indices, the layout of each split, and no external storage, virtual datasets or links to other
 files (an HDF5 file can make a dataset read from any file on the machine).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -41,8 +42,14 @@ SPLITS = ("train", "validation", "test")
 class StoreWriter:
     """Writes a store in one pass, class by class, into preallocated contiguous datasets."""
 
-    def __init__(self, path: str | os.PathLike, class_names: list[str], counts: dict[str, int],
-                 attrs: dict[str, Any], extras: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        class_names: list[str],
+        counts: dict[str, int],
+        attrs: dict[str, Any],
+        extras: dict[str, Any] | None = None,
+    ) -> None:
         """`extras`: per-drawing datasets beside the images, name -> dtype (stroke sources keep
         `key_id` and `countrycode`)."""
         if not class_names:
@@ -70,18 +77,24 @@ class StoreWriter:
                 g.create_dataset(name, shape=(n,), dtype=dtype)
             g.attrs["count"] = n
 
-    def append(self, split: str, images: np.ndarray, label: int, source_index: np.ndarray,
-               extras: dict[str, np.ndarray] | None = None) -> None:
+    def append(
+        self,
+        split: str,
+        images: np.ndarray,
+        label: int,
+        source_index: np.ndarray,
+        extras: dict[str, np.ndarray] | None = None,
+    ) -> None:
         """Rows of one class; `extras` fills the extra datasets (left zero/empty where not given)."""
         start, n = self._next[split], len(images)
         if n == 0:
             return
         g = self._file[split]
-        g["images"][start:start + n] = images.reshape(n, SIDE, SIDE)
-        g["labels"][start:start + n] = label
-        g["source_index"][start:start + n] = source_index
+        g["images"][start : start + n] = images.reshape(n, SIDE, SIDE)
+        g["labels"][start : start + n] = label
+        g["source_index"][start : start + n] = source_index
         for name, values in (extras or {}).items():
-            g[name][start:start + n] = values
+            g[name][start : start + n] = values
         self._next[split] = start + n
 
     def close(self, attrs: dict[str, Any] | None = None) -> None:
@@ -150,9 +163,11 @@ class SplitArrays:
         except OSError:
             return  # deleted or renamed away: the mapping still holds the old file
         if (now.dev, now.ino) == (self.stamp.dev, self.stamp.ino) and now != self.stamp:
-            raise QdkitError(f"{self.path}: the store changed on disk while in use (rewritten in place: "
-                             f"{self.stamp.size} -> {now.size} bytes); replace a store in use by renaming "
-                             "a new file over it, as `qdkit convert` does")
+            raise QdkitError(
+                f"{self.path}: the store changed on disk while in use (rewritten in place: "
+                f"{self.stamp.size} -> {now.size} bytes); replace a store in use by renaming "
+                "a new file over it, as `qdkit convert` does"
+            )
 
 
 @dataclass
@@ -181,8 +196,9 @@ class Store:
             else:
                 stamp = FileStamp.of(self.path)
                 if stamp.size < layout[0] + int(np.prod(layout[1])):
-                    raise QdkitError(f"{self.path}: the store changed on disk since it was opened (now "
-                                     f"{stamp.size} bytes)")
+                    raise QdkitError(
+                        f"{self.path}: the store changed on disk since it was opened (now {stamp.size} bytes)"
+                    )
                 images = np.memmap(self.path, dtype=np.uint8, mode="r", offset=layout[0], shape=layout[1])
         return SplitArrays(name, images, labels, source_index, self.path, stamp)
 
@@ -235,8 +251,9 @@ def open_store(path: str | os.PathLike, warn: bool | Callable[[str], None] = Tru
             offset = ds.id.get_offset()
             if ds.chunks is None and not ds.compression and offset is not None:
                 if offset + ds.size > size:
-                    raise QdkitError(f"{path}: truncated: split {split!r} needs {offset + ds.size} bytes, "
-                                     f"file has {size}")
+                    raise QdkitError(
+                        f"{path}: truncated: split {split!r} needs {offset + ds.size} bytes, file has {size}"
+                    )
                 layout[split] = (offset, ds.shape)
             elif ds.chunks is None and len(ds) == 0:
                 layout[split] = (0, ds.shape)
@@ -246,8 +263,10 @@ def open_store(path: str | os.PathLike, warn: bool | Callable[[str], None] = Tru
             raise QdkitError(f"{path}: holds no splits")
     mappable = all(v is not None for v in layout.values())
     if not mappable and warn:
-        message = (f"{path}: images are chunked or compressed; reading through h5py (slower). "
-                   "Re-create it with `qdkit convert --h5` for memory-mapped loading.")
+        message = (
+            f"{path}: images are chunked or compressed; reading through h5py (slower). "
+            "Re-create it with `qdkit convert --h5` for memory-mapped loading."
+        )
         if callable(warn):
             warn(message)
         else:
@@ -259,8 +278,9 @@ def _check_version(path: Path, version: Any) -> None:
     if not isinstance(version, int) or isinstance(version, bool):
         raise QdkitError(f"{path}: format_version is {version!r}, expected an integer")
     if version > FORMAT_VERSION:
-        raise QdkitError(f"{path}: store format {version} is newer than this qdkit reads ({FORMAT_VERSION}); "
-                         "upgrade qdkit")
+        raise QdkitError(
+            f"{path}: store format {version} is newer than this qdkit reads ({FORMAT_VERSION}); upgrade qdkit"
+        )
 
 
 def _check_class_names(path: Path, names: Any) -> list[str]:
@@ -279,8 +299,9 @@ def _check_class_names(path: Path, names: Any) -> list[str]:
 def _check_sources(path: Path, sources: Any) -> None:
     if sources is None:
         return
-    if not isinstance(sources, list) or not all(isinstance(s, dict) and isinstance(s.get("file"), str)
-                                                for s in sources):
+    if not isinstance(sources, list) or not all(
+        isinstance(s, dict) and isinstance(s.get("file"), str) for s in sources
+    ):
         raise QdkitError(f"{path}: malformed 'sources' attribute (expected a JSON list of objects with a file name)")
 
 
@@ -306,8 +327,7 @@ def _check_split(path: Path, f: h5py.File, split: str, num_classes: int) -> h5py
     n = len(images)
     for name, ds in (("labels", labels), ("source_index", source_index)):
         if ds.dtype.kind not in _INTEGER_KINDS or ds.shape != (n,):
-            raise QdkitError(f"{where} has {name} {ds.shape} {ds.dtype}, expected ({n},) integers "
-                             "(one per image)")
+            raise QdkitError(f"{where} has {name} {ds.shape} {ds.dtype}, expected ({n},) integers (one per image)")
     lo, hi = _min_max(labels)
     if n and (lo < 0 or hi >= num_classes):
         bad = lo if lo < 0 else hi
@@ -331,9 +351,10 @@ def _min_max(ds: h5py.Dataset, block: int = 1 << 22) -> tuple[int, int]:
     """The smallest and largest value of a 1-D integer dataset, read in blocks (bounded memory)."""
     lo, hi = 0, 0
     for start in range(0, len(ds), block):
-        part = ds[start:start + block]
-        lo, hi = (int(part.min()), int(part.max())) if start == 0 else (min(lo, int(part.min())),
-                                                                        max(hi, int(part.max())))
+        part = ds[start : start + block]
+        lo, hi = (
+            (int(part.min()), int(part.max())) if start == 0 else (min(lo, int(part.min())), max(hi, int(part.max())))
+        )
     return lo, hi
 
 
@@ -374,8 +395,12 @@ def describe(path: str | os.PathLike) -> str:
     lines = [
         f"store      {store.path} ({store.path.stat().st_size / 2**20:.1f} MiB)",
         f"format     {store.attrs.get('format_version')}  (qdkit {store.attrs.get('qdkit_version')})",
-        "mappable   " + ("yes (contiguous uint8 images)" if store.memory_mappable
-                            else "no (chunked or compressed; read through h5py)"),
+        "mappable   "
+        + (
+            "yes (contiguous uint8 images)"
+            if store.memory_mappable
+            else "no (chunked or compressed; read through h5py)"
+        ),
         f"seed       {store.attrs.get('seed')}",
         f"classes    {len(store.class_names)}",
         "",
@@ -387,6 +412,8 @@ def describe(path: str | os.PathLike) -> str:
     sources = store.attrs.get("sources") or []
     if sources:
         lines += ["", "sources"]
-        lines += ["  " + "  ".join([s["file"]] + [_source_field(s, k) for k in ("format", "rows", "sha256") if k in s])
-                  for s in sources]
+        lines += [
+            "  " + "  ".join([s["file"]] + [_source_field(s, k) for k in ("format", "rows", "sha256") if k in s])
+            for s in sources
+        ]
     return "\n".join(lines)

@@ -16,6 +16,7 @@ memory-mapped and indexed with numpy (newline positions) or by walking record le
 memory stays bounded for 100k+ drawings per class; records are parsed and rasterized in pool
 workers, which die with their parent.
 """
+
 from __future__ import annotations
 
 import csv
@@ -41,7 +42,7 @@ _NAMES = (
     ("", ".csv", "csv"),
 )
 STROKE_SUFFIXES = (".ndjson", ".bin", ".csv")
-_TASK_RECORDS = 1000   # records per pool task: amortises IPC, small enough to balance two cores
+_TASK_RECORDS = 1000  # records per pool task: amortises IPC, small enough to balance two cores
 MAX_RECORD_BYTES = 8 << 20  # one drawing's line or record; beyond this it is not a drawing
 
 
@@ -62,7 +63,7 @@ def stroke_file(path: str | os.PathLike) -> StrokeFile | None:
     for prefix, suffix, kind in _NAMES:
         name = path.name
         if name.endswith(suffix) and name.startswith(prefix) and len(name) > len(prefix) + len(suffix):
-            return StrokeFile(path, name[len(prefix):-len(suffix)], kind)
+            return StrokeFile(path, name[len(prefix) : -len(suffix)], kind)
     return None
 
 
@@ -93,7 +94,7 @@ def _line_index(buf: mmap.mmap, first_number: int = 0, skip_first: bool = False)
     """Records = non-empty lines. Newlines found with numpy over the mapped bytes, block by block."""
     size = len(buf)
     view = np.frombuffer(buf, dtype=np.uint8)
-    newlines = [np.flatnonzero(view[i:i + (64 << 20)] == 10) + i for i in range(0, size, 64 << 20)]
+    newlines = [np.flatnonzero(view[i : i + (64 << 20)] == 10) + i for i in range(0, size, 64 << 20)]
     ends = np.concatenate(newlines + [np.array([size])]).astype(np.int64)
     starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
     numbers = np.arange(len(starts), dtype=np.int64)
@@ -138,7 +139,7 @@ def index_records(sf: StrokeFile) -> RecordIndex:
         if sf.kind == "binary":
             index = _binary_index(sf, buf)
         elif sf.kind == "csv":
-            _csv_columns(sf, buf[:buf.find(b"\n") if buf.find(b"\n") >= 0 else len(buf)])
+            _csv_columns(sf, buf[: buf.find(b"\n") if buf.find(b"\n") >= 0 else len(buf)])
             index = _line_index(buf, skip_first=True)
         else:
             index = _line_index(buf)
@@ -155,7 +156,7 @@ class _RecordReader:
         self.buf = _map(sf.path)
         self.columns: dict[str, int] = {}
         if sf.kind == "csv" and self.buf is not None:
-            self.columns = _csv_columns(sf, self.buf[:self.buf.find(b"\n")])
+            self.columns = _csv_columns(sf, self.buf[: self.buf.find(b"\n")])
 
     def drawing(self, start: int, end: int) -> Drawing:
         sf, buf = self.sf, self.buf
@@ -178,9 +179,14 @@ class _RecordReader:
             raise StrokeError(f"has {len(row)} fields, the header {len(self.columns)}")
         fields = dict(zip(self.columns, row, strict=True))
         drawing = parse_ndjson_line(fields["drawing"].encode())
-        return replace(drawing, key_id=fields.get("key_id") or None, countrycode=fields.get("countrycode") or None,
-                       word=fields.get("word") or None, timestamp=fields.get("timestamp") or None,
-                       recognized={"true": True, "false": False}.get(fields.get("recognized", "").lower()))
+        return replace(
+            drawing,
+            key_id=fields.get("key_id") or None,
+            countrycode=fields.get("countrycode") or None,
+            word=fields.get("word") or None,
+            timestamp=fields.get("timestamp") or None,
+            recognized={"true": True, "false": False}.get(fields.get("recognized", "").lower()),
+        )
 
 
 _readers: dict[Path, _RecordReader] = {}
@@ -208,7 +214,7 @@ def _where(sf: StrokeFile, number: int) -> str:
 class Scan:
     """What a worker learnt about a chunk of records without rasterizing them."""
 
-    valid: np.ndarray       # bool
+    valid: np.ndarray  # bool
     recognized: np.ndarray  # bool (False where unknown)
     first_error: str | None
 
@@ -218,8 +224,9 @@ def _scan_task(sf: StrokeFile, index: RecordIndex) -> Scan:
     valid = np.zeros(len(index), dtype=bool)
     recognized = np.zeros(len(index), dtype=bool)
     first_error = None
-    for i, (start, end, number) in enumerate(zip(index.starts.tolist(), index.ends.tolist(),
-                                                 index.numbers.tolist(), strict=True)):
+    for i, (start, end, number) in enumerate(
+        zip(index.starts.tolist(), index.ends.tolist(), index.numbers.tolist(), strict=True)
+    ):
         try:
             d = reader.drawing(start, end)
         except StrokeError as err:
@@ -232,8 +239,8 @@ def _scan_task(sf: StrokeFile, index: RecordIndex) -> Scan:
 
 @dataclass
 class Rendered:
-    images: np.ndarray      # uint8 (k, 28, 28)
-    key_ids: np.ndarray     # uint64, 0 where the source has none
+    images: np.ndarray  # uint8 (k, 28, 28)
+    key_ids: np.ndarray  # uint64, 0 where the source has none
     countrycodes: np.ndarray  # S2, b"" where the source has none
 
 
@@ -258,16 +265,24 @@ def _chunks(index: RecordIndex, size: int = _TASK_RECORDS, workers: int = 2) -> 
     """Tasks of at most `size` records, and at least two per worker so a small class keeps all busy."""
     size = max(64, min(size, -(-len(index) // (2 * workers))))
     for start in range(0, len(index), size):
-        yield RecordIndex(index.starts[start:start + size], index.ends[start:start + size],
-                          index.numbers[start:start + size])
+        yield RecordIndex(
+            index.starts[start : start + size], index.ends[start : start + size], index.numbers[start : start + size]
+        )
 
 
 def _workers(pool: Executor) -> int:
     return getattr(pool, "_max_workers", None) or os.cpu_count() or 1
 
 
-def eligible_records(sf: StrokeFile, index: RecordIndex, pool: Executor, *, recognized_only: bool,
-                     skip_invalid: bool, on_skip: Callable[[int, str | None], None]) -> RecordIndex:
+def eligible_records(
+    sf: StrokeFile,
+    index: RecordIndex,
+    pool: Executor,
+    *,
+    recognized_only: bool,
+    skip_invalid: bool,
+    on_skip: Callable[[int, str | None], None],
+) -> RecordIndex:
     """The records a split may draw from: all of them, or (parsing every record on the pool) only
     the valid ones (`skip_invalid`) and/or those the game recognized. `on_skip(count, first_error)`
     hears about invalid records skipped; without `skip_invalid` the first invalid one is an error."""
@@ -285,8 +300,9 @@ def eligible_records(sf: StrokeFile, index: RecordIndex, pool: Executor, *, reco
     return index.take(np.flatnonzero(keep))
 
 
-def render_records(sf: StrokeFile, index: RecordIndex, pool: Executor,
-                   progress: Callable[[int], None] | None = None) -> Rendered:
+def render_records(
+    sf: StrokeFile, index: RecordIndex, pool: Executor, progress: Callable[[int], None] | None = None
+) -> Rendered:
     """Parse and rasterize the records of `index` on the pool, in order."""
     futures = [pool.submit(_render_task, sf, chunk) for chunk in _chunks(index, workers=_workers(pool))]
     parts = []
@@ -296,8 +312,11 @@ def render_records(sf: StrokeFile, index: RecordIndex, pool: Executor,
             progress(len(parts[-1].images))
     if not parts:
         return Rendered(np.empty((0, SIDE, SIDE), np.uint8), np.empty(0, np.uint64), np.empty(0, "S2"))
-    return Rendered(np.concatenate([p.images for p in parts]), np.concatenate([p.key_ids for p in parts]),
-                    np.concatenate([p.countrycodes for p in parts]))
+    return Rendered(
+        np.concatenate([p.images for p in parts]),
+        np.concatenate([p.key_ids for p in parts]),
+        np.concatenate([p.countrycodes for p in parts]),
+    )
 
 
 def iter_drawings(sf: StrokeFile) -> Iterator[tuple[int, Drawing]]:

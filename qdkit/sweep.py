@@ -7,6 +7,7 @@ so TensorBoard pointed at runs/ shows every run of the grid (HParams tab include
 sweep again with `--name NAME` keeps finished runs, resumes interrupted ones from their last.pt and
 trains only what is missing: no run is ever lost or overwritten.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,8 @@ ORIGINAL_LRS, ORIGINAL_BATCH_SIZES = SWEEP_LRS, SWEEP_BATCH_SIZES  # the grid `q
 @dataclass
 class SweepResult:
     name: str
-    folder: Path                       # artifacts/NAME
-    table: str                         # the markdown written to folder/sweep.md
+    folder: Path  # artifacts/NAME
+    table: str  # the markdown written to folder/sweep.md
     cells: dict[tuple[float, int], dict[str, Any]] = field(default_factory=dict)  # metrics, or {"error": ...}
 
 
@@ -37,9 +38,13 @@ def cell_name(lr: float, batch_size: int) -> str:
     return f"lr{format_lr(lr)}-bs{batch_size}"
 
 
-def sweep(lrs: Sequence[float] = SWEEP_LRS, batch_sizes: Sequence[int] = SWEEP_BATCH_SIZES,
-          base: TrainConfig | None = None, name: str | None = None,
-          log: Callable[[str], None] | None = None) -> SweepResult:
+def sweep(
+    lrs: Sequence[float] = SWEEP_LRS,
+    batch_sizes: Sequence[int] = SWEEP_BATCH_SIZES,
+    base: TrainConfig | None = None,
+    name: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> SweepResult:
     """Train the grid lrs x batch_sizes with `base` for everything else; returns the table and metrics."""
     lrs, batch_sizes = list(lrs), list(batch_sizes)
     base = (base or TrainConfig()).resolved()
@@ -51,8 +56,9 @@ def sweep(lrs: Sequence[float] = SWEEP_LRS, batch_sizes: Sequence[int] = SWEEP_B
     n_train = store.counts.get("train", 0)
     too_big = [b for b in batch_sizes if b > n_train]
     if too_big:
-        raise QdkitError(f"--batch-size {','.join(map(str, too_big))}: larger than the {n_train} training "
-                         f"drawings in {base.data}")
+        raise QdkitError(
+            f"--batch-size {','.join(map(str, too_big))}: larger than the {n_train} training drawings in {base.data}"
+        )
     name = check_run_name(name) if name else f"{datetime.now():%Y%m%d-%H%M%S}-sweep-{base.model}"
     folder = Path(base.artifacts_dir) / name
     runs = Path(base.runs_dir) / name
@@ -63,8 +69,7 @@ def sweep(lrs: Sequence[float] = SWEEP_LRS, batch_sizes: Sequence[int] = SWEEP_B
             for bs in batch_sizes:
                 cell = cell_name(lr, bs)
                 run_dir = folder / cell
-                cfg = replace(base, lr=lr, batch_size=bs, run_name=cell, runs_dir=str(runs),
-                              artifacts_dir=str(folder))
+                cfg = replace(base, lr=lr, batch_size=bs, run_name=cell, runs_dir=str(runs), artifacts_dir=str(folder))
                 if (run_dir / "metrics.json").is_file():
                     say(f"[{name}] {cell}: finished earlier, kept")
                     result.cells[(lr, bs)] = json.loads((run_dir / "metrics.json").read_text())
@@ -87,8 +92,9 @@ def sweep(lrs: Sequence[float] = SWEEP_LRS, batch_sizes: Sequence[int] = SWEEP_B
                     say(f"[{name}] {cell}: failed: {e}")
     except TrainingInterrupted as e:
         _write(result, lrs, batch_sizes, base)
-        raise TrainingInterrupted(f"{e}; or continue the whole sweep with: qdkit sweep ... --name {name}",
-                                  e.checkpoint) from e
+        raise TrainingInterrupted(
+            f"{e}; or continue the whole sweep with: qdkit sweep ... --name {name}", e.checkpoint
+        ) from e
     _write(result, lrs, batch_sizes, base)
     return result
 
@@ -96,11 +102,23 @@ def sweep(lrs: Sequence[float] = SWEEP_LRS, batch_sizes: Sequence[int] = SWEEP_B
 def _write(result: SweepResult, lrs: list[float], batch_sizes: list[int], base: TrainConfig) -> None:
     result.table = markdown_table(result.cells, lrs, batch_sizes, base, result.name)
     write_atomic(result.folder / "sweep.md", result.table)
-    rows = [{"lr": lr, "batch_size": bs, **{k: v for k, v in m.items() if k in (
-        "run_name", "test_accuracy", "best_val_accuracy", "best_epoch", "epochs", "train_seconds", "error")}}
-        for (lr, bs), m in result.cells.items()]
-    write_atomic(result.folder / "sweep.json", json.dumps({"name": result.name, "model": base.model,
-                                                            "data": str(base.data), "runs": rows}, indent=2) + "\n")
+    rows = [
+        {
+            "lr": lr,
+            "batch_size": bs,
+            **{
+                k: v
+                for k, v in m.items()
+                if k
+                in ("run_name", "test_accuracy", "best_val_accuracy", "best_epoch", "epochs", "train_seconds", "error")
+            },
+        }
+        for (lr, bs), m in result.cells.items()
+    ]
+    write_atomic(
+        result.folder / "sweep.json",
+        json.dumps({"name": result.name, "model": base.model, "data": str(base.data), "runs": rows}, indent=2) + "\n",
+    )
 
 
 def _cell_text(metrics: dict[str, Any] | None, best: float | None) -> str:
@@ -115,19 +133,29 @@ def _cell_text(metrics: dict[str, Any] | None, best: float | None) -> str:
     return f"**{text}**" if best is not None and acc == best else text
 
 
-def markdown_table(cells: dict[tuple[float, int], dict[str, Any]], lrs: list[float], batch_sizes: list[int],
-                   base: TrainConfig, name: str = "") -> str:
+def markdown_table(
+    cells: dict[tuple[float, int], dict[str, Any]],
+    lrs: list[float],
+    batch_sizes: list[int],
+    base: TrainConfig,
+    name: str = "",
+) -> str:
     """Test accuracy, one table per learning rate, columns = batch sizes (the original layout)."""
     accs = [m["test_accuracy"] for m in cells.values() if m.get("test_accuracy") is not None]
     best = max(accs) if accs else None
-    lines = [f"## Test accuracy: {base.model}, {base.epochs} epochs, {base.optimizer}" + (f" ({name})" if name else ""),
-             "",
-             f"Data `{base.data}`; best run in bold; validation-selected checkpoint (best.pt) of each run.",
-             ""]
+    lines = [
+        f"## Test accuracy: {base.model}, {base.epochs} epochs, {base.optimizer}" + (f" ({name})" if name else ""),
+        "",
+        f"Data `{base.data}`; best run in bold; validation-selected checkpoint (best.pt) of each run.",
+        "",
+    ]
     for lr in lrs:
-        lines += [f"### Learning rate {lr:g}", "",
-                  "| Batch size | " + " | ".join(str(b) for b in batch_sizes) + " |",
-                  "|---|" + "---:|" * len(batch_sizes),
-                  "| Test accuracy | " + " | ".join(_cell_text(cells.get((lr, b)), best) for b in batch_sizes) + " |",
-                  ""]
+        lines += [
+            f"### Learning rate {lr:g}",
+            "",
+            "| Batch size | " + " | ".join(str(b) for b in batch_sizes) + " |",
+            "|---|" + "---:|" * len(batch_sizes),
+            "| Test accuracy | " + " | ".join(_cell_text(cells.get((lr, b)), best) for b in batch_sizes) + " |",
+            "",
+        ]
     return "\n".join(lines)

@@ -6,6 +6,7 @@ real drawing: `strokes.simplify` (the published simplification of raw strokes) a
 `strokes.rasterize` (the published rendering) — so a synthetic bitmap is the rendering of its
 simplified strokes, and `--format ndjson` writes those strokes.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,12 +24,21 @@ from qdkit.files import atomic_path
 from qdkit.strokes import Drawing, rasterize_many, simplify
 
 CLASS_NAMES: tuple[str, ...] = (
-    "circle", "square", "triangle", "star", "line", "zigzag", "spiral", "cross", "arrow", "house",
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "line",
+    "zigzag",
+    "spiral",
+    "cross",
+    "arrow",
+    "house",
 )
 
 FORMATS = ("bitmap", "ndjson")
 
-Stroke = np.ndarray       # (k, 2) float points, x right and y down, roughly within [-1, 1]
+Stroke = np.ndarray  # (k, 2) float points, x right and y down, roughly within [-1, 1]
 
 
 def _closed(corners: list[tuple[float, float]] | np.ndarray) -> Stroke:
@@ -41,6 +51,7 @@ def _jitter(points: np.ndarray, rng: np.random.Generator, amount: float) -> np.n
 
 
 # --- the ten shapes: each returns strokes in unit coordinates, before the shared distortions ---
+
 
 def _circle(rng: np.random.Generator) -> list[Stroke]:
     # People rarely close a circle exactly: the sweep under- or overshoots, and the radius drifts.
@@ -146,6 +157,7 @@ assert tuple(_SHAPES) == CLASS_NAMES
 
 # --- the distortions every drawing gets ---
 
+
 def _wobble(stroke: Stroke, rng: np.random.Generator, amount: float) -> Stroke:
     """Resample the stroke densely and bend it with smooth noise, like an unsteady hand."""
     seg = np.hypot(*np.diff(stroke, axis=0).T)
@@ -186,9 +198,12 @@ def class_drawings(name: str, n: int, rng: np.random.Generator) -> list[Drawing]
     if name not in _SHAPES:
         raise QdkitError(f"unknown synthetic class {name!r} (available: {', '.join(CLASS_NAMES)})")
     shape, rotation = _SHAPES[name]
-    return [Drawing.from_strokes(simplify([st.T for st in _distort(shape(rng), rng, rotation)]), True, word=name,
-                                 recognized=True)
-            for _ in range(n)]
+    return [
+        Drawing.from_strokes(
+            simplify([st.T for st in _distort(shape(rng), rng, rotation)]), True, word=name, recognized=True
+        )
+        for _ in range(n)
+    ]
 
 
 def render_class(name: str, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -203,8 +218,18 @@ def ndjson_filename(class_name: str) -> str:
 def _write_ndjson(path: Path, drawings: list[Drawing]) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         for key_id, d in enumerate(drawings):
-            f.write(orjson.dumps({"word": d.word, "countrycode": "", "recognized": True, "key_id": str(key_id),
-                                  "drawing": d.to_json()}) + b"\n")
+            f.write(
+                orjson.dumps(
+                    {
+                        "word": d.word,
+                        "countrycode": "",
+                        "recognized": True,
+                        "key_id": str(key_id),
+                        "drawing": d.to_json(),
+                    }
+                )
+                + b"\n"
+            )
 
 
 def class_rng(seed: int, index: int) -> np.random.Generator:
@@ -214,8 +239,12 @@ def class_rng(seed: int, index: int) -> np.random.Generator:
 
 
 def write_synth(
-    out_dir: str | os.PathLike, num_classes: int = 10, per_class: int = 2500, seed: int = 0,
-    overwrite: bool = False, fmt: str = "bitmap",
+    out_dir: str | os.PathLike,
+    num_classes: int = 10,
+    per_class: int = 2500,
+    seed: int = 0,
+    overwrite: bool = False,
+    fmt: str = "bitmap",
 ) -> list[Path]:
     """Write `full_numpy_bitmap_<shape>.npy` (fmt "bitmap") or the same drawings' strokes as
     `full_simplified_<shape>.ndjson` (fmt "ndjson") for the first `num_classes` shapes; return the paths."""

@@ -34,6 +34,7 @@ on CUDA it becomes SyncBatchNorm. Validation and test are sharded over the ranks
 training metrics are all-reduced; NaN and Ctrl-C are agreed at sync points; only rank 0 writes
 files, TensorBoard or the console.
 """
+
 from __future__ import annotations
 
 import gc
@@ -51,13 +52,31 @@ from qdkit.runplan import RUN_SETTINGS, TrainConfig, check_run, check_run_name, 
 # How a `qdkit train` process ends: the protocol between each training process, `qdkit train` and
 # the --nproc launcher (qdkit.launcher), defined here only.
 EXIT_OK = 0
-EXIT_CRASH = 1          # an unexpected exception: Python has printed the traceback
-EXIT_ERROR = 2          # a QdkitError: rank 0 printed the one-line error (every rank raised it together)
+EXIT_CRASH = 1  # an unexpected exception: Python has printed the traceback
+EXIT_ERROR = 2  # a QdkitError: rank 0 printed the one-line error (every rank raised it together)
 EXIT_INTERRUPTED = 130  # Ctrl-C: rank 0 saved last.pt and printed the command that resumes the run
 
-__all__ = ["EXIT_CRASH", "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "RUN_SETTINGS", "TrainConfig", "Trainer",
-           "TrainingInterrupted", "check_run", "check_run_name", "choose_device", "console", "cpu_has_fast_bf16",
-           "epoch_indices", "evaluate", "exit_code", "format_lr", "summary", "train"]
+__all__ = [
+    "EXIT_CRASH",
+    "EXIT_ERROR",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "RUN_SETTINGS",
+    "TrainConfig",
+    "Trainer",
+    "TrainingInterrupted",
+    "check_run",
+    "check_run_name",
+    "choose_device",
+    "console",
+    "cpu_has_fast_bf16",
+    "epoch_indices",
+    "evaluate",
+    "exit_code",
+    "format_lr",
+    "summary",
+    "train",
+]
 
 
 def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -96,13 +115,15 @@ def summary(metrics: dict[str, Any]) -> str:
     test = "n/a" if metrics["test_accuracy"] is None else f"{metrics['test_accuracy']:.2%}"
     world = metrics.get("world_size", 1)
     where = metrics["device"] if world == 1 else f"{world} processes ({metrics['device'].split(':')[0]}, DDP)"
-    return "\n".join([
-        f"run        {metrics['run_name']}",
-        f"model      {metrics['model']}  lr {format_lr(metrics['lr'])}  batch {metrics['batch_size']}  "
-        f"{metrics['optimizer']}  {metrics['epochs']}/{metrics['epochs_planned']} epochs",
-        f"accuracy   test {test}  (best validation {metrics['best_val_accuracy']:.2%} "
-        f"at epoch {metrics['best_epoch']})",
-        f"time       {metrics['train_seconds']:.0f}s training on {where} ({metrics['precision']})",
-        f"saved      {Path(metrics['best_checkpoint']).parent}/ (best.pt, last.pt, results.csv, metrics.json); "
-        f"TensorBoard: {metrics['tensorboard']}",
-    ])
+    return "\n".join(
+        [
+            f"run        {metrics['run_name']}",
+            f"model      {metrics['model']}  lr {format_lr(metrics['lr'])}  batch {metrics['batch_size']}  "
+            f"{metrics['optimizer']}  {metrics['epochs']}/{metrics['epochs_planned']} epochs",
+            f"accuracy   test {test}  (best validation {metrics['best_val_accuracy']:.2%} "
+            f"at epoch {metrics['best_epoch']})",
+            f"time       {metrics['train_seconds']:.0f}s training on {where} ({metrics['precision']})",
+            f"saved      {Path(metrics['best_checkpoint']).parent}/ (best.pt, last.pt, results.csv, metrics.json); "
+            f"TensorBoard: {metrics['tensorboard']}",
+        ]
+    )

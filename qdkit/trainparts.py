@@ -2,6 +2,7 @@
 generator and the run's progress — built from a run plan, restored as a whole from a last.pt
 (every part checked: a malformed checkpoint is one line naming it, never a KeyError), and saved
 back as the training-state fields of last.pt."""
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,8 @@ _BAD_STATE = (KeyError, TypeError, ValueError, RuntimeError, IndexError, Attribu
 
 @dataclass
 class TrainParts:
-    loader: BatchLoader                 # this rank's slices of each global batch
-    steps_per_epoch: int                # global steps: the same for any number of ranks
+    loader: BatchLoader  # this rank's slices of each global batch
+    steps_per_epoch: int  # global steps: the same for any number of ranks
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
@@ -40,9 +41,14 @@ class TrainParts:
         rng = rng_state(self.aug_gen, device)
         if info.active:  # every rank's RNG, so that a resumed DDP run draws the same numbers
             rng = {**rng, "by_rank": all_gather_object({k: v.cpu() for k, v in rng.items()}, info)}
-        return {**self.state.to_checkpoint(), "metrics": self.state.history[-1] if self.state.history else {},
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "rng": rng}
+        return {
+            **self.state.to_checkpoint(),
+            "metrics": self.state.history[-1] if self.state.history else {},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng,
+        }
 
 
 def build_parts(plan: RunPlan) -> TrainParts:
@@ -55,8 +61,15 @@ def build_parts(plan: RunPlan) -> TrainParts:
         torch.set_num_threads(max(1, cpu_cores() // max(1, info.local_world_size)))
     # drop_last: every step sees a full global batch (batch norm needs > 1 drawing; DDP ranks stay
     # in step). The permutation changes every epoch, so no drawing is left out for good.
-    loader = BatchLoader(plan.data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
-                         rank=info.rank, world_size=info.world_size)
+    loader = BatchLoader(
+        plan.data.train,
+        cfg.batch_size,
+        shuffle=True,
+        seed=cfg.seed,
+        drop_last=True,
+        rank=info.rank,
+        world_size=info.world_size,
+    )
     # Fresh runs seed everything from cfg.seed; ranks share the initial weights (DDP also
     # broadcasts them) but draw their own dropout and augmentation.
     torch.manual_seed(cfg.seed)
@@ -71,9 +84,17 @@ def build_parts(plan: RunPlan) -> TrainParts:
     aug_gen.manual_seed(seed_for(cfg.seed, info.rank, 2))
     optimizer = make_optimizer(cfg.optimizer, param_groups(model, cfg.weight_decay), cfg.lr, cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg.schedule, len(loader) * cfg.epochs))
-    parts = TrainParts(loader, len(loader), model, optimizer, scheduler,
-                       torch.amp.GradScaler(device.type, enabled=plan.amp_dtype == torch.float16),
-                       nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), aug_gen, RunState())
+    parts = TrainParts(
+        loader,
+        len(loader),
+        model,
+        optimizer,
+        scheduler,
+        torch.amp.GradScaler(device.type, enabled=plan.amp_dtype == torch.float16),
+        nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+        aug_gen,
+        RunState(),
+    )
     if plan.resume is not None:
         _restore(parts, plan.resume, Path(cfg.resume or ""), plan)
     return parts
@@ -108,12 +129,17 @@ def _restore(parts: TrainParts, ckpt: dict[str, Any], path: Path, plan: RunPlan)
 
 def _check_scheduler(saved: Any, steps_done: int, groups: int, path: Path) -> None:
     """LambdaLR loads any mapping into its attributes: check the fields it steps with."""
-    ok = (isinstance(saved, dict) and saved.get("last_epoch") == steps_done
-          and isinstance(saved.get("base_lrs"), list) and len(saved["base_lrs"]) == groups
-          and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in saved["base_lrs"]))
+    ok = (
+        isinstance(saved, dict)
+        and saved.get("last_epoch") == steps_done
+        and isinstance(saved.get("base_lrs"), list)
+        and len(saved["base_lrs"]) == groups
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in saved["base_lrs"])
+    )
     if not ok:
-        raise QdkitError(f"{path}: malformed scheduler state (expected {steps_done} steps done over "
-                         f"{groups} parameter groups)")
+        raise QdkitError(
+            f"{path}: malformed scheduler state (expected {steps_done} steps done over {groups} parameter groups)"
+        )
 
 
 def _check_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
@@ -122,5 +148,7 @@ def _check_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
         for p in group["params"]:
             for key, value in optimizer.state.get(p, {}).items():
                 if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
-                    raise QdkitError(f"{path}: malformed optimizer state ({key} is {tuple(value.shape)} "
-                                     f"for a parameter of {tuple(p.shape)})")
+                    raise QdkitError(
+                        f"{path}: malformed optimizer state ({key} is {tuple(value.shape)} "
+                        f"for a parameter of {tuple(p.shape)})"
+                    )

@@ -7,6 +7,7 @@
 Triton (or KServe with the Triton runtime) then serves the same Open Inference Protocol (v2) that
 `qdkit serve` speaks, under the same model name, so one client talks to either.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,13 +30,13 @@ from qdkit.v2api import (
     check_name,
 )
 
-QUEUE_DELAY_US = 1000         # how long Triton may hold a request to fill a batch (as `qdkit serve`)
+QUEUE_DELAY_US = 1000  # how long Triton may hold a request to fill a batch (as `qdkit serve`)
 MARKER = "# written by qdkit export --triton"  # the first line of config.pbtxt: a repository qdkit wrote
 
 
 @dataclass(frozen=True)
 class TritonRepository:
-    folder: Path          # DIR/<name>
+    folder: Path  # DIR/<name>
     config: Path
     model: Path
     labels: Path
@@ -44,16 +45,20 @@ class TritonRepository:
         return f"wrote Triton model repository {self.folder} (config.pbtxt, labels.txt, 1/model.onnx)"
 
 
-def config_text(name: str, class_names: list[str], max_batch: int = MAX_BATCH,
-                queue_delay_us: int = QUEUE_DELAY_US) -> str:
+def config_text(
+    name: str, class_names: list[str], max_batch: int = MAX_BATCH, queue_delay_us: int = QUEUE_DELAY_US
+) -> str:
     """config.pbtxt (protobuf text format of Triton's ModelConfig) for a qdkit ONNX model."""
     classes = len(class_names)
     labels = {"probabilities": '\n    label_filename: "labels.txt"'}  # Triton's classification extension
-    outputs = ",\n".join(f"""  {{
+    outputs = ",\n".join(
+        f"""  {{
     name: "{output}"
     data_type: TYPE_{OUTPUT_DATATYPE}
     dims: [ {classes} ]{labels.get(output, "")}
-  }}""" for output in OUTPUTS)
+  }}"""
+        for output in OUTPUTS
+    )
     return f"""{MARKER}
 name: "{check_name(name)}"
 platform: "onnxruntime_onnx"
@@ -99,8 +104,13 @@ def model_class_names(model: str | os.PathLike) -> list[str]:
     return [str(c) for c in names]
 
 
-def write_repository(model: str | os.PathLike, out_dir: str | os.PathLike, name: str = DEFAULT_NAME,
-                     max_batch: int = MAX_BATCH, overwrite: bool = False) -> TritonRepository:
+def write_repository(
+    model: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    name: str = DEFAULT_NAME,
+    max_batch: int = MAX_BATCH,
+    overwrite: bool = False,
+) -> TritonRepository:
     """Write OUT_DIR/<name>/ for `model` (an exported qdkit ONNX file); each file atomically, the
     config last (a config.pbtxt marks a complete repository). See check_target for what is replaced."""
     model = Path(model)

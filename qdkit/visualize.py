@@ -1,6 +1,7 @@
 """The original project's classification view, as one PNG: a grid of drawings from a split, each
 beside a bar chart of its top class probabilities (from the exported ONNX model); a mistake gets a
 red title and a red bar, the true class's bar is green wherever it appears."""
+
 from __future__ import annotations
 
 import os
@@ -18,10 +19,21 @@ from qdkit.outfiles import PNG_SOFTWARE, is_qdkit_png, output_file
 OK, WRONG, OTHER = "#2e7d32", "#c62828", "#90a4ae"
 
 
-def visualize(model: str | os.PathLike | None = None, data: str | os.PathLike = DEFAULT_STORE,
-              split: str = "test", out: str | os.PathLike | None = None, *, count: int = 16, top_k: int = 5,
-              columns: int = 4, seed: int = 0, mistakes: bool = False, threads: int | None = None,
-              warn: Callable[[str], None] | None = None, overwrite: bool = False) -> tuple[Path, str]:
+def visualize(
+    model: str | os.PathLike | None = None,
+    data: str | os.PathLike = DEFAULT_STORE,
+    split: str = "test",
+    out: str | os.PathLike | None = None,
+    *,
+    count: int = 16,
+    top_k: int = 5,
+    columns: int = 4,
+    seed: int = 0,
+    mistakes: bool = False,
+    threads: int | None = None,
+    warn: Callable[[str], None] | None = None,
+    overwrite: bool = False,
+) -> tuple[Path, str]:
     """Draw `count` random drawings of `split` (or only misclassified ones with `mistakes`);
     returns (the PNG path, a one-line summary). Default `out`: predictions.png beside the model; a
     file there that qdkit did not write is replaced only with `overwrite` (qdkit.outfiles)."""
@@ -33,14 +45,19 @@ def visualize(model: str | os.PathLike | None = None, data: str | os.PathLike = 
     from qdkit.store import open_store
 
     predictor = OnnxModel(model, threads=threads, warn=warn)
-    out = output_file(out if out is not None else predictor.path.parent / "predictions.png", "picture",
-                      overwrite=overwrite, ours=is_qdkit_png)
+    out = output_file(
+        out if out is not None else predictor.path.parent / "predictions.png",
+        "picture",
+        overwrite=overwrite,
+        ours=is_qdkit_png,
+    )
     store = open_store(data)
     arrays = store.split(split)
     names = predictor.class_names
     if len(names) != len(store.class_names):
-        raise QdkitError(f"{predictor.path}: the model has {len(names)} classes, the store {data} has "
-                         f"{len(store.class_names)}")
+        raise QdkitError(
+            f"{predictor.path}: the model has {len(names)} classes, the store {data} has {len(store.class_names)}"
+        )
     if len(arrays) == 0:
         raise QdkitError(f"{data}: split {split!r} is empty")
     rng = np.random.default_rng(seed)
@@ -62,8 +79,9 @@ def visualize(model: str | os.PathLike | None = None, data: str | os.PathLike = 
     rows = -(-len(pick) // cols)
     height = rows * 2.3 + 0.9
     fig = plt.figure(figsize=(cols * 4.4, height), dpi=100)
-    outer = fig.add_gridspec(rows, cols, wspace=0.08, hspace=0.5, left=0.015, right=0.985,
-                             top=1 - 0.95 / height, bottom=0.25 / height)
+    outer = fig.add_gridspec(
+        rows, cols, wspace=0.08, hspace=0.5, left=0.015, right=0.985, top=1 - 0.95 / height, bottom=0.25 / height
+    )
     n_right = 0
     for n, (drawing, p, label) in enumerate(zip(drawings, probs, labels[pick], strict=True)):
         r, c = divmod(n, cols)
@@ -93,12 +111,22 @@ def visualize(model: str | os.PathLike | None = None, data: str | os.PathLike = 
             bx.spines[side].set_visible(False)
         for yy, v in zip(y, p[order], strict=True):
             inside = v > 0.75  # the label goes inside a long bar, in white
-            bx.text(v - 0.02 if inside else v + 0.02, float(yy), f"{v:.0%}", va="center",
-                    ha="right" if inside else "left", fontsize=7, color="white" if inside else "black")
+            bx.text(
+                v - 0.02 if inside else v + 0.02,
+                float(yy),
+                f"{v:.0%}",
+                va="center",
+                ha="right" if inside else "left",
+                fontsize=7,
+                color="white" if inside else "black",
+            )
     plural = "s" if len(pick) != 1 else ""
     what = f"misclassified {split} drawing{plural}" if mistakes else f"random {split} drawing{plural}"
-    fig.suptitle(f"{Path(predictor.path).name}: {len(pick)} {what}, {n_right} right\n"
-                 f"mistakes in red, the true class's bar in green", fontsize=11 if cols > 1 else 9)
+    fig.suptitle(
+        f"{Path(predictor.path).name}: {len(pick)} {what}, {n_right} right\n"
+        f"mistakes in red, the true class's bar in green",
+        fontsize=11 if cols > 1 else 9,
+    )
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", metadata={"Software": PNG_SOFTWARE})
     plt.close(fig)

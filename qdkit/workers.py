@@ -13,6 +13,7 @@ and the parent, not each worker, decides what an interrupt means (it shuts the p
 PR_SET_PDEATHSIG fires when the *thread* that forked the worker exits: start pools from a thread
 that outlives them (the main thread; ProcessPoolExecutor forks from the thread that submits).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,8 +25,8 @@ import threading
 import time
 from collections.abc import Iterator
 
-PR_SET_PDEATHSIG = 1    # from <linux/prctl.h>
-POLL_SECONDS = 0.5      # how often the fallback thread looks at the parent PID
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+POLL_SECONDS = 0.5  # how often the fallback thread looks at the parent PID
 
 
 def _set_parent_death_signal() -> bool:

@@ -1,4 +1,5 @@
 """Shared by the benchmark scripts: a synthetic HDF5 store in a folder, so each runs anywhere."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +12,14 @@ def synthetic_store(folder: Path, classes: int, train: int, held_out: int) -> Pa
     from qdkit.synth import write_synth
 
     write_synth(folder / "raw", num_classes=classes, per_class=train + 2 * held_out, seed=0)
-    convert(folder / "raw", folder / "data", h5=True, png=False,
-            per_class={"train": train, "validation": held_out, "test": held_out}, seed=0, workers=1,
-            progress=False)
+    convert(
+        folder / "raw",
+        folder / "data",
+        h5=True,
+        png=False,
+        per_class={"train": train, "validation": held_out, "test": held_out},
+        seed=0,
+        workers=1,
+        progress=False,
+    )
     return folder / "data" / "quickdraw.h5"

@@ -19,6 +19,7 @@ deciding the result.
 Without --data it builds a synthetic store (10 classes x 1,000 train drawings) in a temp dir.
 efficiency = ddp2 / (2 x single): 1.0 would be perfect scaling of the 1-thread process.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,9 +45,25 @@ CONFIGS = {  # name: (processes, threads per process)
 def run_once(name: str, data: Path, tmp: Path, args: argparse.Namespace, round_no: int) -> dict:
     procs, threads = CONFIGS[name]
     run = f"{name}-r{round_no}"
-    cmd = [sys.executable, "-m", "qdkit", "train", "--data", str(data), "--epochs", str(args.epochs),
-           "--run-name", run, "--runs-dir", str(tmp / "runs"), "--artifacts-dir", str(tmp / "artifacts"),
-           "--no-progress", "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "qdkit",
+        "train",
+        "--data",
+        str(data),
+        "--epochs",
+        str(args.epochs),
+        "--run-name",
+        run,
+        "--runs-dir",
+        str(tmp / "runs"),
+        "--artifacts-dir",
+        str(tmp / "artifacts"),
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     if args.model:
         cmd += ["--model", args.model]
     if args.batch_size:
@@ -65,9 +82,14 @@ def run_once(name: str, data: Path, tmp: Path, args: argparse.Namespace, round_n
     rows = list(csv.DictReader((tmp / "artifacts" / run / "results.csv").open()))
     metrics = json.loads((tmp / "artifacts" / run / "metrics.json").read_text())
     rates = [float(r["img_per_s"]) for r in rows]
-    return {"epochs_img_per_s": [round(r, 1) for r in rates], "wall_s": round(wall, 1),
-            "test_accuracy": metrics["test_accuracy"], "precision": metrics["precision"],
-            "batch_size": metrics["batch_size"], "model": metrics["model"]}
+    return {
+        "epochs_img_per_s": [round(r, 1) for r in rates],
+        "wall_s": round(wall, 1),
+        "test_accuracy": metrics["test_accuracy"],
+        "precision": metrics["precision"],
+        "batch_size": metrics["batch_size"],
+        "model": metrics["model"],
+    }
 
 
 def main() -> int:
@@ -84,8 +106,8 @@ def main() -> int:
     if args.epochs < 2:
         ap.error("--epochs must be at least 2 (the first is a warm-up)")
 
-    with tempfile.TemporaryDirectory(prefix="qdkit-bench-ddp-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="qdkit-bench-ddp-") as tmp_name:
+        tmp = Path(tmp_name)
         data = Path(args.data) if args.data else synthetic_store(tmp, classes=10, train=args.per_class, held_out=20)
         runs: dict[str, list[dict]] = {name: [] for name in CONFIGS}
         for r in range(1, args.rounds + 1):
@@ -105,13 +127,17 @@ def main() -> int:
         "speedup": round(ddp2 / single, 3),
         "efficiency": round(ddp2 / (2 * single), 3),
         "ddp2_vs_single_2threads": round(ddp2 / single2, 3),
-        "model": first["model"], "batch_size_global": first["batch_size"], "precision": first["precision"],
+        "model": first["model"],
+        "batch_size_global": first["batch_size"],
+        "precision": first["precision"],
         "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "cpu": platform.processor() or platform.machine(),
-        "epochs_per_run": args.epochs, "rounds": args.rounds,
+        "epochs_per_run": args.epochs,
+        "rounds": args.rounds,
         "test_accuracy": {name: [run["test_accuracy"] for run in rs] for name, rs in runs.items()},
-        "runs": {name: [{k: run[k] for k in ("epochs_img_per_s", "wall_s")} for run in rs]
-                 for name, rs in runs.items()},
+        "runs": {
+            name: [{k: run[k] for k in ("epochs_img_per_s", "wall_s")} for run in rs] for name, rs in runs.items()
+        },
     }
     text = json.dumps(result, indent=2)
     print(text)

@@ -9,6 +9,7 @@
 
     python scripts/bench_loader.py [--in ../shared/quickdraw/animals10] [--json FILE]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,9 @@ class PngFolderDataset(torch.utils.data.Dataset):
 
 
 def bench_png(root: Path, batch_size: int, workers: int) -> tuple[float, int]:
-    loader = torch.utils.data.DataLoader(PngFolderDataset(root), batch_size=batch_size, shuffle=True,
-                                         num_workers=workers)
+    loader = torch.utils.data.DataLoader(
+        PngFolderDataset(root), batch_size=batch_size, shuffle=True, num_workers=workers
+    )
     t0, n = time.perf_counter(), 0
     for x, _ in loader:
         n += len(x)
@@ -73,8 +75,8 @@ def main() -> None:
     parser.add_argument("--png-workers", type=int, default=2)
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
         raw = Path(args.in_dir) if args.in_dir else tmp / "raw"
         per_class = {"train": 2000, "validation": 400, "test": 100}
         if not args.in_dir:
@@ -85,8 +87,10 @@ def main() -> None:
         convert(raw, tmp / "data", h5=True, png=True, per_class=per_class, seed=0, progress=False)
         convert_s = time.perf_counter() - t0
         drawings = sum(per_class.values()) * len(list(raw.glob("*.npy")))
-        print(f"convert: {drawings:,} drawings -> PNGs + HDF5 in {convert_s:.2f} s "
-              f"({drawings / convert_s:,.0f} drawings/s)")
+        print(
+            f"convert: {drawings:,} drawings -> PNGs + HDF5 in {convert_s:.2f} s "
+            f"({drawings / convert_s:,.0f} drawings/s)"
+        )
         png_rate, png_n = bench_png(tmp / "data" / "png" / "train", args.batch_size, args.png_workers)
         h5_rate, h5_n = bench_store(tmp / "data" / "quickdraw.h5", args.batch_size)
     result = {

@@ -16,6 +16,7 @@ a round slower. Usage:
 
     python scripts/bench_predict.py [--json FILE] [--threads 2] [--pngs 10000] [--checkpoint CKPT [--data STORE]]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,15 +53,32 @@ def test_agreement(fp32_path: Path, int8_path: Path, store_path: Path, threads: 
     x = np.array(test.images)
     fp32 = Predictor(fp32_path, threads=threads).logits(x).argmax(1)
     int8 = Predictor(int8_path, threads=threads).logits(x).argmax(1)
-    return {"drawings": len(x), "agreement": round(float((int8 == fp32).mean()), 4),
-            "fp32_accuracy": round(float((fp32 == test.labels).mean()), 4),
-            "int8_accuracy": round(float((int8 == test.labels).mean()), 4)}
+    return {
+        "drawings": len(x),
+        "agreement": round(float((int8 == fp32).mean()), 4),
+        "fp32_accuracy": round(float((fp32 == test.labels).mean()), 4),
+        "int8_accuracy": round(float((int8 == test.labels).mean()), 4),
+    }
 
 
 def predict_wall(png_dir: Path, model: Path, out: Path, threads: int, expected: int) -> float:
     """Best of two wall times of `qdkit predict` over every PNG under png_dir, as a user runs it."""
-    cmd = [sys.executable, "-m", "qdkit", "predict", str(png_dir), "--model", str(model),
-           "--threads", str(threads), "--format", "csv", "--output", str(out), "--overwrite"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "qdkit",
+        "predict",
+        str(png_dir),
+        "--model",
+        str(model),
+        "--threads",
+        str(threads),
+        "--format",
+        "csv",
+        "--output",
+        str(out),
+        "--overwrite",
+    ]
     walls = []
     for _ in range(2):
         t = time.perf_counter()
@@ -104,13 +122,19 @@ def main() -> int:
             torch.manual_seed(0)
             model_name = DEFAULT_MODEL
             model = build_model(DEFAULT_MODEL, len(classes)).eval()
-            save_checkpoint(tmp / "best.pt", model=model, model_name=DEFAULT_MODEL, model_kwargs={},
-                            class_names=classes, run_name="bench")
+            save_checkpoint(
+                tmp / "best.pt",
+                model=model,
+                model_name=DEFAULT_MODEL,
+                model_kwargs={},
+                class_names=classes,
+                run_name="bench",
+            )
             onnx_path = export_model(tmp / "best.pt", tmp / "model.onnx").path
 
         drawings = parity_drawings(max(args.pngs, 2048), seed=1)
         x = drawings[:2048]
-        batches = [x[i:i + BATCH] for i in range(0, len(x), BATCH)]
+        batches = [x[i : i + BATCH] for i in range(0, len(x), BATCH)]
         int8_test = None
         if args.checkpoint:
             store = args.data or default_store(args.checkpoint)
@@ -191,14 +215,20 @@ def main() -> int:
         "model_bytes_int8": int8.int8_bytes,
         "int8_test": int8_test,
     }
-    print(f"(a) {model_name}, batch {BATCH}, {args.threads} threads: onnxruntime {ort_rate:,.0f} img/s, "
-          f"PyTorch eager {torch_rate:,.0f} img/s -> {ort_rate / torch_rate:.2f}x; "
-          f"int8 {int8_rate:,.0f} img/s -> {int8_rate / torch_rate:.2f}x")
+    print(
+        f"(a) {model_name}, batch {BATCH}, {args.threads} threads: onnxruntime {ort_rate:,.0f} img/s, "
+        f"PyTorch eager {torch_rate:,.0f} img/s -> {ort_rate / torch_rate:.2f}x; "
+        f"int8 {int8_rate:,.0f} img/s -> {int8_rate / torch_rate:.2f}x"
+    )
     if int8_test:
-        print(f"    int8 on the test split: top-1 agreement with fp32 {int8_test['agreement']:.2%}, accuracy "
-              f"{int8_test['int8_accuracy']:.2%} vs {int8_test['fp32_accuracy']:.2%} fp32")
-    print(f"(b) qdkit predict over {args.pngs:,} PNGs: {wall:.2f} s end to end ({args.pngs / wall:,.0f} img/s); "
-          f"with the int8 model {wall_int8:.2f} s")
+        print(
+            f"    int8 on the test split: top-1 agreement with fp32 {int8_test['agreement']:.2%}, accuracy "
+            f"{int8_test['int8_accuracy']:.2%} vs {int8_test['fp32_accuracy']:.2%} fp32"
+        )
+    print(
+        f"(b) qdkit predict over {args.pngs:,} PNGs: {wall:.2f} s end to end ({args.pngs / wall:,.0f} img/s); "
+        f"with the int8 model {wall_int8:.2f} s"
+    )
     print(f"(c) one drawing through Predictor.predict: p50 {p50:.3f} ms, p90 {p90:.3f} ms")
     print(json.dumps(result))
     if args.json:

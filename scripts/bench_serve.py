@@ -17,6 +17,7 @@ it uses a small share of one core. The model: qdnet (the default architecture) w
 
     python scripts/bench_serve.py [--json FILE] [--seconds 10] [--workers 1] [--threads N] [--model FILE]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,6 +39,7 @@ LOAD_GENERATOR = "separate process, raw asyncio sockets, HTTP/1.1 keep-alive, on
 
 
 # ----------------------------------------------------------------------------- drawings and model
+
 
 def real_or_synthetic_drawings(limit: int = 2000) -> tuple[list, str]:
     if SHARED_STROKES.is_dir():
@@ -69,12 +71,19 @@ def make_model(folder: Path) -> Path:
     torch.manual_seed(0)
     classes = [f"class{i}" for i in range(10)]
     model = build_model(DEFAULT_MODEL, len(classes)).eval()
-    save_checkpoint(folder / "best.pt", model=model, model_name=DEFAULT_MODEL, model_kwargs={},
-                    class_names=classes, run_name="bench")
+    save_checkpoint(
+        folder / "best.pt",
+        model=model,
+        model_name=DEFAULT_MODEL,
+        model_kwargs={},
+        class_names=classes,
+        run_name="bench",
+    )
     return export_model(folder / "best.pt", folder / "model.onnx").path
 
 
 # ----------------------------------------------------------------------------- (a) in-process
+
 
 def in_process_rate(model: Path, drawings: list, threads: int, seconds: float) -> tuple[float, float]:
     """(drawings/s, drawings per CPU-second) of parse + simplify + rasterize + infer + top-k, batches of
@@ -83,7 +92,7 @@ def in_process_rate(model: Path, drawings: list, threads: int, seconds: float) -
     from qdkit.strokes import parse_drawing, rasterize_many
 
     predictor = Predictor(model, threads=threads, spin=False)
-    batches = [drawings[i:i + BATCH] for i in range(0, len(drawings) - BATCH + 1, BATCH)]
+    batches = [drawings[i : i + BATCH] for i in range(0, len(drawings) - BATCH + 1, BATCH)]
 
     def one(batch: list) -> None:
         parsed = [parse_drawing(d, simplified=False) for d in batch]
@@ -128,18 +137,22 @@ def cpu_seconds(pid: int) -> float:
 
 # ----------------------------------------------------------------------------- (b) the load generator
 
+
 def encode_requests(host: str, port: int, drawings: list) -> list[bytes]:
     out = []
     for d in drawings:
         body = json.dumps({"drawing": d}, separators=(",", ":")).encode()
-        head = (f"POST /predict?top_k=3 HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        head = (
+            f"POST /predict?top_k=3 HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
         out.append(head + body)
     return out
 
 
-async def _client(host: str, port: int, requests: list[bytes], offset: int, until: float,
-                  latencies: list[float], errors: list[str]) -> None:
+async def _client(
+    host: str, port: int, requests: list[bytes], offset: int, until: float, latencies: list[float], errors: list[str]
+) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     i = offset
     try:
@@ -168,19 +181,28 @@ async def _load(host: str, port: int, requests: list[bytes], clients: int, secon
     errors: list[str] = []
     warm_latencies: list[float] = []
     warm = time.perf_counter() + 0.5
-    await asyncio.gather(*(_client(host, port, requests, 7919 * c, warm, warm_latencies, errors)
-                           for c in range(clients)))
+    await asyncio.gather(
+        *(_client(host, port, requests, 7919 * c, warm, warm_latencies, errors) for c in range(clients))
+    )
     start = time.perf_counter()
-    await asyncio.gather(*(_client(host, port, requests, 104729 * c, start + seconds, latencies, errors)
-                           for c in range(clients)))
+    await asyncio.gather(
+        *(_client(host, port, requests, 104729 * c, start + seconds, latencies, errors) for c in range(clients))
+    )
     wall = time.perf_counter() - start
     cpu = time.process_time()
     ms = np.array(latencies) * 1000
-    return {"clients": clients, "requests": len(latencies), "with_warm_up": len(latencies) + len(warm_latencies),
-            "seconds": wall, "req_per_s": len(latencies) / wall,
-            "p50_ms": float(np.percentile(ms, 50)) if len(ms) else None,
-            "p99_ms": float(np.percentile(ms, 99)) if len(ms) else None,
-            "errors": len(errors), "first_errors": errors[:3], "generator_cpu_s": cpu}
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "with_warm_up": len(latencies) + len(warm_latencies),
+        "seconds": wall,
+        "req_per_s": len(latencies) / wall,
+        "p50_ms": float(np.percentile(ms, 50)) if len(ms) else None,
+        "p99_ms": float(np.percentile(ms, 99)) if len(ms) else None,
+        "errors": len(errors),
+        "first_errors": errors[:3],
+        "generator_cpu_s": cpu,
+    }
 
 
 def load_generator_main(argv: list[str]) -> None:
@@ -193,12 +215,17 @@ def load_generator_main(argv: list[str]) -> None:
 
 
 def run_load(url: str, clients: int, seconds: float, drawings_file: Path) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--load-generator", url, str(clients), str(seconds),
-                          str(drawings_file)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--load-generator", url, str(clients), str(seconds), str(drawings_file)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 # ----------------------------------------------------------------------------- main
+
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--load-generator":
@@ -208,8 +235,12 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--seconds", type=float, default=10.0, help="per client count (at least 10 for the README)")
     ap.add_argument("--workers", type=int, default=1, help="qdkit serve --workers")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="onnxruntime threads, in-process and per server worker [default: cores / workers]")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="onnxruntime threads, in-process and per server worker [default: cores / workers]",
+    )
     ap.add_argument("--model", type=Path, help="an exported model [default: qdnet with random weights]")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO / "tests"))
@@ -227,8 +258,11 @@ def main() -> int:
         # load only ever makes a round slower.
         rounds = max(3.0, args.seconds / 2)
         before, before_cpu = in_process_rate(model, drawings, threads, seconds=rounds)
-        print(f"(a) in-process, batches of {BATCH}, {threads} onnxruntime threads: {before:,.0f} drawings/s "
-              f"({before_cpu:,.0f} per CPU-second)", flush=True)
+        print(
+            f"(a) in-process, batches of {BATCH}, {threads} onnxruntime threads: {before:,.0f} drawings/s "
+            f"({before_cpu:,.0f} per CPU-second)",
+            flush=True,
+        )
         results = {}
         with running_server(model, "--workers", str(args.workers), "--threads", str(threads)) as server:
             for clients in (1, 16):
@@ -236,10 +270,12 @@ def main() -> int:
                 r = run_load(server.url, clients, args.seconds, drawings_file)
                 r["per_cpu_s"] = r["with_warm_up"] / max(cpu_seconds(server.proc.pid) - cpu, 1e-9)
                 results[clients] = r
-                print(f"(b) POST /predict, {clients:2d} client(s), {r['seconds']:.1f} s: {r['req_per_s']:,.0f} req/s, "
-                      f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, {r['errors']} errors "
-                      f"({r['per_cpu_s']:,.0f} per server CPU-second; load generator CPU {r['generator_cpu_s']:.1f} s)",
-                      flush=True)
+                print(
+                    f"(b) POST /predict, {clients:2d} client(s), {r['seconds']:.1f} s: {r['req_per_s']:,.0f} req/s, "
+                    f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, {r['errors']} errors "
+                    f"({r['per_cpu_s']:,.0f} per server CPU-second; load generator CPU {r['generator_cpu_s']:.1f} s)",
+                    flush=True,
+                )
                 for e in r["first_errors"]:
                     print(f"    error: {e}")
             server.stop()
@@ -267,9 +303,11 @@ def main() -> int:
         "load_generator": LOAD_GENERATOR,
         "cores": os.cpu_count(),
     }
-    print(f"efficiency (16 clients / in-process) {report['efficiency']:.2f} (goal >= 0.6); p50 at 1 client "
-          f"{report['p50_ms_c1']:.2f} ms (goal <= 5); p99 at 16 clients {report['p99_ms_c16']:.2f} ms (goal <= 50); "
-          f"{report['errors']} errors; CPU-time efficiency {report['efficiency_cpu_c16']:.2f}")
+    print(
+        f"efficiency (16 clients / in-process) {report['efficiency']:.2f} (goal >= 0.6); p50 at 1 client "
+        f"{report['p50_ms_c1']:.2f} ms (goal <= 5); p99 at 16 clients {report['p99_ms_c16']:.2f} ms (goal <= 50); "
+        f"{report['errors']} errors; CPU-time efficiency {report['efficiency_cpu_c16']:.2f}"
+    )
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
     return 0

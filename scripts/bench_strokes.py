@@ -12,6 +12,7 @@
 (c) the byte-exact fraction of qdkit.strokes.rasterize against the official bitmap rows of the
     shared golden pairs (bear, bee, cat, dog, duck: line i of the strokes = row i of the bitmaps).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,10 +65,15 @@ def source_lines(tmp: Path) -> dict[str, list[bytes]]:
     if (SHARED / "strokes").is_dir():
         return {c: (SHARED / "strokes" / f"{c}.ndjson").read_bytes().splitlines() for c in CLASSES}
     print("../shared/quickdraw missing: using synthetic strokes", file=sys.stderr)
-    subprocess.run([sys.executable, "-m", "qdkit", "synth", str(tmp / "synth"), "--per-class", "25",
-                    "--format", "ndjson"], check=True, capture_output=True)
-    return {p.stem.removeprefix("full_simplified_"): p.read_bytes().splitlines()
-            for p in sorted((tmp / "synth").glob("*.ndjson"))}
+    subprocess.run(
+        [sys.executable, "-m", "qdkit", "synth", str(tmp / "synth"), "--per-class", "25", "--format", "ndjson"],
+        check=True,
+        capture_output=True,
+    )
+    return {
+        p.stem.removeprefix("full_simplified_"): p.read_bytes().splitlines()
+        for p in sorted((tmp / "synth").glob("*.ndjson"))
+    }
 
 
 def main() -> None:
@@ -89,17 +95,35 @@ def main() -> None:
             (tmp / "in" / f"full_simplified_{name}.ndjson").write_bytes(b"\n".join(repeated) + b"\n")
         total = per_class * len(lines)
         train, rest = per_class - 2 * (per_class // 10), per_class // 10
-        cmd = [sys.executable, "-m", "qdkit", "convert", "--in", str(tmp / "in"), "--out", str(tmp / "out"),
-               "--h5", "--no-png", "--train", str(train), "--validation", str(rest), "--test", str(rest)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "qdkit",
+            "convert",
+            "--in",
+            str(tmp / "in"),
+            "--out",
+            str(tmp / "out"),
+            "--h5",
+            "--no-png",
+            "--train",
+            str(train),
+            "--validation",
+            str(rest),
+            "--test",
+            str(rest),
+        ]
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         convert_seconds = time.perf_counter() - t0
         convert_rate = total / convert_seconds
-        print(f"(a) qdkit convert: {total:,} drawings in {convert_seconds:.2f} s = {convert_rate:,.0f} drawings/s "
-              f"({os.cpu_count()} cores)")
+        print(
+            f"(a) qdkit convert: {total:,} drawings in {convert_seconds:.2f} s = {convert_rate:,.0f} drawings/s "
+            f"({os.cpu_count()} cores)"
+        )
 
         sample = [json.loads(line)["drawing"] for class_lines in lines.values() for line in class_lines]
-        sample = (sample * (args.naive_sample // len(sample) + 1))[:args.naive_sample]
+        sample = (sample * (args.naive_sample // len(sample) + 1))[: args.naive_sample]
         t0 = time.perf_counter()
         naive = [naive_rasterize(d) for d in sample]
         naive_rate = len(sample) / (time.perf_counter() - t0)
@@ -114,14 +138,20 @@ def main() -> None:
             class_lines = (SHARED / "strokes" / f"{name}.ndjson").read_bytes().splitlines()
             rows = np.load(SHARED / "animals10" / f"full_numpy_bitmap_{name}.npy", mmap_mode="r")
             got = rasterize_many([parse_ndjson_line(line) for line in class_lines]).reshape(len(class_lines), -1)
-            hits += int((got == rows[:len(class_lines)]).all(axis=1).sum())
+            hits += int((got == rows[: len(class_lines)]).all(axis=1).sum())
             count += len(class_lines)
         exact = hits / count
         print(f"(c) byte-exact against the official bitmaps: {hits}/{count} = {exact:.4f}")
     speedup = convert_rate / naive_rate
     print(f"speedup (a)/(b): {speedup:.2f}x")
-    result = {"convert_drawings_per_s": round(convert_rate), "naive_drawings_per_s": round(naive_rate),
-              "speedup": round(speedup, 2), "exact_fraction": exact, "drawings": total, "cores": os.cpu_count()}
+    result = {
+        "convert_drawings_per_s": round(convert_rate),
+        "naive_drawings_per_s": round(naive_rate),
+        "speedup": round(speedup, 2),
+        "exact_fraction": exact,
+        "drawings": total,
+        "cores": os.cpu_count(),
+    }
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))

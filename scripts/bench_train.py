@@ -12,6 +12,7 @@ on the machine from deciding the result.
 Without --data it builds a synthetic store (10 classes x 600 train drawings) in a temp dir.
 Prints and optionally writes {"qdkit_img_per_s", "bare_img_per_s", "overhead"}, overhead = 1 - qdkit/bare.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,12 @@ def main() -> int:
     ap.add_argument("--no-amp", dest="amp", action="store_false")
     ap.add_argument("--no-augment", dest="augment", action="store_false", default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads [default: torch's]")
-    ap.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                    help="show qdkit's progress bar as `qdkit train` does [default: on]")
+    ap.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="show qdkit's progress bar as `qdkit train` does [default: on]",
+    )
     ap.add_argument("--json", help="also write the result to this file")
     args = ap.parse_args()
 
@@ -52,12 +57,21 @@ def main() -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory(prefix="qdkit-bench-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="qdkit-bench-") as tmp_name:
+        tmp = Path(tmp_name)
         data = Path(args.data) if args.data else synthetic_store(tmp, classes=10, train=args.per_class, held_out=10)
-        cfg = TrainConfig(data=str(data), model=args.model, batch_size=args.batch_size, device=args.device,
-                          amp=args.amp, augment=args.augment, runs_dir=str(tmp / "runs"),
-                          artifacts_dir=str(tmp / "artifacts"), run_name="bench", progress=args.progress)
+        cfg = TrainConfig(
+            data=str(data),
+            model=args.model,
+            batch_size=args.batch_size,
+            device=args.device,
+            amp=args.amp,
+            augment=args.augment,
+            runs_dir=str(tmp / "runs"),
+            artifacts_dir=str(tmp / "artifacts"),
+            run_name="bench",
+            progress=args.progress,
+        )
         trainer = Trainer(cfg, log=lambda s: None)  # creates no file; train_epoch() runs the loop's epoch
         cfg, device, amp = trainer.cfg, trainer.device, trainer.amp_dtype
         steps = trainer.parts.steps_per_epoch
@@ -69,7 +83,7 @@ def main() -> int:
         y_all = torch.from_numpy(arrays.labels).to(device)
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model, len(trainer.data.class_names), **cfg.model_kwargs())
-        model = model.to(device, memory_format=torch.channels_last).train()
+        model = model.to(device, memory_format=torch.channels_last).train()  # type: ignore[call-overload]
         opt = make_optimizer(cfg.optimizer, param_groups(model, cfg.weight_decay), cfg.lr, cfg.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg.schedule, 10**6))
         gen = torch.Generator(device=device).manual_seed(0)
@@ -77,7 +91,7 @@ def main() -> int:
         def bare_epoch() -> None:
             perm = torch.randperm(len(y_all), device=device)
             for i in range(steps):
-                idx = perm[i * bs:(i + 1) * bs]
+                idx = perm[i * bs : (i + 1) * bs]
                 x, y = x_all[idx].float(), y_all[idx]
                 if cfg.augment:
                     x = augment_batch(x, gen)
@@ -103,7 +117,8 @@ def main() -> int:
             epoch[0] += 1
             trainer.train_epoch(epoch[0])
 
-        qdkit_epoch(), bare_epoch()  # warm-up: allocator, oneDNN kernels, page cache
+        qdkit_epoch()  # warm-up: allocator, oneDNN kernels, page cache
+        bare_epoch()
         q_rates, b_rates = [], []
         for _ in range(args.epochs):
             q_rates.append(timed(qdkit_epoch))
@@ -113,8 +128,13 @@ def main() -> int:
         "qdkit_img_per_s": round(q, 1),
         "bare_img_per_s": round(b, 1),
         "overhead": round(1.0 - q / b, 4),
-        "model": cfg.model, "batch_size": bs, "augment": bool(cfg.augment), "device": str(device),
-        "precision": precision_name(amp), "threads": torch.get_num_threads(), "steps_per_epoch": steps,
+        "model": cfg.model,
+        "batch_size": bs,
+        "augment": bool(cfg.augment),
+        "device": str(device),
+        "precision": precision_name(amp),
+        "threads": torch.get_num_threads(),
+        "steps_per_epoch": steps,
         "epochs_timed": args.epochs,
         "qdkit_epochs_img_per_s": [round(r, 1) for r in q_rates],
         "bare_epochs_img_per_s": [round(r, 1) for r in b_rates],

@@ -1,5 +1,6 @@
 """Shared by test_export / test_predict / test_evaluate: small trained checkpoints and their ONNX
 exports, made once per test session (independent of qdkit.train, built with the model registry)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -32,8 +33,14 @@ class one_thread:
         torch.set_num_threads(self.prev)
 
 
-def train_checkpoint(path: Path, store_path: Path, model_name: str = "qdnet", steps: int = 40,
-                     seed: int = 0, model_kwargs: dict | None = None) -> Path:
+def train_checkpoint(
+    path: Path,
+    store_path: Path,
+    model_name: str = "qdnet",
+    steps: int = 40,
+    seed: int = 0,
+    model_kwargs: dict | None = None,
+) -> Path:
     """A few Adam steps on the store's train split (enough for confident, stable top-1 classes)."""
     with one_thread():
         return _train(path, store_path, model_name, steps, seed, model_kwargs)
@@ -67,9 +74,16 @@ def _train(path: Path, store_path: Path, model_name: str, steps: int, seed: int,
     with torch.inference_mode():
         pred = model(torch.from_numpy(np.array(val.images)).unsqueeze(1)).argmax(1).numpy()
     val_acc = float((pred == val.labels).mean())
-    save_checkpoint(path, model=model, model_name=model_name, model_kwargs=kwargs,
-                    class_names=store.class_names, epoch=1,
-                    metrics={"val_accuracy": val_acc, "test_accuracy": 0.5}, run_name="test-run")
+    save_checkpoint(
+        path,
+        model=model,
+        model_name=model_name,
+        model_kwargs=kwargs,
+        class_names=store.class_names,
+        epoch=1,
+        metrics={"val_accuracy": val_acc, "test_accuracy": 0.5},
+        run_name="test-run",
+    )
     return path
 
 
@@ -127,8 +141,9 @@ def small_tmpfs(path: Path, size: str = "1m"):
     @contextlib.contextmanager
     def mounted():
         path.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+        )
         if done.returncode != 0:
             pytest.skip(f"disk-full test needs a small tmpfs and cannot mount one here: {done.stderr.strip()}")
         try:
@@ -164,6 +179,7 @@ def alive(pid: int) -> bool:
 
 # --- a local HTTP "bucket" that honours Range and If-Range (and, on request, misbehaves) ----------------
 
+
 @dataclass
 class FakeBucket:
     """A folder served over HTTP; records each request's path and Range, and the bytes sent."""
@@ -174,8 +190,8 @@ class FakeBucket:
     bytes_sent: int = 0
     # "ignore-range", "html", "cut" (Content-Length promises more than is sent), "ignore-if-range"
     mode: str = "normal"
-    validators: bool = True   # send an ETag, and honour If-Range
-    weak_etag: bool = False   # send W/"..." (not allowed in If-Range)
+    validators: bool = True  # send an ETag, and honour If-Range
+    weak_etag: bool = False  # send W/"..." (not allowed in If-Range)
     before_request: object = None  # called with the request count before each answer (to change a file)
 
     def add(self, name: str, rows: int, seed: int = 0, dtype=np.uint8) -> np.ndarray:

@@ -1,4 +1,5 @@
 """Shared by the serve tests: a real `qdkit serve` process on 127.0.0.1 (a free port), and drawings."""
+
 from __future__ import annotations
 
 import contextlib
@@ -44,8 +45,14 @@ class Server:
 def running_server(model: Path, *args: str, timeout: float = 60) -> Iterator[Server]:
     """`python -m qdkit serve MODEL --port 0 ARGS`; yields once its one start line names the URL."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "qdkit", "serve", str(model), "--port", "0", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qdkit", "serve", str(model), "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
     lines: queue.Queue = queue.Queue()
 
     def pump() -> None:
@@ -81,8 +88,9 @@ def synthetic_drawings() -> list[list[list[list[float]]]]:
     angles = np.pi / 2 + np.arange(11) * 4 * np.pi / 5
     star = [[(200 + 150 * np.cos(angles)).round().tolist(), (200 - 150 * np.sin(angles)).round().tolist()]]
     rng = np.random.default_rng(7)
-    scribble = [[np.cumsum(rng.integers(-9, 10, 25)).tolist(), np.cumsum(rng.integers(-9, 10, 25)).tolist()]
-                for _ in range(3)]
+    scribble = [
+        [np.cumsum(rng.integers(-9, 10, 25)).tolist(), np.cumsum(rng.integers(-9, 10, 25)).tolist()] for _ in range(3)
+    ]
     dot = [[[100], [100]], [[150, 152], [150, 151]]]
     return [circle, square, triangle, star, scribble, dot]
 

@@ -1,5 +1,6 @@
 """Shared by the training tests: a hook into the training loop through torch's public global
 forward pre-hook (no qdkit internals patched)."""
+
 from __future__ import annotations
 
 import contextlib

@@ -1,4 +1,5 @@
 """Shared fixtures: small synthetic Quick Draw data, converted once per test session."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Finding, naming and validating Quick Draw bitmap files, and the one-line errors for bad ones."""
+
 from __future__ import annotations
 
 import os
@@ -63,14 +64,17 @@ BAD_FILES = {
     "raw_pickle": (lambda p: p.write_bytes(pickle.dumps([1, 2, 3])), "not a .npy file"),
     "dtype": (lambda p: _npy(p, np.zeros((4, 784), np.float32)), "dtype is float32"),
     "shape": (lambda p: _npy(p, np.zeros((4, 100), np.uint8)), r"shape is \(4, 100\)"),
-    "truncated": (lambda p: p.write_bytes(_npy(p, np.zeros((10, 784), np.uint8)).read_bytes()[:2000]),
-                  "truncated"),
+    "truncated": (lambda p: p.write_bytes(_npy(p, np.zeros((10, 784), np.uint8)).read_bytes()[:2000]), "truncated"),
     "empty_file": (lambda p: p.write_bytes(b""), "not a .npy file"),
     # Issue 10 groups 5/13: crafted headers.
-    "negative_shape": (lambda p: _raw_header(p, "{'descr': '|u1', 'fortran_order': False, 'shape': (-5, 784), }"),
-                       r"negative dimension in shape \(-5, 784\)"),
-    "huge_header": (lambda p: p.write_bytes(b"\x93NUMPY\x02\x00" + struct.pack("<I", 2**32 - 1) + b" " * 4096),
-                    "header claims 4294967295 bytes"),
+    "negative_shape": (
+        lambda p: _raw_header(p, "{'descr': '|u1', 'fortran_order': False, 'shape': (-5, 784), }"),
+        r"negative dimension in shape \(-5, 784\)",
+    ),
+    "huge_header": (
+        lambda p: p.write_bytes(b"\x93NUMPY\x02\x00" + struct.pack("<I", 2**32 - 1) + b" " * 4096),
+        "header claims 4294967295 bytes",
+    ),
     "header_cut": (lambda p: p.write_bytes(b"\x93NUMPY\x01"), "unreadable .npy header"),
     "bad_version": (lambda p: p.write_bytes(b"\x93NUMPY\x09\x00" + b" " * 200), "unknown format version"),
 }
@@ -92,8 +96,23 @@ def test_bad_bitmap_file_is_one_line_exit_2(tmp_path, case):
     make(bad)
     with pytest.raises(QdkitError, match=message):
         open_bitmaps(bad)
-    result = CliRunner().invoke(main, ["convert", "--in", str(raw), "--out", str(tmp_path / "out"), "--h5",
-                                       "--train", "5", "--validation", "1", "--test", "1"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "convert",
+            "--in",
+            str(raw),
+            "--out",
+            str(tmp_path / "out"),
+            "--h5",
+            "--train",
+            "5",
+            "--validation",
+            "1",
+            "--test",
+            "1",
+        ],
+    )
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(bad) in lines[0] and "Traceback" not in result.output
@@ -108,11 +127,26 @@ def test_input_folder_errors(tmp_path):
     empty = runner.invoke(main, ["convert", "--in", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
     assert empty.exit_code == 2 and "no .npy bitmap files" in empty.stderr
     _npy(tmp_path / "empty" / "cat.npy", np.zeros((30, 784), np.uint8))
-    unknown = runner.invoke(main, ["convert", "--in", str(tmp_path / "empty"), "--out", str(tmp_path / "o"),
-                                   "--classes", "cat,unicorn"])
+    unknown = runner.invoke(
+        main, ["convert", "--in", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "--classes", "cat,unicorn"]
+    )
     assert unknown.exit_code == 2 and "unknown class 'unicorn'" in unknown.stderr
-    few = runner.invoke(main, ["convert", "--in", str(tmp_path / "empty"), "--out", str(tmp_path / "o"),
-                               "--train", "25", "--validation", "5", "--test", "5"])
+    few = runner.invoke(
+        main,
+        [
+            "convert",
+            "--in",
+            str(tmp_path / "empty"),
+            "--out",
+            str(tmp_path / "o"),
+            "--train",
+            "25",
+            "--validation",
+            "5",
+            "--test",
+            "5",
+        ],
+    )
     assert few.exit_code == 2 and "has 30 drawings" in few.stderr and "need 35" in few.stderr
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
@@ -122,8 +156,10 @@ def test_input_that_is_a_file_says_so(tmp_path):
     f = _npy(tmp_path / "cat.npy", np.zeros((30, 784), np.uint8))
     result = CliRunner().invoke(main, ["convert", "--in", str(f), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "no such folder" not in result.stderr
-    assert result.stderr == f"qdkit: error: {f}: is a file, not a folder (--in takes the folder holding the " \
-                            ".npy bitmap files or .ndjson/.bin/.csv stroke files)\n"
+    assert (
+        result.stderr == f"qdkit: error: {f}: is a file, not a folder (--in takes the folder holding the "
+        ".npy bitmap files or .ndjson/.bin/.csv stroke files)\n"
+    )
 
 
 def test_fifo_among_inputs_is_skipped_with_a_warning(tmp_path):
@@ -135,16 +171,38 @@ def test_fifo_among_inputs_is_skipped_with_a_warning(tmp_path):
     os.mkfifo(raw / "full_numpy_bitmap_pipe.npy")
     os.symlink(raw / "full_numpy_bitmap_pipe.npy", raw / "link.npy")
     (raw / "folder.npy").mkdir()
-    result = subprocess.run([sys.executable, "-m", "qdkit", "convert", "--in", str(raw), "--out", str(tmp_path / "o"),
-                             "--no-png", "--h5", "--train", "5", "--validation", "1", "--test", "1"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "qdkit",
+            "convert",
+            "--in",
+            str(raw),
+            "--out",
+            str(tmp_path / "o"),
+            "--no-png",
+            "--h5",
+            "--train",
+            "5",
+            "--validation",
+            "1",
+            "--test",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if line.startswith("qdkit: warning:")]
-    assert sorted(warnings) == sorted([
-        f"qdkit: warning: {raw / 'folder.npy'}: skipped: a folder, not a regular file",
-        f"qdkit: warning: {raw / 'full_numpy_bitmap_pipe.npy'}: skipped: a FIFO, not a regular file",
-        f"qdkit: warning: {raw / 'link.npy'}: skipped: a FIFO, not a regular file",
-    ])
+    assert sorted(warnings) == sorted(
+        [
+            f"qdkit: warning: {raw / 'folder.npy'}: skipped: a folder, not a regular file",
+            f"qdkit: warning: {raw / 'full_numpy_bitmap_pipe.npy'}: skipped: a FIFO, not a regular file",
+            f"qdkit: warning: {raw / 'link.npy'}: skipped: a FIFO, not a regular file",
+        ]
+    )
     assert "converted 1 classes" in result.stdout
     with pytest.raises(QdkitError, match="not a regular file \\(a FIFO\\)"):
         open_bitmaps(raw / "full_numpy_bitmap_pipe.npy")

@@ -1,4 +1,5 @@
 """npy -> PNG splits + HDF5 store: exact pixels, disjoint deterministic splits, atomic output."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -74,13 +75,26 @@ def test_class_subset_keeps_each_class_split(raw_dir, store_path, tmp_path):
     convert(raw_dir, tmp_path, h5=True, png=False, per_class=PER_CLASS, classes=[name], seed=0, progress=False)
     sub = open_store(tmp_path / "quickdraw.h5")
     assert sub.class_names == [name]
-    np.testing.assert_array_equal(sub.split("test").source_index,
-                                  full.split("test").source_index[full.split("test").labels == 2])
+    np.testing.assert_array_equal(
+        sub.split("test").source_index, full.split("test").source_index[full.split("test").labels == 2]
+    )
 
 
 def test_existing_output_needs_overwrite(raw_dir, tmp_path):
-    args = ["convert", "--in", str(raw_dir), "--out", str(tmp_path), "--h5", "--train", "20",
-            "--validation", "5", "--test", "5"]
+    args = [
+        "convert",
+        "--in",
+        str(raw_dir),
+        "--out",
+        str(tmp_path),
+        "--h5",
+        "--train",
+        "20",
+        "--validation",
+        "5",
+        "--test",
+        "5",
+    ]
     runner = CliRunner()
     assert runner.invoke(main, args).exit_code == 0
     stamp = (tmp_path / "quickdraw.h5").stat().st_mtime_ns
@@ -113,8 +127,23 @@ def test_failure_midway_leaves_nothing_that_looks_complete(raw_dir, tmp_path, mo
 def test_output_folder_that_is_a_file(raw_dir, tmp_path):
     target = tmp_path / "out"
     target.write_text("not a folder")
-    result = CliRunner().invoke(main, ["convert", "--in", str(raw_dir), "--out", str(target), "--h5",
-                                       "--train", "20", "--validation", "5", "--test", "5"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "convert",
+            "--in",
+            str(raw_dir),
+            "--out",
+            str(target),
+            "--h5",
+            "--train",
+            "20",
+            "--validation",
+            "5",
+            "--test",
+            "5",
+        ],
+    )
     assert result.exit_code == 2 and str(target) in result.stderr and "Traceback" not in result.output
     assert target.read_text() == "not a folder"
 
@@ -125,6 +154,7 @@ def test_nothing_to_do_is_an_error(raw_dir, tmp_path):
 
 
 # --- issue 10: faults and hostile use of convert --------------------------------------------------
+
 
 def _cli(args: list[str]):
     return CliRunner().invoke(main, ["convert", *args])
@@ -140,8 +170,23 @@ def test_disk_full_is_one_line_and_leaves_nothing(raw_dir, tmp_path, what, flags
 
     with small_tmpfs(tmp_path / "disk", "600k") as disk:
         out = disk / "out"
-        result = _cli(["--in", str(raw_dir), "--out", str(out), *flags, "--train", "200", "--validation", "50",
-                       "--test", "50", "--workers", "2"])
+        result = _cli(
+            [
+                "--in",
+                str(raw_dir),
+                "--out",
+                str(out),
+                *flags,
+                "--train",
+                "200",
+                "--validation",
+                "50",
+                "--test",
+                "50",
+                "--workers",
+                "2",
+            ]
+        )
         line = one_line_error(result)
         assert line == f"qdkit: error: no space left on device while writing {out / what}"
         assert list(disk.iterdir()) == [], "temporaries and the empty output folder removed"
@@ -152,8 +197,9 @@ def test_disk_full_in_the_store_writer_by_a_failing_write(raw_dir, tmp_path, mon
     import qdkit.store as store
 
     def full(self, *args):
-        raise RuntimeError("Can't write data (file write failed: errno = 28, error message = 'No space left on "
-                           "device')")
+        raise RuntimeError(
+            "Can't write data (file write failed: errno = 28, error message = 'No space left on device')"
+        )
 
     monkeypatch.setattr(store.StoreWriter, "append", full)
     with pytest.raises(QdkitError, match=r"^no space left on device while writing .*quickdraw\.h5$"):
@@ -263,7 +309,6 @@ def test_temporaries_of_a_killed_run_are_cleared_and_a_live_ones_refused(raw_dir
     assert _cli([*_small(raw_dir, out), "--h5"]).exit_code == 0
     assert sorted(p.name for p in out.iterdir()) == ["png", "quickdraw.h5"]
 
-
     live = subprocess.Popen(["sleep", "30"])
     try:
         (out / f".quickdraw.h5.tmp-{live.pid}").write_bytes(b"another run, still writing")
@@ -294,9 +339,29 @@ def _start_busy_convert(big_raw, out):
 
     from _helpers import children_of
 
-    proc = subprocess.Popen([sys.executable, "-m", "qdkit", "convert", "--in", str(big_raw), "--out", str(out),
-                             "--train", "29000", "--validation", "0", "--test", "0", "--workers", "2"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "qdkit",
+            "convert",
+            "--in",
+            str(big_raw),
+            "--out",
+            str(out),
+            "--train",
+            "29000",
+            "--validation",
+            "0",
+            "--test",
+            "0",
+            "--workers",
+            "2",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         workers = children_of(proc.pid)

@@ -1,5 +1,6 @@
 """The memory-mapped readers: exact rows, DataLoader workers under fork and spawn, batch path,
 sharding, and stores the reader must not trust."""
+
 from __future__ import annotations
 
 import shutil
@@ -19,8 +20,9 @@ from qdkit.store import open_store
 @pytest.mark.parametrize("start_method", ["fork", "spawn"])
 def test_dataloader_with_two_workers(store_path, start_method):
     ds = QuickDrawDataset(store_path, "validation")
-    loader = torch.utils.data.DataLoader(ds, batch_size=32, shuffle=False, num_workers=2,
-                                         multiprocessing_context=start_method)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=32, shuffle=False, num_workers=2, multiprocessing_context=start_method
+    )
     images, labels = zip(*loader, strict=True)
     images, labels = torch.cat(images), torch.cat(labels)
     arrays = open_store(store_path).split("validation")
@@ -68,7 +70,7 @@ def test_rank_shards_are_disjoint_and_cover_each_global_batch(store_path):
     ranks = [BatchLoader(arrays, batch_size=48, seed=2, rank=r, world_size=2) for r in range(2)]
     order = single.global_order()
     for b in range(len(single)):
-        batch = order[b * 48:(b + 1) * 48]
+        batch = order[b * 48 : (b + 1) * 48]
         shards = [r.shard(batch) for r in ranks]
         assert not set(shards[0]) & set(shards[1])
         np.testing.assert_array_equal(np.concatenate(shards), batch)
@@ -152,8 +154,9 @@ def _set_label(f, value):
     f["test/labels"][3] = value
 
 
-@pytest.mark.parametrize("value, shown", [(4, "label 4, outside 0..3"), (-1, "label -1, outside 0..3"),
-                                          (999, "label 999")])
+@pytest.mark.parametrize(
+    "value, shown", [(4, "label 4, outside 0..3"), (-1, "label -1, outside 0..3"), (999, "label 999")]
+)
 def test_labels_out_of_range_are_refused(store_path, tmp_path, value, shown):
     """Issue 10 group 3: a label >= the class count or negative is refused where the store is opened."""
     _refused(_edited_copy(store_path, tmp_path, lambda f: _set_label(f, value)), shown)
@@ -164,6 +167,7 @@ def _replace(split: str, name: str, data):
         del f[split][name]
         if data is not None:
             f[split][name] = data
+
     return edit
 
 
@@ -173,6 +177,7 @@ def _attr(name: str, value):
             del f.attrs[name]
         else:
             f.attrs[name] = value
+
     return edit
 
 
@@ -181,25 +186,43 @@ def _split_as_dataset(f):
     f["validation"] = np.zeros((3, 28, 28), np.uint8)
 
 
-@pytest.mark.parametrize("edit, match", [
-    (_replace("train", "source_index", None), "split 'train' lacks source_index"),
-    (_attr("class_names", None), "no class_names attribute"),
-    (_attr("class_names", "a,b,c,d"), "class_names is not a JSON list"),
-    (_attr("class_names", "[1, 2, 3, 4]"), "class_names is not a JSON list"),
-    (_attr("class_names", '["a", "b", "a", "c"]'), "lists 'a' twice"),
-    (_attr("class_names", "[]"), "class_names is empty"),
-    (_attr("sources", '"not a list"'), "malformed 'sources'"),
-    (_attr("sources", '[{"rows": 3}]'), "malformed 'sources'"),
-    (_attr("format_version", "one"), "format_version is 'one'"),
-    (_attr("format_version", 99), "store format 99 is newer"),
-    (_split_as_dataset, "split 'validation' is a dataset"),
-    (_replace("test", "labels", np.array(["cat"] * 200, dtype="S3")), r"labels \(200,\) \|S3"),
-    (_replace("test", "labels", np.zeros((200, 2), np.int16)), r"labels \(200, 2\) int16"),
-    (_replace("test", "labels", np.zeros(199, np.int16)), r"labels \(199,\) int16, expected \(200,\)"),
-    (_replace("test", "labels", np.zeros(200, np.float32)), r"labels \(200,\) float32"),
-], ids=["no-source-index", "no-class-names", "comma-string", "numbers", "duplicate", "empty", "sources-string",
-        "sources-no-file", "version-string", "version-newer", "split-dataset", "string-labels", "2d-labels",
-        "short-labels", "float-labels"])
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (_replace("train", "source_index", None), "split 'train' lacks source_index"),
+        (_attr("class_names", None), "no class_names attribute"),
+        (_attr("class_names", "a,b,c,d"), "class_names is not a JSON list"),
+        (_attr("class_names", "[1, 2, 3, 4]"), "class_names is not a JSON list"),
+        (_attr("class_names", '["a", "b", "a", "c"]'), "lists 'a' twice"),
+        (_attr("class_names", "[]"), "class_names is empty"),
+        (_attr("sources", '"not a list"'), "malformed 'sources'"),
+        (_attr("sources", '[{"rows": 3}]'), "malformed 'sources'"),
+        (_attr("format_version", "one"), "format_version is 'one'"),
+        (_attr("format_version", 99), "store format 99 is newer"),
+        (_split_as_dataset, "split 'validation' is a dataset"),
+        (_replace("test", "labels", np.array(["cat"] * 200, dtype="S3")), r"labels \(200,\) \|S3"),
+        (_replace("test", "labels", np.zeros((200, 2), np.int16)), r"labels \(200, 2\) int16"),
+        (_replace("test", "labels", np.zeros(199, np.int16)), r"labels \(199,\) int16, expected \(200,\)"),
+        (_replace("test", "labels", np.zeros(200, np.float32)), r"labels \(200,\) float32"),
+    ],
+    ids=[
+        "no-source-index",
+        "no-class-names",
+        "comma-string",
+        "numbers",
+        "duplicate",
+        "empty",
+        "sources-string",
+        "sources-no-file",
+        "version-string",
+        "version-newer",
+        "split-dataset",
+        "string-labels",
+        "2d-labels",
+        "short-labels",
+        "float-labels",
+    ],
+)
 def test_malformed_stores_are_refused(store_path, tmp_path, edit, match):
     """Issue 10 group 4."""
     _refused(_edited_copy(store_path, tmp_path, edit), match)
@@ -264,10 +287,26 @@ def test_training_on_a_store_truncated_under_it_stops_with_one_line(store_path, 
 
     live = tmp_path / "live.h5"
     shutil.copy(store_path, live)
-    proc = subprocess.Popen([sys.executable, "-m", "qdkit", "train", "--data", str(live), "--model", "seed-cnn",
-                             "--epochs", "200", "--runs-dir", str(tmp_path / "runs"),
-                             "--artifacts-dir", str(tmp_path / "artifacts")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "qdkit",
+            "train",
+            "--data",
+            str(live),
+            "--model",
+            "seed-cnn",
+            "--epochs",
+            "200",
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--artifacts-dir",
+            str(tmp_path / "artifacts"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     seen, deadline = b"", time.monotonic() + 240
     while b"epoch 2/" not in seen and time.monotonic() < deadline and proc.poll() is None:
         seen += os.read(proc.stderr.fileno(), 4096)
@@ -278,6 +317,8 @@ def test_training_on_a_store_truncated_under_it_stops_with_one_line(store_path, 
     err = (seen + rest).decode(errors="replace")
     assert proc.returncode == 2, (proc.returncode, err[-2000:])
     errors = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("qdkit: error:")]
-    assert errors == [f"qdkit: error: {live}: the store changed on disk while in use (rewritten in place: "
-                      f"{store_path.stat().st_size} -> 8192 bytes); replace a store in use by renaming a new "
-                      "file over it, as `qdkit convert` does"], err[-2000:]
+    assert errors == [
+        f"qdkit: error: {live}: the store changed on disk while in use (rewritten in place: "
+        f"{store_path.stat().st_size} -> 8192 bytes); replace a store in use by renaming a new "
+        "file over it, as `qdkit convert` does"
+    ], err[-2000:]

@@ -1,6 +1,7 @@
 """Distributed training: `qdkit train --nproc 2` really starts two CPU processes (gloo on 127.0.0.1)
 through torchrun. Their shards are disjoint and cover the split, only rank 0 writes, the model
 learns, the checkpoint loads in a single process, and Ctrl-C + --resume continue the run exactly."""
+
 from __future__ import annotations
 
 import json
@@ -33,20 +34,46 @@ OUTPUTS = {"best.pt", "last.pt", "results.csv", "metrics.json"}
 
 
 def _args(store: Path, root: Path, name: str) -> list[str]:
-    return ["train", "--nproc", "2", "--data", str(store), "--epochs", str(EPOCHS), "--batch-size", str(BATCH),
-            "--run-name", name, "--runs-dir", str(root / "runs"), "--artifacts-dir", str(root / "artifacts"),
-            "--no-progress", "--device", "cpu"]
+    return [
+        "train",
+        "--nproc",
+        "2",
+        "--data",
+        str(store),
+        "--epochs",
+        str(EPOCHS),
+        "--batch-size",
+        str(BATCH),
+        "--run-name",
+        name,
+        "--runs-dir",
+        str(root / "runs"),
+        "--artifacts-dir",
+        str(root / "artifacts"),
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    }
     return {**env, **extra}
 
 
 def _qdkit(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "qdkit", *args], cwd=cwd, env=_env(**env), capture_output=True,
-                          text=True, timeout=TIMEOUT)
+    return subprocess.run(
+        [sys.executable, "-m", "qdkit", *args],
+        cwd=cwd,
+        env=_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -93,10 +120,10 @@ def test_shards_are_disjoint_cover_the_split_and_follow_the_single_process_shuff
         single.set_epoch(epoch)
         steps = len(single)
         interleaved = np.concatenate([r0.reshape(steps, -1), r1.reshape(steps, -1)], axis=1).ravel()
-        np.testing.assert_array_equal(interleaved, single.global_order()[:steps * BATCH])
+        np.testing.assert_array_equal(interleaved, single.global_order()[: steps * BATCH])
         # A resumed epoch continues with the same rows: the steps it skips are exactly those done.
         resumed = np.concatenate(list(epoch_indices(ranks[1], epoch, start_step=7)))
-        np.testing.assert_array_equal(resumed, r1[7 * (BATCH // 2):])
+        np.testing.assert_array_equal(resumed, r1[7 * (BATCH // 2) :])
 
 
 def test_the_checkpoint_loads_and_evaluates_in_a_single_process(ddp_run, store_path):
@@ -117,8 +144,14 @@ def test_ctrl_c_saves_and_resume_continues_exactly(ddp_run, store_path, tmp_path
     last.pt and prints the resume command; resuming with two processes ends on the straight run's
     weights, bit for bit."""
     root, _ = ddp_run
-    proc = subprocess.Popen([sys.executable, "-m", "qdkit", *_args(store_path, tmp_path, "cut")], cwd=tmp_path,
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qdkit", *_args(store_path, tmp_path, "cut")],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines: queue.Queue = queue.Queue()
     err: list[str] = []
 
@@ -168,18 +201,20 @@ def test_ctrl_c_saves_and_resume_continues_exactly(ddp_run, store_path, tmp_path
 
 # --------------------------------------------------------------------------- fast checks, one process
 
+
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
 @pytest.mark.parametrize("batch", [16, 33])
 def test_every_rank_gets_a_disjoint_nonempty_slice_of_each_global_batch(store_path, world, batch):
     train = open_store(store_path).split("train")
-    loaders = [BatchLoader(train, batch, shuffle=True, seed=3, drop_last=True, rank=r, world_size=world)
-               for r in range(world)]
+    loaders = [
+        BatchLoader(train, batch, shuffle=True, seed=3, drop_last=True, rank=r, world_size=world) for r in range(world)
+    ]
     for lo in loaders:
         lo.set_epoch(2)
     order = loaders[0].global_order()
     assert all(len(lo) == len(train) // batch for lo in loaders)  # the same number of steps on every rank
     for b in range(len(loaders[0])):
-        glob = order[b * batch:(b + 1) * batch]
+        glob = order[b * batch : (b + 1) * batch]
         parts = [lo.shard(glob) for lo in loaders]
         assert all(len(p) >= 1 for p in parts) and max(map(len, parts)) - min(map(len, parts)) <= 1
         np.testing.assert_array_equal(np.concatenate(parts), glob)
@@ -193,9 +228,26 @@ def test_launcher_passes_the_given_options_on(store_path, tmp_path, monkeypatch)
         return 0
 
     monkeypatch.setattr(L, "launch", fake_launch)
-    result = CliRunner().invoke(main, ["train", "--nproc", "2", "--data", str(store_path), "--lr", "0.002",
-                                       "--no-augment", "--batch-size", "32", "--run-name", "x", "--no-progress",
-                                       "--artifacts-dir", str(tmp_path / "a")])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--nproc",
+            "2",
+            "--data",
+            str(store_path),
+            "--lr",
+            "0.002",
+            "--no-augment",
+            "--batch-size",
+            "32",
+            "--run-name",
+            "x",
+            "--no-progress",
+            "--artifacts-dir",
+            str(tmp_path / "a"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert seen["nproc"] == 2
     args = seen["args"]
@@ -206,15 +258,31 @@ def test_launcher_passes_the_given_options_on(store_path, tmp_path, monkeypatch)
     assert not (tmp_path / "a").exists()  # the launcher checked, the workers create
 
 
-@pytest.mark.parametrize("extra, expect", [
-    (["--batch-size", "3"], "--batch-size 3: too small for 2 processes"),
-    (["--lr", "-1"], "--lr -1.0: must be a positive number"),
-    (["--device", "cuda:1"], "--device cuda:1"),
-])
+@pytest.mark.parametrize(
+    "extra, expect",
+    [
+        (["--batch-size", "3"], "--batch-size 3: too small for 2 processes"),
+        (["--lr", "-1"], "--lr -1.0: must be a positive number"),
+        (["--device", "cuda:1"], "--device cuda:1"),
+    ],
+)
 def test_launcher_bad_input_is_one_line_before_any_process(store_path, tmp_path, monkeypatch, extra, expect):
     monkeypatch.setattr(L, "launch", lambda *a: pytest.fail("launched despite bad input"))
-    result = CliRunner().invoke(main, ["train", "--nproc", "2", "--data", str(store_path), *extra,
-                                       "--artifacts-dir", str(tmp_path / "a"), "--runs-dir", str(tmp_path / "r")])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--nproc",
+            "2",
+            "--data",
+            str(store_path),
+            *extra,
+            "--artifacts-dir",
+            str(tmp_path / "a"),
+            "--runs-dir",
+            str(tmp_path / "r"),
+        ],
+    )
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("qdkit: error:") and expect in lines[0], result.output
@@ -237,7 +305,6 @@ def test_check_run_and_agree_in_one_process(store_path, tmp_path):
         D.agree(QdkitError("boom"), D.DistInfo())
 
 
-
 def test_a_worker_that_dies_without_saying_why_is_one_line(tmp_path):
     """The launcher's agent, started as `launch` starts it: a worker killed by a signal becomes one
     error line and exit 2; a worker's own exit codes (2: its error, 130: interrupted) pass through."""
@@ -246,18 +313,33 @@ def test_a_worker_that_dies_without_saying_why_is_one_line(tmp_path):
     (script / "__init__.py").write_text("")
     (script / "__main__.py").write_text(
         "import os, signal, sys\nhow = sys.argv[1]\n"
-        "os.kill(os.getpid(), signal.SIGKILL) if how == 'kill' else sys.exit(int(how))\n")
+        "os.kill(os.getpid(), signal.SIGKILL) if how == 'kill' else sys.exit(int(how))\n"
+    )
     real = str(Path(L.__file__).parents[1])  # the agent is the real one; its workers run the stand-in
-    agent = (f"import sys; sys.path.insert(0, {real!r}); from qdkit.launcher import run_agent; "
-             "sys.exit(run_agent(1, sys.argv[1:]))")
+    agent = (
+        f"import sys; sys.path.insert(0, {real!r}); from qdkit.launcher import run_agent; "
+        "sys.exit(run_agent(1, sys.argv[1:]))"
+    )
     for how, code in (("kill", EXIT_ERROR), ("2", EXIT_ERROR), ("130", EXIT_INTERRUPTED), ("0", 0)):
-        done = subprocess.run([sys.executable, "-c", agent, how], env={**_env(), "PYTHONPATH": str(tmp_path)},
-                              capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
+        done = subprocess.run(
+            [sys.executable, "-c", agent, how],
+            env={**_env(), "PYTHONPATH": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            cwd=tmp_path,
+        )
         assert done.returncode == code, (how, done.stderr)
         assert "Traceback" not in done.stderr, done.stderr
         errors = [line for line in done.stderr.splitlines() if line.startswith("qdkit: error:")]
-        assert errors == (["qdkit: error: training process rank 0 was killed by SIGKILL (out of memory?); "
-                           "the other processes were stopped"] if how == "kill" else []), done.stderr
+        assert errors == (
+            [
+                "qdkit: error: training process rank 0 was killed by SIGKILL (out of memory?); "
+                "the other processes were stopped"
+            ]
+            if how == "kill"
+            else []
+        ), done.stderr
 
 
 def test_killing_the_launcher_stops_its_training_processes(store_path, tmp_path):
@@ -265,9 +347,14 @@ def test_killing_the_launcher_stops_its_training_processes(store_path, tmp_path)
     of their own, out of reach of the terminal's process group)."""
     from _helpers import alive, children_of
 
-    proc = subprocess.Popen([sys.executable, "-m", "qdkit", *_args(store_path, tmp_path, "orphans"),
-                             "--epochs", "50"], cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qdkit", *_args(store_path, tmp_path, "orphans"), "--epochs", "50"],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + TIMEOUT
         for line in proc.stderr:  # until the workers train

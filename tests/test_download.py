@@ -1,4 +1,5 @@
 """qdkit.download against a local HTTP server that honours Range (and, on request, misbehaves)."""
+
 from __future__ import annotations
 
 import socket
@@ -207,25 +208,34 @@ def test_cli_download_unknown_class(bucket, out):
 
 # --- issue 10 group 5: a file that changes on the server, hostile headers ----------------------------
 
+
 def _rewrite_on(bucket: FakeBucket, request_number: int, name: str = "cat", seed: int = 99) -> None:
     """Replace the class file by another version (same size) just before request `request_number`."""
+
     def change(n: int) -> None:
         if n == request_number:
             path = bucket.bitmap(name)
             rows = len(np.load(path))
             np.save(path, np.random.default_rng(seed).integers(0, 256, (rows, PIXELS)).astype(np.uint8))
+
     bucket.before_request = change
 
 
-@pytest.mark.parametrize("mode, validators", [("normal", True), ("ignore-if-range", True)],
-                         ids=["server-honours-if-range", "server-ignores-if-range"])
+@pytest.mark.parametrize(
+    "mode, validators",
+    [("normal", True), ("ignore-if-range", True)],
+    ids=["server-honours-if-range", "server-ignores-if-range"],
+)
 def test_file_changing_between_header_and_rows_is_refused(bucket, out, mode, validators):
     """The header request sees one version, the rows request another: no spliced file, no .part."""
     bucket.add("cat", 50)
     bucket.mode, bucket.validators = mode, validators
     _rewrite_on(bucket, 2)
-    with pytest.raises(QdkitError, match=r"cat\.npy: the file changed on the server during the download \(.*\); "
-                                         "run again$"):
+    with pytest.raises(
+        QdkitError,
+        match=r"cat\.npy: the file changed on the server during the download \(.*\); "
+        "run again$",
+    ):
         _get(bucket, ["cat"], out, limit=20)
     assert list(out.iterdir()) == []
     if mode == "normal":
@@ -239,6 +249,7 @@ def test_size_change_is_caught_without_validators(bucket, out):
     def grow(n: int) -> None:
         if n == 2:
             np.save(bucket.bitmap("cat"), np.zeros((60, PIXELS), np.uint8))
+
     bucket.before_request = grow
     with pytest.raises(QdkitError, match=r"changed on the server during the download \(size\)"):
         _get(bucket, ["cat"], out)
@@ -286,6 +297,7 @@ def test_negative_shape_from_the_server_is_one_line(bucket, out):
 
 # --- issue 8 item 4: the stroke formats -------------------------------------------------------------
 
+
 def _ndjson(n: int, seed: int = 0, word: str = "cat", raw: bool = False) -> bytes:
     import json
 
@@ -299,8 +311,18 @@ def _ndjson(n: int, seed: int = 0, word: str = "cat", raw: bool = False) -> byte
             if raw:
                 stroke.append(sorted(rng.integers(0, 10000, k).tolist()))
             strokes.append(stroke)
-        lines.append(json.dumps({"word": word, "countrycode": "US", "timestamp": "2017-03-01 12:00:00.00000 UTC",
-                                 "recognized": bool(i % 3), "key_id": str(5000000000000000 + i), "drawing": strokes}))
+        lines.append(
+            json.dumps(
+                {
+                    "word": word,
+                    "countrycode": "US",
+                    "timestamp": "2017-03-01 12:00:00.00000 UTC",
+                    "recognized": bool(i % 3),
+                    "key_id": str(5000000000000000 + i),
+                    "drawing": strokes,
+                }
+            )
+        )
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -400,9 +422,14 @@ def test_ndjson_limited_download_resumes_after_a_cut(bucket, out):
     assert any(r.startswith(f"bytes={held}-") for r in bucket.ranges()), "resumed where it stopped"
 
 
-@pytest.mark.parametrize("body, what", [(b"<!doctype html><p>quota</p>", "HTML page"),
-                                        (b"\x1f\x8b\x08\x00gzipped", "gzip-compressed"),
-                                        (b"PK\x03\x04zip", "does not start with a JSON object")])
+@pytest.mark.parametrize(
+    "body, what",
+    [
+        (b"<!doctype html><p>quota</p>", "HTML page"),
+        (b"\x1f\x8b\x08\x00gzipped", "gzip-compressed"),
+        (b"PK\x03\x04zip", "does not start with a JSON object"),
+    ],
+)
 def test_ndjson_that_is_something_else(bucket, out, body, what):
     bucket.add_file("simplified", "cat.ndjson", body)
     with pytest.raises(QdkitError, match=rf"cat\.ndjson: not an ndjson stroke file \(.*{what}"):
@@ -423,8 +450,22 @@ def test_cli_download_formats(bucket, out):
     bucket.add_file("simplified", "cat.ndjson", _ndjson(30))
     bucket.add_file("binary", "cat.bin", b"".join(_binary(30)))
     for fmt, name in (("simplified", "full_simplified_cat.ndjson"), ("binary", "full_binary_cat.bin")):
-        result = CliRunner().invoke(main, ["download", "--classes", "cat", "--format", fmt, "--limit", "4",
-                                           "--out", str(out), "--base-url", bucket.url])
+        result = CliRunner().invoke(
+            main,
+            [
+                "download",
+                "--classes",
+                "cat",
+                "--format",
+                fmt,
+                "--limit",
+                "4",
+                "--out",
+                str(out),
+                "--base-url",
+                bucket.url,
+            ],
+        )
         assert result.exit_code == 0, result.output
         assert (out / name).exists()
     bad = CliRunner().invoke(main, ["download", "--classes", "cat", "--format", "svg", "--out", str(out)])
@@ -442,11 +483,41 @@ def test_downloaded_stroke_files_convert(bucket, out, tmp_path, fmt):
         else:
             bucket.add_file(fmt, f"{name}.ndjson", _ndjson(200, seed=seed, word=name, raw=fmt == "raw"))
     runner = CliRunner()
-    got = runner.invoke(main, ["download", "--classes", "cat,dog", "--format", fmt, "--limit", "30",
-                               "--out", str(out), "--base-url", bucket.url])
+    got = runner.invoke(
+        main,
+        [
+            "download",
+            "--classes",
+            "cat,dog",
+            "--format",
+            fmt,
+            "--limit",
+            "30",
+            "--out",
+            str(out),
+            "--base-url",
+            bucket.url,
+        ],
+    )
     assert got.exit_code == 0, got.output
-    made = runner.invoke(main, ["convert", "--in", str(out), "--out", str(tmp_path / "data"), "--no-png", "--h5",
-                                "--train", "20", "--validation", "5", "--test", "5"])
+    made = runner.invoke(
+        main,
+        [
+            "convert",
+            "--in",
+            str(out),
+            "--out",
+            str(tmp_path / "data"),
+            "--no-png",
+            "--h5",
+            "--train",
+            "20",
+            "--validation",
+            "5",
+            "--test",
+            "5",
+        ],
+    )
     assert made.exit_code == 0, made.output
     store = open_store(tmp_path / "data" / "quickdraw.h5")
     assert store.class_names == ["cat", "dog"] and store.counts == {"train": 40, "validation": 10, "test": 10}

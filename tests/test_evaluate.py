@@ -1,4 +1,5 @@
 """qdkit evaluate (ONNX vs PyTorch on a split) and qdkit visualize."""
+
 from __future__ import annotations
 
 import json
@@ -66,8 +67,20 @@ def test_a_perturbed_weight_fails_the_parity_check(model, store_path, tmp_path):
     report = json.loads((tmp_path / "evaluation.json").read_text())
     assert report["passed"] is False and report["max_abs_prob_delta"] > 1e-4
     # A loose enough tolerance lets it pass: the thresholds are settable.
-    clean_run(_evaluate("--model", str(bad), "--data", str(store_path), "--out", str(tmp_path),
-                        "--max-prob-delta", "1", "--min-agreement", "0"))
+    clean_run(
+        _evaluate(
+            "--model",
+            str(bad),
+            "--data",
+            str(store_path),
+            "--out",
+            str(tmp_path),
+            "--max-prob-delta",
+            "1",
+            "--min-agreement",
+            "0",
+        )
+    )
 
 
 def test_default_model_and_checkpoint_from_metadata(model, store_path, tmp_path, monkeypatch):
@@ -85,8 +98,13 @@ def test_bad_inputs(model, store_path, tmp_path, monkeypatch):
     args = ["--model", str(onnx_path), "--data", str(store_path), "--out", str(tmp_path)]
     # An explicit checkpoint other than the exported one: a warning, then the comparison fails.
     changed = tmp_path / "changed.pt"
-    save_checkpoint(changed, model=build_model("qdnet", 4, width=16), model_name="qdnet",
-                    model_kwargs={"width": 16}, class_names=open_store(store_path).class_names)
+    save_checkpoint(
+        changed,
+        model=build_model("qdnet", 4, width=16),
+        model_name="qdnet",
+        model_kwargs={"width": 16},
+        class_names=open_store(store_path).class_names,
+    )
     assert "SHA-256 differs" not in clean_run(_evaluate(*args, "--checkpoint", str(ckpt)))
     out = clean_run(_evaluate(*args, "--checkpoint", str(changed)), code=1)  # explicit: warned, compared
     assert "SHA-256 differs" in out and "parity FAIL" in out
@@ -97,8 +115,13 @@ def test_bad_inputs(model, store_path, tmp_path, monkeypatch):
     # Model and store disagree on the number of classes.
     three = tmp_path / "three"
     three.mkdir()
-    save_checkpoint(three / "best.pt", model=build_model("seed-cnn", 3), model_name="seed-cnn", model_kwargs={},
-                    class_names=["a", "b", "c"])
+    save_checkpoint(
+        three / "best.pt",
+        model=build_model("seed-cnn", 3),
+        model_name="seed-cnn",
+        model_kwargs={},
+        class_names=["a", "b", "c"],
+    )
     clean_run(CliRunner().invoke(main, ["export", str(three / "best.pt")]))
     line = one_line_error(_evaluate("--model", str(three / "model.onnx"), "--data", str(store_path)))
     assert "has 3 classes" in line and "has 4" in line
@@ -106,11 +129,13 @@ def test_bad_inputs(model, store_path, tmp_path, monkeypatch):
     proto = onnx.load(str(onnx_path))
     del proto.metadata_props[:]
     onnx.save(proto, tmp_path / "bare.onnx")
-    assert "pass --checkpoint" in one_line_error(_evaluate("--model", str(tmp_path / "bare.onnx"),
-                                                           "--data", str(store_path)))
+    assert "pass --checkpoint" in one_line_error(
+        _evaluate("--model", str(tmp_path / "bare.onnx"), "--data", str(store_path))
+    )
     # Missing files.
-    assert "no such model file" in one_line_error(_evaluate("--model", str(tmp_path / "x.onnx"),
-                                                            "--data", str(store_path)))
+    assert "no such model file" in one_line_error(
+        _evaluate("--model", str(tmp_path / "x.onnx"), "--data", str(store_path))
+    )
     assert "no such store" in one_line_error(_evaluate("--model", str(onnx_path), "--data", str(tmp_path / "x.h5")))
     assert "no split 'dev'" in one_line_error(_evaluate(*args, "--split", "dev"))
     (tmp_path / "elsewhere").mkdir()
@@ -131,13 +156,42 @@ def test_checkpoint_changed_since_export(store_path, tmp_path):
 def test_visualize_draws_a_grid(model, store_path, tmp_path):
     _, onnx_path = model
     out = tmp_path / "grid.png"
-    text = clean_run(CliRunner().invoke(main, ["visualize", "--model", str(onnx_path), "--data", str(store_path),
-                                               "--out", str(out), "--count", "6", "--columns", "3"]))
+    text = clean_run(
+        CliRunner().invoke(
+            main,
+            [
+                "visualize",
+                "--model",
+                str(onnx_path),
+                "--data",
+                str(store_path),
+                "--out",
+                str(out),
+                "--count",
+                "6",
+                "--columns",
+                "3",
+            ],
+        )
+    )
     assert "wrote" in text and "6 random test drawings" in text
     with Image.open(out) as im:
         assert im.format == "PNG" and im.size[0] > im.size[1] > 200
-    res = CliRunner().invoke(main, ["visualize", "--model", str(onnx_path), "--data", str(store_path),
-                                    "--out", str(tmp_path / "m.png"), "--mistakes", "--count", "4"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "visualize",
+            "--model",
+            str(onnx_path),
+            "--data",
+            str(store_path),
+            "--out",
+            str(tmp_path / "m.png"),
+            "--mistakes",
+            "--count",
+            "4",
+        ],
+    )
     # A few-step model makes mistakes; should it make none, that is one clear line, not a crash.
     test = open_store(store_path).split("test")
     wrong = int((OnnxModel(onnx_path).run(np.array(test.images), want_probs=False)[0].argmax(1) != test.labels).sum())
@@ -146,8 +200,11 @@ def test_visualize_draws_a_grid(model, store_path, tmp_path):
     else:
         assert "no mistakes" in one_line_error(res)
     # Its own picture is refreshed; a user's PNG is replaced only with --overwrite.
-    clean_run(CliRunner().invoke(main, ["visualize", "--model", str(onnx_path), "--data", str(store_path),
-                                        "--out", str(out), "--count", "2"]))
+    clean_run(
+        CliRunner().invoke(
+            main, ["visualize", "--model", str(onnx_path), "--data", str(store_path), "--out", str(out), "--count", "2"]
+        )
+    )
     Image.new("RGB", (10, 10)).save(tmp_path / "photo.png")
     args = ["visualize", "--model", str(onnx_path), "--data", str(store_path), "--out", str(tmp_path / "photo.png")]
     assert "photo.png: already exists and was not written by qdkit" in one_line_error(CliRunner().invoke(main, args))
@@ -174,4 +231,3 @@ def test_evaluate_out_never_deletes_or_replaces_what_qdkit_did_not_write(model, 
     (out / "confusion_matrix.png").unlink()
     Image.new("RGB", (10, 10)).save(out / "confusion_matrix.png")  # a user's picture of that name
     assert "confusion_matrix.png: already exists" in one_line_error(_evaluate(*args))
-

@@ -1,4 +1,5 @@
 """qdkit export: checker + parity for both models, the metadata round trip, the refusal path."""
+
 from __future__ import annotations
 
 import json
@@ -60,8 +61,9 @@ def test_metadata_round_trip(tmp_path_factory, store_path):
     assert meta["format"] == "qdkit-onnx/1"
     assert meta["class_names"] == store.class_names
     assert meta["input"]["name"] == "pixels"
-    assert {k: meta["input"][k] for k in ("shape", "layout", "dtype", "background", "ink")} == \
-        {k: INPUT_SPEC[k] for k in ("shape", "layout", "dtype", "background", "ink")}
+    assert {k: meta["input"][k] for k in ("shape", "layout", "dtype", "background", "ink")} == {
+        k: INPUT_SPEC[k] for k in ("shape", "layout", "dtype", "background", "ink")
+    }
     assert meta["qdkit_version"] and meta["run_name"] == "test-run" and meta["model_name"] == "qdnet"
     assert meta["model_kwargs"] == {"width": 16}
     assert 0 <= meta["val_accuracy"] <= 1 and meta["test_accuracy"] == 0.5
@@ -89,8 +91,16 @@ def test_test_accuracy_comes_from_the_runs_metrics_json(tmp_path, store_path):
     from qdkit.checkpoint import save_checkpoint
     from qdkit.models import build_model
 
-    save_checkpoint(ckpt, model=build_model("seed-cnn", 4), model_name="seed-cnn", model_kwargs={},
-                    class_names=list("abcd"), epoch=3, metrics={"val_accuracy": 0.75}, run_name="r")
+    save_checkpoint(
+        ckpt,
+        model=build_model("seed-cnn", 4),
+        model_name="seed-cnn",
+        model_kwargs={},
+        class_names=list("abcd"),
+        epoch=3,
+        metrics={"val_accuracy": 0.75},
+        run_name="r",
+    )
     (tmp_path / "metrics.json").write_text(json.dumps({"run_name": "r", "test_accuracy": 0.625}))
     meta = export_model(ckpt).metadata
     assert meta["val_accuracy"] == "0.75" and meta["test_accuracy"] == "0.625" and meta["epoch"] == "3"
@@ -155,8 +165,11 @@ def test_export_out_names_a_file_and_never_replaces_a_users(tmp_path, store_path
     clean_run(runner.invoke(main, ["export", str(ckpt), "--out", str(mine)]))  # its own model: refreshed
     # An int8 target that is a user's file stops the export before anything is written.
     (tmp_path / "fresh.int8.onnx").write_bytes(b"mine too")
-    line = one_line_error(runner.invoke(main, ["export", str(ckpt), "--out", str(tmp_path / "fresh.onnx"), "--int8",
-                                               "--data", str(store_path)]))
+    line = one_line_error(
+        runner.invoke(
+            main, ["export", str(ckpt), "--out", str(tmp_path / "fresh.onnx"), "--int8", "--data", str(store_path)]
+        )
+    )
     assert "fresh.int8.onnx: already exists and was not written by qdkit" in line
     assert not (tmp_path / "fresh.onnx").exists()
     # A folder is never replaced by the model (the library says so; click refuses it first on the CLI).

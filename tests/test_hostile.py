@@ -1,6 +1,7 @@
 """Hostile variants of the issue-10 defect groups that the issue does not name: our own table, per
 layer (store, download, convert). Each row is an input a careless or hostile user (or mirror) could
 produce, and the one-line outcome qdkit promises for it. docs/reliability.md lists the promises."""
+
 from __future__ import annotations
 
 import os
@@ -57,12 +58,14 @@ def _replace(split, name, data):
     def edit(f, tmp_path):
         del f[split][name]
         f[split][name] = data
+
     return edit
 
 
 def _attr(name, value):
     def edit(f, tmp_path):
         f.attrs[name] = value
+
     return edit
 
 
@@ -112,8 +115,17 @@ def test_hostile_store(store_path, tmp_path, case):
     with pytest.raises(QdkitError, match=message) as err:
         open_store(copy)
     assert "\n" not in str(err.value) and str(copy) in str(err.value)
-    train = ["train", "--data", str(copy), "--epochs", "1", "--runs-dir", str(tmp_path / "runs"),
-             "--artifacts-dir", str(tmp_path / "artifacts")]
+    train = [
+        "train",
+        "--data",
+        str(copy),
+        "--epochs",
+        "1",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--artifacts-dir",
+        str(tmp_path / "artifacts"),
+    ]
     for command in (["info", str(copy)], train):
         line = one_line_error(CliRunner().invoke(main, command))
         assert str(copy) in line
@@ -129,8 +141,11 @@ def test_evaluate_refuses_a_store_with_label_minus_one(tmp_path_factory, store_p
     shutil.copy(store_path, copy)
     with h5py.File(copy, "r+") as f:
         f["test/labels"][0] = -1
-    line = one_line_error(CliRunner().invoke(main, ["evaluate", "--model", str(model), "--data", str(copy),
-                                                    "--out", str(tmp_path / "eval")]))
+    line = one_line_error(
+        CliRunner().invoke(
+            main, ["evaluate", "--model", str(model), "--data", str(copy), "--out", str(tmp_path / "eval")]
+        )
+    )
     assert f"{copy}: split 'test' has label -1, outside 0..3" in line
     assert not (tmp_path / "eval").exists()
 
@@ -141,7 +156,7 @@ def test_store_cut_inside_its_labels_is_one_line(store_path, tmp_path):
     data = store_path.read_bytes()
     with h5py.File(store_path) as f:
         labels_at = f["test/labels"].id.get_offset()
-    cut.write_bytes(data[:labels_at + 10])
+    cut.write_bytes(data[: labels_at + 10])
     with pytest.raises(QdkitError, match="truncated or corrupt") as err:
         open_store(cut)
     assert str(cut) in str(err.value)
@@ -152,8 +167,9 @@ def test_store_that_is_a_fifo_or_a_folder(tmp_path, kind):
     """HDF5 would block forever reading a FIFO; a folder gets a message saying what it is."""
     path = tmp_path / "quickdraw.h5"
     os.mkfifo(path) if kind == "fifo" else path.mkdir()
-    done = subprocess.run([sys.executable, "-m", "qdkit", "info", str(path)], capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "qdkit", "info", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert f"{path}: is " in done.stderr and "not an HDF5 store" in done.stderr
 
@@ -248,8 +264,14 @@ def test_stroke_server_that_hides_the_size(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         with pytest.raises(QdkitError, match="does not say the file's size"):
-            download_classes(["cat"], tmp_path, limit=2, base_url=f"http://127.0.0.1:{server.server_port}",
-                             timeout=5, fmt="simplified")
+            download_classes(
+                ["cat"],
+                tmp_path,
+                limit=2,
+                base_url=f"http://127.0.0.1:{server.server_port}",
+                timeout=5,
+                fmt="simplified",
+            )
     finally:
         server.shutdown()
         server.server_close()
@@ -282,8 +304,9 @@ def test_class_name_that_is_url_syntax(bucket, tmp_path):
         _get(bucket, tmp_path, name="what?x")
 
 
-@pytest.mark.parametrize("fmt, name", [("bitmap", "full_numpy_bitmap_cat.npy"),
-                                       ("simplified", "full_simplified_cat.ndjson")])
+@pytest.mark.parametrize(
+    "fmt, name", [("bitmap", "full_numpy_bitmap_cat.npy"), ("simplified", "full_simplified_cat.ndjson")]
+)
 def test_download_onto_a_folder_of_that_name(bucket, tmp_path, fmt, name):
     bucket.add("cat", 5)
     bucket.add_file("simplified", "cat.ndjson", _ndjson(5))
@@ -300,8 +323,9 @@ def test_download_to_a_folder_that_is_a_file(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    result = CliRunner().invoke(main, ["download", "--classes", "cat", "--out", str(target),
-                                       "--base-url", f"http://127.0.0.1:{port}"])
+    result = CliRunner().invoke(
+        main, ["download", "--classes", "cat", "--out", str(target), "--base-url", f"http://127.0.0.1:{port}"]
+    )
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert target.read_text() == "mine"
 
@@ -319,8 +343,10 @@ def _raw(tmp_path, classes=("a", "b"), rows=40):
 
 
 def _convert(raw, out, *extra):
-    return CliRunner().invoke(main, ["convert", "--in", str(raw), "--out", str(out), "--train", "20",
-                                     "--validation", "5", "--test", "5", *extra])
+    return CliRunner().invoke(
+        main,
+        ["convert", "--in", str(raw), "--out", str(out), "--train", "20", "--validation", "5", "--test", "5", *extra],
+    )
 
 
 def test_dangling_symlink_and_socket_inputs_are_skipped(tmp_path):

@@ -1,5 +1,6 @@
 """The model registry: seed-cnn is exactly the original network, qdnet the default; both take raw
 pixels and rebuild from a checkpoint alone."""
+
 from __future__ import annotations
 
 import pytest
@@ -20,7 +21,10 @@ def test_seed_cnn_is_the_original_architecture():
     m = SeedCNN(num_classes=10, dropout=0.5)
     convs = [layer for layer in m.modules() if isinstance(layer, nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in convs] == [
-        (1, 16, (3, 3), (1, 1)), (16, 32, (3, 3), (1, 1)), (32, 64, (3, 3), (1, 1))]
+        (1, 16, (3, 3), (1, 1)),
+        (16, 32, (3, 3), (1, 1)),
+        (32, 64, (3, 3), (1, 1)),
+    ]
     assert sum(isinstance(layer, nn.MaxPool2d) for layer in m.modules()) == 3
     assert not any(isinstance(layer, (nn.BatchNorm2d, nn.BatchNorm1d)) for layer in m.modules())
     linears = [layer for layer in m.modules() if isinstance(layer, nn.Linear)]
@@ -65,8 +69,15 @@ def test_unknown_model_is_a_user_error():
 def test_checkpoint_rebuilds_the_model_alone(tmp_path, name):
     torch.manual_seed(1)
     m = build_model(name, num_classes=3, dropout=0.25).eval()
-    path = save_checkpoint(tmp_path / "m.pt", model=m, model_name=name, model_kwargs={"dropout": 0.25},
-                           class_names=["a", "b", "c"], epoch=3, metrics={"val_accuracy": 0.5})
+    path = save_checkpoint(
+        tmp_path / "m.pt",
+        model=m,
+        model_name=name,
+        model_kwargs={"dropout": 0.25},
+        class_names=["a", "b", "c"],
+        epoch=3,
+        metrics={"val_accuracy": 0.5},
+    )
     ckpt = load_checkpoint(path)  # weights_only=True inside
     rebuilt, ckpt = model_from_checkpoint(ckpt)
     assert ckpt["model_name"] == name and ckpt["class_names"] == ["a", "b", "c"] and ckpt["epoch"] == 3
@@ -88,7 +99,12 @@ def test_recipes_and_cli_help_match_the_registry():
     for key in RECIPES[DEFAULT_MODEL]:
         for model, recipe in RECIPES.items():
             value = recipe[key]
-            shown = ("on" if value else "off") if isinstance(value, bool) else f"{value:g}" if isinstance(
-                value, (int, float)) else value
+            shown = (
+                ("on" if value else "off")
+                if isinstance(value, bool)
+                else f"{value:g}"
+                if isinstance(value, (int, float))
+                else value
+            )
             assert f"{model} {shown}" in recipe_values(key), (key, model)
         assert recipe_values(key) in help_text, key

@@ -1,5 +1,6 @@
 """qdkit predict and the Predictor API: PNGs from convert agree with PyTorch on the store, image
 normalisation (any size/mode/polarity -> a Quick-Draw-style drawing), and every bad input."""
+
 from __future__ import annotations
 
 import csv
@@ -62,8 +63,21 @@ def test_predict_on_convert_pngs_matches_pytorch_on_the_store(model, test_rows, 
     ckpt, onnx_path = model
     test, rows = test_rows
     # The folder is searched recursively; 200 files go through the decoding pool.
-    result = CliRunner().invoke(main, ["predict", str(png_dir / "test"), "--model", str(onnx_path),
-                                       "--format", "csv", "--top-k", "2", "--workers", "2"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "predict",
+            str(png_dir / "test"),
+            "--model",
+            str(onnx_path),
+            "--format",
+            "csv",
+            "--top-k",
+            "2",
+            "--workers",
+            "2",
+        ],
+    )
     got = _parse_csv(clean_run(result))
     assert set(got) == set(rows)
     expected = torch_logits(ckpt, test.images).argmax(1)
@@ -80,21 +94,49 @@ def test_formats_globs_and_output_file(model, png_dir, tmp_path):
     pattern = str(png_dir / "test" / "*" / "1*.png")  # quoted: qdkit expands it itself
     files, problems = expand_paths([pattern])
     assert files and not problems
-    js = json.loads(clean_run(runner.invoke(main, ["predict", pattern, "--model", str(onnx_path),
-                                                   "--format", "json", "--top-k", "3"])))
+    js = json.loads(
+        clean_run(
+            runner.invoke(main, ["predict", pattern, "--model", str(onnx_path), "--format", "json", "--top-k", "3"])
+        )
+    )
     assert [Path(r["path"]) for r in js] == files
     assert all(len(r["top"]) == 3 and abs(sum(t["probability"] for t in r["top"])) <= 1 + 1e-6 for r in js)
     table = clean_run(runner.invoke(main, ["predict", str(files[0]), str(files[1]), "--model", str(onnx_path)]))
     assert len(table.splitlines()) == 2 and str(files[0]) in table and "%" in table
     # These PNGs are dark ink on light: --invert yes is what auto decides, --invert no is not.
     auto = clean_run(runner.invoke(main, ["predict", pattern, "--model", str(onnx_path), "--format", "csv"]))
-    assert clean_run(runner.invoke(main, ["predict", pattern, "--model", str(onnx_path), "--format", "csv",
-                                          "--invert", "yes"])) == auto
-    assert clean_run(runner.invoke(main, ["predict", pattern, "--model", str(onnx_path), "--format", "csv",
-                                          "--invert", "no"])) != auto
+    assert (
+        clean_run(
+            runner.invoke(main, ["predict", pattern, "--model", str(onnx_path), "--format", "csv", "--invert", "yes"])
+        )
+        == auto
+    )
+    assert (
+        clean_run(
+            runner.invoke(main, ["predict", pattern, "--model", str(onnx_path), "--format", "csv", "--invert", "no"])
+        )
+        != auto
+    )
     out = tmp_path / "preds.csv"
-    text = clean_run(runner.invoke(main, ["predict", pattern, "--model", str(onnx_path), "--format", "csv",
-                                          "--output", str(out), "--threads", "1", "--batch-size", "7"]))
+    text = clean_run(
+        runner.invoke(
+            main,
+            [
+                "predict",
+                pattern,
+                "--model",
+                str(onnx_path),
+                "--format",
+                "csv",
+                "--output",
+                str(out),
+                "--threads",
+                "1",
+                "--batch-size",
+                "7",
+            ],
+        )
+    )
     assert f"wrote {len(files)} predictions" in text
     assert list(_parse_csv(out.read_text())) == files
 
@@ -108,8 +150,13 @@ def test_predictor_api_accepts_arrays_images_and_paths(model, test_rows):
     by_array = p.predict(drawing, top_k=2)
     assert isinstance(by_array, list) and len(by_array) == 1 and isinstance(by_array[0], Prediction)
     assert len(by_array[0].labels) == 2 and by_array[0].label == by_array[0].labels[0]
-    same = [p.predict(drawing[None])[0], p.predict(drawing[None, None])[0], p.predict(str(path))[0],
-            p.predict(Image.open(path))[0], p.predict(path)[0]]
+    same = [
+        p.predict(drawing[None])[0],
+        p.predict(drawing[None, None])[0],
+        p.predict(str(path))[0],
+        p.predict(Image.open(path))[0],
+        p.predict(path)[0],
+    ]
     assert {s.label for s in same} == {by_array[0].label}
     assert p.predict(path)[0].source == str(path)
     batch = p.predict([drawing, str(path), Image.open(path)])
@@ -125,6 +172,7 @@ def test_predictor_api_accepts_arrays_images_and_paths(model, test_rows):
 
 # --- image normalisation ---------------------------------------------------------------------
 
+
 def _bbox(drawing: np.ndarray) -> tuple[int, int, int, int]:
     rows, cols = np.flatnonzero(drawing.any(1)), np.flatnonzero(drawing.any(0))
     return rows[0], rows[-1], cols[0], cols[-1]
@@ -139,12 +187,12 @@ def _fills_frame(drawing: np.ndarray) -> bool:
 
 def _cropped_and_fitted(drawing: np.ndarray) -> np.ndarray:
     r0, r1, c0, c1 = _bbox(drawing)
-    crop = drawing[r0:r1 + 1, c0:c1 + 1]
+    crop = drawing[r0 : r1 + 1, c0 : c1 + 1]
     scale = 26 / max(crop.shape)
     h, w = max(1, round(crop.shape[0] * scale)), max(1, round(crop.shape[1] * scale))
     out = np.zeros((28, 28), np.uint8)
     top, left = (28 - h) // 2, (28 - w) // 2
-    out[top:top + h, left:left + w] = np.asarray(Image.fromarray(crop).resize((w, h), Image.Resampling.BILINEAR))
+    out[top : top + h, left : left + w] = np.asarray(Image.fromarray(crop).resize((w, h), Image.Resampling.BILINEAR))
     return out
 
 
@@ -223,6 +271,7 @@ def test_thin_lines_on_a_big_page_get_a_quick_draw_pen(tmp_path):
 
 # --- bad input ---------------------------------------------------------------------------------
 
+
 def test_bad_files_warn_and_the_rest_go_on(model, png_dir, tmp_path):
     _, onnx_path = model
     good = sorted((png_dir / "test").rglob("*.png"))[:3]
@@ -230,8 +279,10 @@ def test_bad_files_warn_and_the_rest_go_on(model, png_dir, tmp_path):
     (tmp_path / "notes.png").write_text("not an image\n")
     (tmp_path / "cut.png").write_bytes(good[0].read_bytes()[:-30])  # pixel data cut short
     bad = [tmp_path / "empty.png", tmp_path / "notes.png", tmp_path / "cut.png", tmp_path / "missing.png"]
-    result = CliRunner().invoke(main, ["predict", *map(str, good[:2]), *map(str, bad), str(good[2]),
-                                       "--model", str(onnx_path), "--format", "csv"])
+    result = CliRunner().invoke(
+        main,
+        ["predict", *map(str, good[:2]), *map(str, bad), str(good[2]), "--model", str(onnx_path), "--format", "csv"],
+    )
     out = clean_run(result, code=1)
     warnings = [line for line in out.splitlines() if line.startswith("qdkit: warning:")]
     assert len(warnings) == 4, out
@@ -251,8 +302,9 @@ def test_decompression_bomb_is_one_line(model, tmp_path, monkeypatch):
     for name in ("warn.png", "bomb.png"):
         with pytest.raises(QdkitError, match=f"{name}: image too large"):
             read_drawing(tmp_path / name)
-    result = CliRunner().invoke(main, ["predict", str(tmp_path / "warn.png"), str(tmp_path / "bomb.png"),
-                                       "--model", str(onnx_path)])
+    result = CliRunner().invoke(
+        main, ["predict", str(tmp_path / "warn.png"), str(tmp_path / "bomb.png"), "--model", str(onnx_path)]
+    )
     out = clean_run(result, code=1)
     assert out.count("image too large") == 2 and len(out.strip().splitlines()) == 3
 
@@ -263,9 +315,11 @@ def test_no_images_at_all(model, tmp_path):
     (tmp_path / "docs" / "readme.txt").write_text("hi")
     runner = CliRunner()
     assert "folder has no images" in one_line_error(
-        runner.invoke(main, ["predict", str(tmp_path / "docs"), "--model", str(onnx_path)]))
+        runner.invoke(main, ["predict", str(tmp_path / "docs"), "--model", str(onnx_path)])
+    )
     assert "no file matches" in one_line_error(
-        runner.invoke(main, ["predict", str(tmp_path / "*.png"), "--model", str(onnx_path)]))
+        runner.invoke(main, ["predict", str(tmp_path / "*.png"), "--model", str(onnx_path)])
+    )
 
 
 def test_bad_model_files(model, png_dir, tmp_path, monkeypatch):
@@ -312,6 +366,7 @@ def test_model_without_qdkit_metadata_still_runs(model, png_dir, tmp_path):
 
 
 # --- decoding processes: a dying worker, a killed parent ------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def slow_images(tmp_path_factory):
@@ -368,9 +423,24 @@ def test_a_dying_decoder_process_loses_no_result(model, slow_images):
 
 
 def _start_predict(folder: Path, onnx_path: Path) -> tuple[subprocess.Popen, list[int]]:
-    proc = subprocess.Popen([sys.executable, "-m", "qdkit", "predict", str(folder), "--model", str(onnx_path),
-                             "--workers", "2", "--format", "csv"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "qdkit",
+            "predict",
+            str(folder),
+            "--model",
+            str(onnx_path),
+            "--workers",
+            "2",
+            "--format",
+            "csv",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert _wait_for(lambda: len(children_of(proc.pid)) >= 2, 60), "the decoding pool never started"
     return proc, children_of(proc.pid)
 
@@ -398,6 +468,7 @@ def test_sigterm_of_predict_stops_it_like_ctrl_c(model, slow_images):
 
 
 # --- hostile inputs (issue 10) -----------------------------------------------------------------
+
 
 def _some_pngs(png_dir: Path, n: int) -> list[Path]:
     return sorted((png_dir / "test").rglob("*.png"))[:n]
@@ -439,16 +510,17 @@ def test_globs_and_folders_survive_symlink_loops_without_duplicates(model, png_d
     shutil.copy(good[0], root / "top.png")
     shutil.copy(good[1], root / "a" / "mid.png")
     shutil.copy(good[2], root / "a" / "b" / "deep.png")
-    (root / "a" / "b" / "up").symlink_to(root, target_is_directory=True)    # a loop back to the top
+    (root / "a" / "b" / "up").symlink_to(root, target_is_directory=True)  # a loop back to the top
     (root / "a" / "self").symlink_to(root / "a", target_is_directory=True)  # a loop onto itself
-    (root / "again").symlink_to(root / "a", target_is_directory=True)       # a second way into a/
+    (root / "again").symlink_to(root / "a", target_is_directory=True)  # a second way into a/
     want = {root / "top.png", root / "a" / "mid.png", root / "a" / "b" / "deep.png"}
     for spec in (str(root), str(root / "**" / "*.png"), str(root / "**")):
         files, problems = expand_paths([spec])
         assert not problems, (spec, problems)
         assert len(files) == 3 and {f.resolve() for f in files} == want, (spec, files)
-    out = clean_run(CliRunner().invoke(main, ["predict", str(root / "**" / "*.png"), "--model", str(onnx_path),
-                                              "--format", "csv"]))
+    out = clean_run(
+        CliRunner().invoke(main, ["predict", str(root / "**" / "*.png"), "--model", str(onnx_path), "--format", "csv"])
+    )
     assert len(_parse_csv(out)) == 3
     # One file reached through a/ and again/ is listed once.
     assert expand_paths([str(root / "*" / "*.png")]) == ([root / "a" / "mid.png"], [])
@@ -457,8 +529,10 @@ def test_globs_and_folders_survive_symlink_loops_without_duplicates(model, png_d
     # A folder named twice, or a folder and its subfolder: each file once, no false "no images".
     files, problems = expand_paths([str(root / "a"), str(root / "a" / "b"), str(root / "a")])
     assert not problems and len(files) == 3 and {f.resolve() for f in files} == want
-    assert expand_paths([str(tmp_path / "nowhere" / "**" / "*.png")]) == ([], [f"{tmp_path}/nowhere/**/*.png: "
-                                                                               "no file matches"])
+    assert expand_paths([str(tmp_path / "nowhere" / "**" / "*.png")]) == (
+        [],
+        [f"{tmp_path}/nowhere/**/*.png: no file matches"],
+    )
 
 
 def test_an_unreadable_subfolder_is_a_warning_and_exit_code_1(model, png_dir, tmp_path):
@@ -491,8 +565,9 @@ def test_messages_are_said_once_and_in_qdkit_words(model, tmp_path):
     _, onnx_path = model
     runner = CliRunner()
     out = runner.invoke(main, ["predict", str(tmp_path / "*.png"), "--model", str(onnx_path)]).output
-    assert "no file matches" in one_line_error(runner.invoke(main, ["predict", str(tmp_path / "*.png"),
-                                                                    "--model", str(onnx_path)]))
+    assert "no file matches" in one_line_error(
+        runner.invoke(main, ["predict", str(tmp_path / "*.png"), "--model", str(onnx_path)])
+    )
     assert out.count("no file matches") == 1, out
     # A float TIFF with NaN pixels: one warning naming the file, no Python-format warning lines.
     pixels = np.zeros((40, 40), np.float32)
@@ -514,11 +589,15 @@ def test_predict_output_never_replaces_a_file_without_overwrite(model, png_dir, 
     line = one_line_error(runner.invoke(main, ["predict", png, "--model", str(onnx_path), "--output", str(mine)]))
     assert "notes.csv: already exists" in line and "--overwrite" in line
     assert mine.read_text() == "my own notes\n"
-    clean_run(runner.invoke(main, ["predict", png, "--model", str(onnx_path), "--output", str(mine), "--overwrite",
-                                   "--format", "csv"]))
+    clean_run(
+        runner.invoke(
+            main, ["predict", png, "--model", str(onnx_path), "--output", str(mine), "--overwrite", "--format", "csv"]
+        )
+    )
     assert list(_parse_csv(mine.read_text())) == [Path(png)]
-    assert "names a folder" in one_line_error(runner.invoke(main, ["predict", png, "--model", str(onnx_path),
-                                                                   "--output", str(tmp_path / "new") + "/"]))
+    assert "names a folder" in one_line_error(
+        runner.invoke(main, ["predict", png, "--model", str(onnx_path), "--output", str(tmp_path / "new") + "/"])
+    )
     assert not (tmp_path / "new").exists()
 
 
@@ -553,8 +632,10 @@ def test_ndjson_lines_are_drawings_named_by_file_and_line(model, golden, tmp_pat
     bare = json.dumps(json.loads(lines[1])["drawing"])  # a bare stroke list is a drawing too
     cats = tmp_path / "cats.ndjson"
     cats.write_text("\n".join([lines[0], "", bare, '{"drawing": [[[1, 2], [3]]]}', "not json", *lines[2:]]) + "\n")
-    out = clean_run(CliRunner().invoke(main, ["predict", str(cats), "--model", str(onnx_path), "--format", "csv",
-                                              "--top-k", "2"]), code=1)
+    out = clean_run(
+        CliRunner().invoke(main, ["predict", str(cats), "--model", str(onnx_path), "--format", "csv", "--top-k", "2"]),
+        code=1,
+    )
     rows = list(csv.DictReader(io.StringIO(_body(out))))
     assert [r["path"] for r in rows] == [f"{cats}:{n}" for n in (1, 3, 6, 7, 8, 9)]
     # Rasterized by qdkit.strokes, byte for byte the official bitmaps: the same predictions.
@@ -574,8 +655,23 @@ def test_a_big_ndjson_file_goes_through_the_pool_in_order(model, golden, tmp_pat
     many.write_text("\n".join(lines * 100) + "\n")  # 600 drawings, ~400 KB: decoded by the pool
     folder_png = tmp_path / "one.png"
     Image.fromarray(255 - bitmaps[0]).save(folder_png)
-    out = clean_run(CliRunner().invoke(main, ["predict", str(tmp_path), "--model", str(onnx_path), "--format", "csv",
-                                              "--workers", "2", "--batch-size", "64"]))
+    out = clean_run(
+        CliRunner().invoke(
+            main,
+            [
+                "predict",
+                str(tmp_path),
+                "--model",
+                str(onnx_path),
+                "--format",
+                "csv",
+                "--workers",
+                "2",
+                "--batch-size",
+                "64",
+            ],
+        )
+    )
     rows = list(csv.DictReader(io.StringIO(out)))
     assert [r["path"] for r in rows] == [f"{many}:{n}" for n in range(1, 601)] + [str(folder_png)]
     want = [p.label for p in Predictor(onnx_path).predict(bitmaps)]
@@ -588,24 +684,28 @@ def test_a_gzip_file_named_ndjson_is_one_line(model, golden, tmp_path):
     _, onnx_path = model
     lines, _ = golden
     (tmp_path / "packed.ndjson").write_bytes(gzip.compress(("\n".join(lines * 50) + "\n").encode()))
-    out = clean_run(CliRunner().invoke(main, ["predict", str(tmp_path / "packed.ndjson"), "--model", str(onnx_path)]),
-                    code=1)
+    out = clean_run(
+        CliRunner().invoke(main, ["predict", str(tmp_path / "packed.ndjson"), "--model", str(onnx_path)]), code=1
+    )
     assert out.count("qdkit: warning:") == 1, out  # one line for the file, not one per (binary) line
     assert "packed.ndjson: is gzip-compressed data, not text (gunzip it first)" in out
     assert "1 input(s) failed, 0 predicted" in out
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", ": no drawings (the file is empty or blank)"),
-    (b"\n  \n", ": no drawings (the file is empty or blank)"),
-    (b"\xff\xfe{]\n", ":1: is not JSON"),
-    (b'{"drawing": [[[1, 2], [3, 4]]], "recognized": "yes"}\n', ":1: 'recognized' is str, not bool"),
-    (b"[[[0, 300], [0, 10]]]\n", ":1: coordinates outside 0..255"),
-    (b'{"drawing": [[[NaN], [1]]]}\n', ":1: is not JSON"),  # NaN is not JSON
-    (b"[]\n", ":1: drawing has no strokes"),
-    (b'{"drawing": "[[[1], [1]]]"}\n', ":1: drawing is str, not a list of strokes"),
-    (b"[[[1, 2], [3, 4]]]" + b" " * 3000 + b"\n", ":1: line longer than 2,048 bytes"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", ": no drawings (the file is empty or blank)"),
+        (b"\n  \n", ": no drawings (the file is empty or blank)"),
+        (b"\xff\xfe{]\n", ":1: is not JSON"),
+        (b'{"drawing": [[[1, 2], [3, 4]]], "recognized": "yes"}\n', ":1: 'recognized' is str, not bool"),
+        (b"[[[0, 300], [0, 10]]]\n", ":1: coordinates outside 0..255"),
+        (b'{"drawing": [[[NaN], [1]]]}\n', ":1: is not JSON"),  # NaN is not JSON
+        (b"[]\n", ":1: drawing has no strokes"),
+        (b'{"drawing": "[[[1], [1]]]"}\n', ":1: drawing is str, not a list of strokes"),
+        (b"[[[1, 2], [3, 4]]]" + b" " * 3000 + b"\n", ":1: line longer than 2,048 bytes"),
+    ],
+)
 def test_hostile_ndjson_files_are_one_line_each(model, tmp_path, monkeypatch, content, message):
     import qdkit.decoding
 
@@ -645,11 +745,16 @@ def test_a_model_without_qdkit_metadata_is_supported_by_its_shapes(tmp_path, gol
     _, bitmaps = golden
     weights = np.random.default_rng(0).normal(0, 0.01, (784, 3)).astype(np.float32)
     graph = helper.make_graph(
-        [helper.make_node("Flatten", ["image"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["z"]),
-         helper.make_node("Softmax", ["z"], ["scores"], axis=1)],
-        "foreign", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 28, 28])],
+        [
+            helper.make_node("Flatten", ["image"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "w"], ["z"]),
+            helper.make_node("Softmax", ["z"], ["scores"], axis=1),
+        ],
+        "foreign",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 28, 28])],
         [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 3])],
-        initializer=[numpy_helper.from_array(weights, "w")])
+        initializer=[numpy_helper.from_array(weights, "w")],
+    )
     path = tmp_path / "foreign.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     with pytest.warns(UserWarning, match="no qdkit metadata"):

@@ -1,5 +1,6 @@
 """qdkit export --int8: the int8 model keeps the contract and the metadata, agrees with fp32, passes
 evaluate with its own tolerances, and every refusal leaves no file."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,9 @@ def int8_export(tmp_path_factory, store_path):
     """(checkpoint, model.onnx, model.int8.onnx, CLI output) from one `qdkit export --int8`."""
     ckpt, _ = exported(tmp_path_factory, store_path)
     out = tmp_path_factory.mktemp("int8") / "model.onnx"
-    text = clean_run(CliRunner().invoke(main, ["export", str(ckpt), "--out", str(out), "--int8",
-                                               "--data", str(store_path)]))
+    text = clean_run(
+        CliRunner().invoke(main, ["export", str(ckpt), "--out", str(out), "--int8", "--data", str(store_path)])
+    )
     return ckpt, out, int8_path(out), text
 
 
@@ -37,8 +39,10 @@ def test_int8_model_keeps_the_contract_and_metadata(int8_export, store_path):
     fp32, q = onnx.load(str(fp32_path)), onnx.load(str(int8))
     onnx.checker.check_model(q, full_check=True)
     assert str(q.graph.input) == str(fp32.graph.input)  # uint8 `pixels`, (N, 1, 28, 28)
-    assert [(o.name, o.type.tensor_type.elem_type) for o in q.graph.output] == \
-        [("logits", onnx.TensorProto.FLOAT), ("probabilities", onnx.TensorProto.FLOAT)]
+    assert [(o.name, o.type.tensor_type.elem_type) for o in q.graph.output] == [
+        ("logits", onnx.TensorProto.FLOAT),
+        ("probabilities", onnx.TensorProto.FLOAT),
+    ]
     assert {o.domain for o in q.opset_import} == {o.domain for o in fp32.opset_import}
     ops = {n.op_type for n in q.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
@@ -92,8 +96,9 @@ def test_a_refused_int8_model_leaves_no_file(int8_export, store_path, tmp_path, 
     import qdkit.quantize
 
     monkeypatch.setattr(qdkit.quantize, "MIN_AGREEMENT", 1.01)  # no model reaches it
-    result = CliRunner().invoke(main, ["export", str(ckpt), "--out", str(tmp_path / "m.onnx"), "--int8",
-                                       "--data", str(store_path)])
+    result = CliRunner().invoke(
+        main, ["export", str(ckpt), "--out", str(tmp_path / "m.onnx"), "--int8", "--data", str(store_path)]
+    )
     line = one_line_error(result)
     assert "agrees with fp32 on only" in line and "nothing written" in line and "fp32" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # the fp32 model, no temporaries
@@ -110,25 +115,30 @@ def test_int8_store_problems_stop_before_anything_is_written(int8_export, store_
     ckpt, _, _, _ = int8_export
     runner = CliRunner()
     out = tmp_path / "out" / "model.onnx"
-    line = one_line_error(runner.invoke(main, ["export", str(ckpt), "--out", str(out), "--int8",
-                                               "--data", str(tmp_path / "nope.h5")]))
+    line = one_line_error(
+        runner.invoke(main, ["export", str(ckpt), "--out", str(out), "--int8", "--data", str(tmp_path / "nope.h5")])
+    )
     assert "nope.h5: no such store" in line
     # Default store: the run's metrics.json names none here, so data/quickdraw.h5, which is missing.
     monkeypatch.chdir(tmp_path)
     assert "data/quickdraw.h5: no such store" in one_line_error(
-        runner.invoke(main, ["export", str(ckpt), "--out", str(out), "--int8"]))
+        runner.invoke(main, ["export", str(ckpt), "--out", str(out), "--int8"])
+    )
     # A checkpoint whose classes are not the store's.
     from qdkit.checkpoint import save_checkpoint
     from qdkit.models import build_model
 
     three = tmp_path / "three.pt"
-    save_checkpoint(three, model=build_model("seed-cnn", 3), model_name="seed-cnn", model_kwargs={},
-                    class_names=["a", "b", "c"])
-    line = one_line_error(runner.invoke(main, ["export", str(three), "--out", str(out), "--int8",
-                                               "--data", str(store_path)]))
+    save_checkpoint(
+        three, model=build_model("seed-cnn", 3), model_name="seed-cnn", model_kwargs={}, class_names=["a", "b", "c"]
+    )
+    line = one_line_error(
+        runner.invoke(main, ["export", str(three), "--out", str(out), "--int8", "--data", str(store_path)])
+    )
     assert "has 3 classes" in line
-    assert "only with --int8" in one_line_error(runner.invoke(main, ["export", str(ckpt), "--out", str(out),
-                                                                     "--data", str(store_path)]))
+    assert "only with --int8" in one_line_error(
+        runner.invoke(main, ["export", str(ckpt), "--out", str(out), "--data", str(store_path)])
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -136,8 +146,9 @@ def test_defaults(int8_export, tmp_path, monkeypatch, store_path):
     ckpt, fp32_path, int8, _ = int8_export
     # The calibration store: the run's metrics.json "data", else data/quickdraw.h5.
     (tmp_path / "best.pt").write_bytes(b"")
-    assert default_store(tmp_path / "best.pt") == default_store(tmp_path / "x.pt") == \
-        type(tmp_path)("data/quickdraw.h5")
+    assert (
+        default_store(tmp_path / "best.pt") == default_store(tmp_path / "x.pt") == type(tmp_path)("data/quickdraw.h5")
+    )
     (tmp_path / "metrics.json").write_text(json.dumps({"run_name": "r", "data": str(store_path)}))
     assert default_store(tmp_path / "best.pt") == store_path
     # predict/evaluate/visualize default to the fp32 model even though the int8 one is newer.

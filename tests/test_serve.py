@@ -1,5 +1,6 @@
 """qdkit serve: POST /predict (strokes, batches, images), the Open Inference Protocol (v2), dynamic
 batching, every bad request as a JSON 4xx, through the test client and a real uvicorn process."""
+
 from __future__ import annotations
 
 import asyncio
@@ -53,6 +54,7 @@ def _is_clean_error(response: httpx.Response, status: int, field: str) -> str:
 
 # ----------------------------------------------------------------------------- POST /predict
 
+
 def test_predict_one_raw_drawing_sees_the_simplified_rendering(client, predictor):
     for strokes in synthetic_drawings():
         r = client.post("/predict?top_k=3&bitmap=true", json={"drawing": strokes})
@@ -97,7 +99,7 @@ def test_simplified_real_strokes_give_the_official_bitmaps_byte_for_byte(client)
         lines = shared_simplified(word, 8)
         r = client.post("/predict?bitmap=true", json={"drawings": [d["drawing"] for d in lines], "simplified": True})
         got = np.array([p["bitmap"] for p in r.json()["predictions"]], np.uint8).reshape(len(lines), -1)
-        np.testing.assert_array_equal(got, rows[:len(lines)])
+        np.testing.assert_array_equal(got, rows[: len(lines)])
 
 
 def _png(array: np.ndarray, fmt: str = "PNG") -> bytes:
@@ -128,6 +130,7 @@ def test_image_uploads_are_read_like_qdkit_predict(client, predictor, tmp_path):
 def _bomb_png(width: int, height: int) -> bytes:
     """A valid PNG header claiming width x height grey pixels, with one tiny IDAT: decoding it
     would need width*height bytes, reading its header costs nothing."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -153,13 +156,21 @@ BAD_PREDICT = [
     (b'{"drawing": [[[1], [2]]], "drawings": []}', "application/json", 400, "exactly one"),
     (b'{"drawng": []}', "application/json", 400, "drawng: unknown field"),
     (json.dumps({"drawing": [[[1], [2]]] * 1001}).encode(), "application/json", 400, "strokes (at most"),
-    (json.dumps({"drawing": [[list(range(60_000)), list(range(60_000))]] * 2}).encode(), "application/json",
-     400, "points"),
+    (
+        json.dumps({"drawing": [[list(range(60_000)), list(range(60_000))]] * 2}).encode(),
+        "application/json",
+        400,
+        "points",
+    ),
     (json.dumps({"drawings": [[[[1], [2]]]] * 1025}).encode(), "application/json", 400, "drawings: 1025"),
     (b"not an image", "image/png", 415, "image: not an image"),
     (b"", "image/png", 400, "image: empty"),
-    (_png(np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8))[:300], "image/png", 400,
-     "image: unreadable"),
+    (
+        _png(np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8))[:300],
+        "image/png",
+        400,
+        "image: unreadable",
+    ),
     (_bomb_png(30_000, 30_000), "image/png", 413, "decompression-bomb guard"),
     (b"<x/>", "application/xml", 415, "Content-Type"),
 ]
@@ -189,15 +200,20 @@ def test_body_limit_by_length_and_while_streaming(model_path, predictor):
     small = create_app(predictor, max_body=2000)
     big = json.dumps({"drawing": [[list(range(400)), list(range(400))]]}).encode()
     with TestClient(small) as c:
-        _is_clean_error(c.post("/predict", content=big, headers={"content-type": "application/json"}),
-                        413, "2,000 bytes")
+        _is_clean_error(
+            c.post("/predict", content=big, headers={"content-type": "application/json"}), 413, "2,000 bytes"
+        )
         # chunked: no Content-Length, counted while read
-        _is_clean_error(c.post("/predict", content=iter([big[:1500], big[1500:]]),
-                               headers={"content-type": "application/json"}), 413, "body")
+        _is_clean_error(
+            c.post("/predict", content=iter([big[:1500], big[1500:]]), headers={"content-type": "application/json"}),
+            413,
+            "body",
+        )
         assert c.post("/predict", json={"drawing": [[[1, 5], [2, 9]]]}).status_code == 200
 
 
 # ----------------------------------------------------------------------------- v2
+
 
 def _infer_body(pixels: np.ndarray, nested: bool = False, **extra) -> dict:
     data = pixels.tolist() if nested else pixels.ravel().tolist()
@@ -224,8 +240,9 @@ def test_v2_health_metadata_and_infer_agree_with_the_predictor_exactly(client, p
         assert all(o["datatype"] == "FP32" for o in body["outputs"])
         np.testing.assert_array_equal(out["logits"], logits)
         np.testing.assert_array_equal(out["probabilities"], probs)
-    only = client.post("/v2/models/qdkit/versions/1/infer",
-                       json=_infer_body(pixels[:1], outputs=[{"name": "probabilities"}])).json()
+    only = client.post(
+        "/v2/models/qdkit/versions/1/infer", json=_infer_body(pixels[:1], outputs=[{"name": "probabilities"}])
+    ).json()
     assert [o["name"] for o in only["outputs"]] == ["probabilities"]
 
 
@@ -284,6 +301,7 @@ def test_model_facts_page_and_docs(client, predictor):
 
 # ----------------------------------------------------------------------------- batching
 
+
 def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(model_path, predictor):
     from qdkit.serve import create_app
 
@@ -335,13 +353,19 @@ def test_batcher_routes_results_and_survives_a_failing_batch():
 
 # ----------------------------------------------------------------------------- a real server
 
+
 async def _mixed_load(url: str, good: list[dict], expected: list[list[str]], rounds: int = 6) -> None:
     """Good and bad requests interleaved from 16 concurrent clients; every good one answered right."""
-    bad = [(b"{", "application/json"), (b'{"drawing": []}', "application/json"),
-           (b"GIF89a...", "image/gif"), (_bomb_png(40_000, 40_000), "image/png"),
-           (json.dumps({"drawing": [[[1, 2], [3]]]}).encode(), "application/json")]
+    bad = [
+        (b"{", "application/json"),
+        (b'{"drawing": []}', "application/json"),
+        (b"GIF89a...", "image/gif"),
+        (_bomb_png(40_000, 40_000), "image/png"),
+        (json.dumps({"drawing": [[[1, 2], [3]]]}).encode(), "application/json"),
+    ]
     limits = httpx.Limits(max_connections=16)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as c:
+
         async def one(i: int) -> None:
             if i % 3 == 2:
                 body, ctype = bad[i % len(bad)]

@@ -1,6 +1,7 @@
 """The drawing page in a real headless Chromium (Debian's /usr/bin/chromium through Playwright) against a
 real `qdkit serve` process: strokes drawn with pointer events (mouse and touch), guesses and the 28x28
 picture read back from the DOM, the picture checked against rasterize(simplify(the strokes the page sent))."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,15 @@ from qdkit.predict import Predictor
 from qdkit.strokes import rasterize, simplify
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 LATENCIES_MS: list[float] = []  # stroke end -> guess on screen, from every test here
 
 
@@ -94,7 +102,7 @@ def _draw(page, drawing: list, pause_ms: float = 0) -> None:
                 page.wait_for_timeout(pause_ms)
         page.mouse.up()
         page.wait_for_function("n => window.qdkit.latencies.length > n", arg=before)
-    LATENCIES_MS.extend(page.evaluate("window.qdkit.latencies")[-len(drawing):])
+    LATENCIES_MS.extend(page.evaluate("window.qdkit.latencies")[-len(drawing) :])
 
 
 def _shown(page) -> tuple[list, np.ndarray, list[tuple[str, float]]]:
@@ -102,8 +110,10 @@ def _shown(page) -> tuple[list, np.ndarray, list[tuple[str, float]]]:
     picture = page.locator("#picture")
     sent = json.loads(picture.get_attribute("data-drawing"))["drawing"]
     bitmap = np.array([int(v) for v in picture.get_attribute("data-bitmap").split(",")], np.uint8).reshape(28, 28)
-    guesses = [(li.get_attribute("data-class"), float(li.get_attribute("data-probability")))
-               for li in page.locator("#guesses li").all()]
+    guesses = [
+        (li.get_attribute("data-class"), float(li.get_attribute("data-probability")))
+        for li in page.locator("#guesses li").all()
+    ]
     return sent, bitmap, guesses
 
 
@@ -137,8 +147,10 @@ def test_synthetic_drawings_guessed_with_the_exact_picture(page, predictor):
 
 def test_guesses_while_drawing_then_undo_and_clear(page, predictor):
     t = np.linspace(0, 2 * np.pi, 60)
-    long_stroke = [np.round(240 + 150 * np.cos(t)).astype(int).tolist(),
-                   np.round(240 + 120 * np.sin(2 * t)).astype(int).tolist()]
+    long_stroke = [
+        np.round(240 + 150 * np.cos(t)).astype(int).tolist(),
+        np.round(240 + 120 * np.sin(2 * t)).astype(int).tolist(),
+    ]
     box = page.locator("#pad").bounding_box()
     page.mouse.move(box["x"] + long_stroke[0][0], box["y"] + long_stroke[1][0])
     page.mouse.down()
@@ -183,8 +195,9 @@ def test_game_names_a_class_and_says_when_it_recognised_it(page, predictor):
 
 
 def test_phone_screen_with_touch(browser, server, predictor):
-    ctx, page, problems = _open(browser, server, viewport={"width": 390, "height": 844}, is_mobile=True,
-                                has_touch=True, device_scale_factor=3)
+    ctx, page, problems = _open(
+        browser, server, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True, device_scale_factor=3
+    )
     try:
         assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing wider than the phone
         box = page.locator("#pad").bounding_box()
@@ -222,5 +235,7 @@ def test_stroke_end_to_guess_latency_report():
     """Not a pass/fail timing (the machine is shared): the p50/p95 the earlier tests measured, printed."""
     assert len(LATENCIES_MS) >= 10, LATENCIES_MS
     p50, p95 = np.percentile(LATENCIES_MS, [50, 95])
-    print(f"\nbrowser stroke end -> guess on screen: p50 {p50:.1f} ms, p95 {p95:.1f} ms over "
-          f"{len(LATENCIES_MS)} strokes (goal p95 <= 100 ms)")
+    print(
+        f"\nbrowser stroke end -> guess on screen: p50 {p50:.1f} ms, p95 {p95:.1f} ms over "
+        f"{len(LATENCIES_MS)} strokes (goal p95 <= 100 ms)"
+    )

@@ -1,5 +1,6 @@
 """qdkit.strokes and stroke sources of convert: byte-exact rendering, simplify(), the file formats,
 and every bad input as one line naming file and line."""
+
 from __future__ import annotations
 
 import csv
@@ -52,7 +53,7 @@ def test_golden_fixture_is_byte_exact():
 def test_golden_shared_rows_are_byte_exact():
     for name in ("bear", "bee", "cat", "dog", "duck"):
         lines = (SHARED / "strokes" / f"{name}.ndjson").read_bytes().splitlines()
-        rows = np.load(SHARED / "animals10" / f"full_numpy_bitmap_{name}.npy", mmap_mode="r")[:len(lines)]
+        rows = np.load(SHARED / "animals10" / f"full_numpy_bitmap_{name}.npy", mmap_mode="r")[: len(lines)]
         got = rasterize_many([parse_ndjson_line(line) for line in lines]).reshape(len(lines), -1)
         assert np.array_equal(got, rows), name
 
@@ -75,6 +76,7 @@ def test_a_one_point_stroke_is_a_dot():
 
 
 # --- simplify -------------------------------------------------------------------------------------
+
 
 def _raw_strokes(rng: np.random.Generator, scale: float, shift: float) -> list[np.ndarray]:
     strokes = []
@@ -131,6 +133,7 @@ def test_simplify_a_single_point_and_raw_drawings_render():
 
 
 # --- the binary format ----------------------------------------------------------------------------
+
 
 def test_binary_round_trip():
     blob = b""
@@ -196,14 +199,16 @@ def test_gzip_and_truncated_binary_are_refused():
 
 # --- convert from every format gives the store of the same drawings' bitmaps -------------------------
 
+
 def _kaggle_csv(lines: list[bytes]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["countrycode", "drawing", "key_id", "recognized", "timestamp", "word"])
     for line in lines:
         o = json.loads(line)
-        writer.writerow([o["countrycode"], json.dumps(o["drawing"]), o["key_id"], str(o["recognized"]),
-                         o["timestamp"], o["word"]])
+        writer.writerow(
+            [o["countrycode"], json.dumps(o["drawing"]), o["key_id"], str(o["recognized"]), o["timestamp"], o["word"]]
+        )
     return out.getvalue()
 
 
@@ -217,13 +222,21 @@ def golden_store(tmp_path_factory) -> dict:
     """The golden drawings converted from their official bitmap rows (the reference)."""
     folder = tmp_path_factory.mktemp("npy")
     np.save(folder / "golden.npy", GOLDEN_BITMAPS)
-    convert(folder, folder / "out", h5=True, png=False, per_class={"train": 4, "validation": 1, "test": 1},
-            progress=False, workers=1)
+    convert(
+        folder,
+        folder / "out",
+        h5=True,
+        png=False,
+        per_class={"train": 4, "validation": 1, "test": 1},
+        progress=False,
+        workers=1,
+    )
     return _store(folder / "out" / "quickdraw.h5")
 
 
-@pytest.mark.parametrize("name", ["full_simplified_golden.ndjson", "golden.ndjson", "full_binary_golden.bin",
-                                  "golden.bin", "golden.csv"])
+@pytest.mark.parametrize(
+    "name", ["full_simplified_golden.ndjson", "golden.ndjson", "full_binary_golden.bin", "golden.bin", "golden.csv"]
+)
 def test_convert_of_each_format_equals_convert_of_the_bitmaps(tmp_path, golden_store, name):
     path = tmp_path / "in" / name
     path.parent.mkdir()
@@ -233,16 +246,24 @@ def test_convert_of_each_format_equals_convert_of_the_bitmaps(tmp_path, golden_s
         path.write_bytes(b"".join(pack_binary(parse_ndjson_line(line)) for line in GOLDEN_LINES))
     else:
         path.write_text(_kaggle_csv(GOLDEN_LINES))
-    convert(path.parent, tmp_path / "out", h5=True, png=True, per_class={"train": 4, "validation": 1, "test": 1},
-            progress=False, workers=2)
+    convert(
+        path.parent,
+        tmp_path / "out",
+        h5=True,
+        png=True,
+        per_class={"train": 4, "validation": 1, "test": 1},
+        progress=False,
+        workers=2,
+    )
     got = _store(tmp_path / "out" / "quickdraw.h5")
     for split in SPLITS:
         for key in ("images", "labels", "source_index"):
             assert np.array_equal(got[split][key], golden_store[split][key]), (split, key)
         keys = [json.loads(GOLDEN_LINES[i])["key_id"] for i in got[split]["source_index"]]
         assert got[split]["key_id"].tolist() == [int(k) for k in keys]
-        assert got[split]["countrycode"].tolist() == [json.loads(GOLDEN_LINES[i])["countrycode"].encode()
-                                                      for i in got[split]["source_index"]]
+        assert got[split]["countrycode"].tolist() == [
+            json.loads(GOLDEN_LINES[i])["countrycode"].encode() for i in got[split]["source_index"]
+        ]
     pngs = sorted(p.name for p in (tmp_path / "out" / "png" / "train" / "golden").iterdir())
     assert pngs == sorted(f"{i}.png" for i in golden_store["train"]["source_index"])
     with h5py.File(tmp_path / "out" / "quickdraw.h5") as f:
@@ -253,12 +274,21 @@ def test_convert_of_each_format_equals_convert_of_the_bitmaps(tmp_path, golden_s
 def test_raw_strokes_are_simplified_then_rendered(tmp_path):
     rng = np.random.default_rng(0)
     raws = [_raw_strokes(rng, 5.0, 300.0) for _ in range(6)]
-    lines = [json.dumps({"word": "w", "drawing": [[s[0].tolist(), s[1].tolist(), list(range(s.shape[1]))]
-                                                   for s in raw]}) for raw in raws]
+    lines = [
+        json.dumps({"word": "w", "drawing": [[s[0].tolist(), s[1].tolist(), list(range(s.shape[1]))] for s in raw]})
+        for raw in raws
+    ]
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "full_raw_w.ndjson").write_text("\n".join(lines) + "\n")
-    convert(tmp_path / "in", tmp_path / "out", h5=True, png=False, per_class={"train": 6, "validation": 0, "test": 0},
-            progress=False, workers=1)
+    convert(
+        tmp_path / "in",
+        tmp_path / "out",
+        h5=True,
+        png=False,
+        per_class={"train": 6, "validation": 0, "test": 0},
+        progress=False,
+        workers=1,
+    )
     got = _store(tmp_path / "out" / "quickdraw.h5")["train"]
     want = rasterize_many([simplify(raws[i]) for i in got["source_index"]])
     assert np.array_equal(got["images"], want)
@@ -268,8 +298,15 @@ def test_one_class_per_format_mixed_with_bitmaps(tmp_path):
     (tmp_path / "in").mkdir()
     np.save(tmp_path / "in" / "full_numpy_bitmap_a.npy", GOLDEN_BITMAPS)
     (tmp_path / "in" / "b.ndjson").write_bytes(b"\n".join(GOLDEN_LINES))
-    convert(tmp_path / "in", tmp_path / "out", h5=True, png=False, per_class={"train": 6, "validation": 0, "test": 0},
-            progress=False, workers=1)
+    convert(
+        tmp_path / "in",
+        tmp_path / "out",
+        h5=True,
+        png=False,
+        per_class={"train": 6, "validation": 0, "test": 0},
+        progress=False,
+        workers=1,
+    )
     got = _store(tmp_path / "out" / "quickdraw.h5")["train"]
     a, b = got["labels"] == 0, got["labels"] == 1
     assert np.array_equal(got["images"][a], got["images"][b])
@@ -277,6 +314,7 @@ def test_one_class_per_format_mixed_with_bitmaps(tmp_path):
 
 
 # --- convert: bad lines, --skip-invalid, --recognized-only ---------------------------------------------
+
 
 def _cli(*args: str):
     return CliRunner().invoke(main, list(args))
@@ -298,8 +336,21 @@ def _write_lines(folder: Path, name: str, lines: list[bytes]) -> Path:
 def test_a_bad_line_is_one_error_naming_file_and_line(tmp_path):
     lines = list(GOLDEN_LINES) + [b'{"drawing": [[[1, 2], [3]]]}']
     path = _write_lines(tmp_path / "in", "cat.ndjson", lines)
-    result = _cli("convert", "--in", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--h5", "--no-png",
-                  "--train", "5", "--validation", "1", "--test", "1")
+    result = _cli(
+        "convert",
+        "--in",
+        str(tmp_path / "in"),
+        "--out",
+        str(tmp_path / "out"),
+        "--h5",
+        "--no-png",
+        "--train",
+        "5",
+        "--validation",
+        "1",
+        "--test",
+        "1",
+    )
     assert result.exit_code == 2
     assert _error(result) == f"qdkit: error: {path}: line 7: stroke 0 has 2 xs but 1 ys"
     assert not (tmp_path / "out").exists()
@@ -308,8 +359,22 @@ def test_a_bad_line_is_one_error_naming_file_and_line(tmp_path):
 def test_skip_invalid_skips_and_counts(tmp_path):
     lines = list(GOLDEN_LINES) + [b"not json", b'{"drawing": [[[1, 2], [3, 900]]]}']
     _write_lines(tmp_path / "in", "full_simplified_cat.ndjson", lines)
-    result = _cli("convert", "--in", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--h5", "--no-png",
-                  "--train", "4", "--validation", "1", "--test", "1", "--skip-invalid")
+    result = _cli(
+        "convert",
+        "--in",
+        str(tmp_path / "in"),
+        "--out",
+        str(tmp_path / "out"),
+        "--h5",
+        "--no-png",
+        "--train",
+        "4",
+        "--validation",
+        "1",
+        "--test",
+        "1",
+        "--skip-invalid",
+    )
     assert result.exit_code == 0, result.output
     assert "skipped 2 invalid drawing(s); first:" in result.stderr and "line 7: is not JSON" in result.stderr
     with h5py.File(tmp_path / "out" / "quickdraw.h5") as f:
@@ -325,30 +390,74 @@ def test_recognized_only_keeps_recognized_drawings(tmp_path):
         o["recognized"] = i % 2 == 0
         lines.append(json.dumps(o).encode())
     _write_lines(tmp_path / "in", "cat.ndjson", lines)
-    result = _cli("convert", "--in", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--h5", "--no-png",
-                  "--train", "2", "--validation", "1", "--test", "0", "--recognized-only")
+    result = _cli(
+        "convert",
+        "--in",
+        str(tmp_path / "in"),
+        "--out",
+        str(tmp_path / "out"),
+        "--h5",
+        "--no-png",
+        "--train",
+        "2",
+        "--validation",
+        "1",
+        "--test",
+        "0",
+        "--recognized-only",
+    )
     assert result.exit_code == 0, result.output
     with h5py.File(tmp_path / "out" / "quickdraw.h5") as f:
         rows = sorted(np.concatenate([f[s]["source_index"][()] for s in SPLITS]).tolist())
     assert rows == [0, 2, 4]
-    result = _cli("convert", "--in", str(tmp_path / "in"), "--out", str(tmp_path / "out2"), "--h5", "--no-png",
-                  "--train", "3", "--validation", "1", "--test", "0", "--recognized-only")
+    result = _cli(
+        "convert",
+        "--in",
+        str(tmp_path / "in"),
+        "--out",
+        str(tmp_path / "out2"),
+        "--h5",
+        "--no-png",
+        "--train",
+        "3",
+        "--validation",
+        "1",
+        "--test",
+        "0",
+        "--recognized-only",
+    )
     assert result.exit_code == 2 and "has 3 recognized drawings, but the splits need 4" in _error(result)
 
 
-@pytest.mark.parametrize("name,content,message", [
-    ("cat.ndjson", gzip.compress(b"\n".join(GOLDEN_LINES)), "is gzip-compressed"),
-    ("cat.ndjson", b"", "is empty"),
-    ("cat.ndjson", b"\n\n\r\n", "holds no drawings"),
-    ("cat.bin", pack_binary(parse_ndjson_line(GOLDEN_LINES[0]))[:-3], "record 0: truncated record"),
-    ("cat.csv", b"word,strokes\ncat,[]\n", "CSV header has no 'drawing' column"),
-    ("cat.csv", b"drawing,word\n\"[[[1],[1]]]\",cat,extra\n", "line 2: has 3 fields, the header 2"),
-])
+@pytest.mark.parametrize(
+    "name,content,message",
+    [
+        ("cat.ndjson", gzip.compress(b"\n".join(GOLDEN_LINES)), "is gzip-compressed"),
+        ("cat.ndjson", b"", "is empty"),
+        ("cat.ndjson", b"\n\n\r\n", "holds no drawings"),
+        ("cat.bin", pack_binary(parse_ndjson_line(GOLDEN_LINES[0]))[:-3], "record 0: truncated record"),
+        ("cat.csv", b"word,strokes\ncat,[]\n", "CSV header has no 'drawing' column"),
+        ("cat.csv", b'drawing,word\n"[[[1],[1]]]",cat,extra\n', "line 2: has 3 fields, the header 2"),
+    ],
+)
 def test_bad_stroke_files(tmp_path, name, content, message):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / name).write_bytes(content)
-    result = _cli("convert", "--in", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--h5", "--no-png",
-                  "--train", "1", "--validation", "0", "--test", "0")
+    result = _cli(
+        "convert",
+        "--in",
+        str(tmp_path / "in"),
+        "--out",
+        str(tmp_path / "out"),
+        "--h5",
+        "--no-png",
+        "--train",
+        "1",
+        "--validation",
+        "0",
+        "--test",
+        "0",
+    )
     assert result.exit_code == 2, result.output
     line = _error(result)
     assert line.startswith(f"qdkit: error: {tmp_path / 'in' / name}: ") and message in line
@@ -366,8 +475,21 @@ def test_two_files_for_one_class_are_refused(tmp_path):
 def test_synth_ndjson_converts_to_the_synth_bitmaps(tmp_path):
     for fmt in ("bitmap", "ndjson"):
         assert _cli("synth", str(tmp_path / fmt), "--classes", "2", "--per-class", "8", "--format", fmt).exit_code == 0
-        result = _cli("convert", "--in", str(tmp_path / fmt), "--out", str(tmp_path / f"{fmt}-out"), "--h5",
-                      "--no-png", "--train", "6", "--validation", "1", "--test", "1")
+        result = _cli(
+            "convert",
+            "--in",
+            str(tmp_path / fmt),
+            "--out",
+            str(tmp_path / f"{fmt}-out"),
+            "--h5",
+            "--no-png",
+            "--train",
+            "6",
+            "--validation",
+            "1",
+            "--test",
+            "1",
+        )
         assert result.exit_code == 0, result.output
     a, b = _store(tmp_path / "bitmap-out" / "quickdraw.h5"), _store(tmp_path / "ndjson-out" / "quickdraw.h5")
     assert all(np.array_equal(a[s]["images"], b[s]["images"]) for s in SPLITS)
@@ -376,6 +498,7 @@ def test_synth_ndjson_converts_to_the_synth_bitmaps(tmp_path):
 
 
 # --- qdkit render -------------------------------------------------------------------------------------
+
 
 def test_render_writes_what_the_model_sees(tmp_path):
     from PIL import Image
@@ -392,8 +515,11 @@ def test_render_writes_what_the_model_sees(tmp_path):
     again = _cli("render", str(path), "--out", str(tmp_path / "png"), "--size", "64", "--limit", "2")
     assert again.exit_code == 2 and "already exists (pass --overwrite" in _error(again)
     again = _cli("render", str(path), "--out", str(tmp_path / "png"), "--size", "64", "--limit", "2", "--overwrite")
-    assert again.exit_code == 0 and sorted(p.name for p in (tmp_path / "png").iterdir()) == \
-        ["cat-1.png", "cat-2.png", "sheet.png"]
+    assert again.exit_code == 0 and sorted(p.name for p in (tmp_path / "png").iterdir()) == [
+        "cat-1.png",
+        "cat-2.png",
+        "sheet.png",
+    ]
     assert Image.open(tmp_path / "png" / "cat-1.png").size == (64, 64)
 
 

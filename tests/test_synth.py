@@ -1,4 +1,5 @@
 """qdkit.synth: procedural Quick-Draw-format doodles."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,5 +1,6 @@
 """The trainer: it learns, its checkpoints rebuild the model, resume is exact, TensorBoard holds the
 scalars, the NaN guard fires, a sweep writes its table, and bad input is one line with exit 2."""
+
 from __future__ import annotations
 
 import csv
@@ -23,13 +24,27 @@ from qdkit.reporter import reserve_run
 from qdkit.store import StoreWriter, open_store
 from qdkit.train import TrainConfig, Trainer, TrainingInterrupted, choose_device, evaluate, train
 
-SCALARS = {"loss/train", "loss/validation", "accuracy/train", "accuracy/validation", "learning_rate",
-           "throughput/img_per_s"}
+SCALARS = {
+    "loss/train",
+    "loss/validation",
+    "accuracy/train",
+    "accuracy/validation",
+    "learning_rate",
+    "throughput/img_per_s",
+}
 
 
 def _config(store_path: Path, root: Path, **kw) -> TrainConfig:
-    base = dict(data=str(store_path), runs_dir=str(root / "runs"), artifacts_dir=str(root / "artifacts"),
-                progress=False, device="cpu", amp=False, epochs=2, batch_size=32)
+    base = dict(
+        data=str(store_path),
+        runs_dir=str(root / "runs"),
+        artifacts_dir=str(root / "artifacts"),
+        progress=False,
+        device="cpu",
+        amp=False,
+        epochs=2,
+        batch_size=32,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -48,8 +63,19 @@ def test_two_epochs_learn_and_write_reports(trained, store_path):
     assert m["test_accuracy"] > 0.7, m  # 4 classes: chance is 0.25
     assert m["epochs"] == 2 and m["model"] == "qdnet" and m["batch_size"] == 32
     on_disk = json.loads((art / "metrics.json").read_text())
-    for key in ("test_accuracy", "best_val_accuracy", "epochs", "train_seconds", "model", "lr", "batch_size",
-                "run_name", "seed", "data", "classes"):
+    for key in (
+        "test_accuracy",
+        "best_val_accuracy",
+        "epochs",
+        "train_seconds",
+        "model",
+        "lr",
+        "batch_size",
+        "run_name",
+        "seed",
+        "data",
+        "classes",
+    ):
         assert key in on_disk, key
     assert on_disk["test_accuracy"] == pytest.approx(m["test_accuracy"])
     assert on_disk["classes"] == open_store(store_path).class_names
@@ -104,8 +130,10 @@ def test_resume_continues_exactly(store_path, tmp_path, stop_step):
     assert err.value.checkpoint == last
     saved = load_checkpoint(last)
     assert (saved["epoch"], saved["progress"]["step_in_epoch"]) == divmod(stop_step, 25)
-    resumed = train(TrainConfig(resume=str(last), runs_dir=str(tmp_path / "runs"), progress=False, device="cpu",
-                                amp=False), log=lambda s: None)
+    resumed = train(
+        TrainConfig(resume=str(last), runs_dir=str(tmp_path / "runs"), progress=False, device="cpu", amp=False),
+        log=lambda s: None,
+    )
     assert resumed["run_name"] == "cut" and resumed["epochs"] == 2
     a = load_checkpoint(tmp_path / "artifacts" / "straight" / "last.pt")
     b = load_checkpoint(last)
@@ -142,8 +170,12 @@ def _nan_from(step: int):
 
 
 def test_nan_guard_keeps_the_last_good_checkpoint(store_path, tmp_path):
-    with _nan_from(26), pytest.raises(  # epoch 2 (25 steps per epoch)
-            QdkitError, match=r"diverged.*epoch 2.*last good checkpoint is .*last.pt \(epoch 1\)"):
+    with (
+        _nan_from(26),
+        pytest.raises(  # epoch 2 (25 steps per epoch)
+            QdkitError, match=r"diverged.*epoch 2.*last good checkpoint is .*last.pt \(epoch 1\)"
+        ),
+    ):
         train(_config(store_path, tmp_path, run_name="nan", epochs=3), log=lambda s: None)
     last = load_checkpoint(tmp_path / "artifacts" / "nan" / "last.pt")
     assert last["epoch"] == 1
@@ -151,10 +183,31 @@ def test_nan_guard_keeps_the_last_good_checkpoint(store_path, tmp_path):
 
 
 def test_absurd_lr_stops_with_one_line(store_path, tmp_path):
-    result = CliRunner().invoke(main, [
-        "train", "--data", str(store_path), "--model", "seed-cnn", "--optimizer", "sgd", "--lr", "1e6",
-        "--epochs", "2", "--batch-size", "64", "--runs-dir", str(tmp_path / "r"),
-        "--artifacts-dir", str(tmp_path / "a"), "--no-progress", "--device", "cpu"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--data",
+            str(store_path),
+            "--model",
+            "seed-cnn",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "1e6",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "64",
+            "--runs-dir",
+            str(tmp_path / "r"),
+            "--artifacts-dir",
+            str(tmp_path / "a"),
+            "--no-progress",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert lines[-1].startswith("qdkit: error: training diverged") and "Traceback" not in result.output
@@ -186,8 +239,20 @@ def test_choose_device(monkeypatch):
 def test_cpu_amp_path_trains(store_path, tmp_path, monkeypatch):
     """The CPU bfloat16 autocast path (where the CPU has it) trains and checkpoints float32 weights."""
     monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: True)
-    m = train(_config(store_path, tmp_path, run_name="bf16", amp=True, epochs=1, batch_size=64,
-                      model="seed-cnn", lr=3e-3, workers=2), log=lambda s: None)
+    m = train(
+        _config(
+            store_path,
+            tmp_path,
+            run_name="bf16",
+            amp=True,
+            epochs=1,
+            batch_size=64,
+            model="seed-cnn",
+            lr=3e-3,
+            workers=2,
+        ),
+        log=lambda s: None,
+    )
     assert m["precision"] == "bfloat16 autocast" and m["test_accuracy"] > 0.4
     state = load_checkpoint(tmp_path / "artifacts" / "bf16" / "best.pt")["model_state"]
     assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
@@ -228,10 +293,31 @@ def test_sweep_writes_its_table(store_path, tmp_path):
 
 
 def test_cli_train_as_written(store_path, tmp_path):
-    result = CliRunner().invoke(main, [
-        "train", "--lr", "1e-4", "--batch-size", "64", "--data", str(store_path), "--epochs", "1",
-        "--model", "seed-cnn", "--run-name", "cli", "--runs-dir", str(tmp_path / "r"),
-        "--artifacts-dir", str(tmp_path / "a"), "--no-progress", "--device", "cpu"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--lr",
+            "1e-4",
+            "--batch-size",
+            "64",
+            "--data",
+            str(store_path),
+            "--epochs",
+            "1",
+            "--model",
+            "seed-cnn",
+            "--run-name",
+            "cli",
+            "--runs-dir",
+            str(tmp_path / "r"),
+            "--artifacts-dir",
+            str(tmp_path / "a"),
+            "--no-progress",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "run        cli" in result.output and "accuracy   test" in result.output
     m = json.loads((tmp_path / "a" / "cli" / "metrics.json").read_text())
@@ -249,8 +335,10 @@ def _one_class_store(path: Path) -> Path:
 
 BAD_INPUT = {  # case: (arguments, what the one line must say)
     "missing-store": (lambda tmp, store: ["--data", str(tmp / "nope.h5")], "no such store"),
-    "batch-too-big": (lambda tmp, store: ["--data", str(store), "--batch-size", "5000"],
-                      "larger than the 800 training drawings"),
+    "batch-too-big": (
+        lambda tmp, store: ["--data", str(store), "--batch-size", "5000"],
+        "larger than the 800 training drawings",
+    ),
     "one-class": (lambda tmp, store: ["--data", str(_one_class_store(tmp / "one.h5"))], "training needs at least two"),
     "bad-lr": (lambda tmp, store: ["--data", str(store), "--lr", "-1"], "--lr -1.0: must be a positive number"),
     "bad-seed": (lambda tmp, store: ["--data", str(store), "--seed", "-1"], "--seed -1: must be in [0, 2**63)"),
@@ -262,8 +350,18 @@ BAD_INPUT = {  # case: (arguments, what the one line must say)
 @pytest.mark.parametrize("case", sorted(BAD_INPUT))
 def test_cli_bad_input_is_one_line(store_path, tmp_path, case):
     make_args, expect = BAD_INPUT[case]
-    result = CliRunner().invoke(main, ["train", *make_args(tmp_path, store_path), "--runs-dir", str(tmp_path / "r"),
-                                       "--artifacts-dir", str(tmp_path / "a"), "--no-progress"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            *make_args(tmp_path, store_path),
+            "--runs-dir",
+            str(tmp_path / "r"),
+            "--artifacts-dir",
+            str(tmp_path / "a"),
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("qdkit: error:") and expect in lines[0], result.output
@@ -272,9 +370,27 @@ def test_cli_bad_input_is_one_line(store_path, tmp_path, case):
 
 def test_cli_ctrl_c_saves_and_prints_the_resume_command(store_path, tmp_path):
     with _interrupt_at(3):
-        result = CliRunner().invoke(main, ["train", "--data", str(store_path), "--model", "seed-cnn", "--epochs", "1",
-                                           "--run-name", "cc", "--runs-dir", str(tmp_path / "r"),
-                                           "--artifacts-dir", str(tmp_path / "a"), "--no-progress", "--device", "cpu"])
+        result = CliRunner().invoke(
+            main,
+            [
+                "train",
+                "--data",
+                str(store_path),
+                "--model",
+                "seed-cnn",
+                "--epochs",
+                "1",
+                "--run-name",
+                "cc",
+                "--runs-dir",
+                str(tmp_path / "r"),
+                "--artifacts-dir",
+                str(tmp_path / "a"),
+                "--no-progress",
+                "--device",
+                "cpu",
+            ],
+        )
     assert result.exit_code == 130, result.output
     last = tmp_path / "a" / "cc" / "last.pt"
     assert f"resume with: qdkit train --resume {last}" in result.output
@@ -284,12 +400,34 @@ def test_cli_ctrl_c_saves_and_prints_the_resume_command(store_path, tmp_path):
 def test_cli_sweep_rejects_bad_lists(store_path, tmp_path):
     result = CliRunner().invoke(main, ["sweep", "--data", str(store_path), "--lr", "1e-3,fast"])
     assert result.exit_code == 2 and "expected comma-separated float" in result.output
-    result = CliRunner().invoke(main, ["sweep", "--data", str(store_path), "--batch-size", "64,9999",
-                                       "--artifacts-dir", str(tmp_path / "a")])
+    result = CliRunner().invoke(
+        main, ["sweep", "--data", str(store_path), "--batch-size", "64,9999", "--artifacts-dir", str(tmp_path / "a")]
+    )
     assert result.exit_code == 2 and "9999: larger than the 800" in result.output
-    result = CliRunner().invoke(main, ["sweep", "--data", str(store_path), "--model", "seed-cnn", "--lr", "3e-3",
-                                       "--batch-size", "64", "--epochs", "1", "--name", "s",
-                                       "--runs-dir", str(tmp_path / "r"), "--artifacts-dir", str(tmp_path / "a"),
-                                       "--no-progress", "--device", "cpu"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "sweep",
+            "--data",
+            str(store_path),
+            "--model",
+            "seed-cnn",
+            "--lr",
+            "3e-3",
+            "--batch-size",
+            "64",
+            "--epochs",
+            "1",
+            "--name",
+            "s",
+            "--runs-dir",
+            str(tmp_path / "r"),
+            "--artifacts-dir",
+            str(tmp_path / "a"),
+            "--no-progress",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "### Learning rate 0.003" in result.output and (tmp_path / "a" / "s" / "sweep.md").is_file()

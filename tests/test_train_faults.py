@@ -1,6 +1,7 @@
 """Training and checkpoints against a careless or hostile user (issue 10): another store on resume,
 corrupted or crafted checkpoints, a full disk, a crash before the first checkpoint. Every case is
 one line naming the file, exit 2, no traceback, and nothing left behind that looks usable."""
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,18 @@ STEPS = 12  # seed-cnn, batch 64 over 800 training drawings
 
 
 def _config(store: Path, root: Path, **kw) -> TrainConfig:
-    base = dict(data=str(store), runs_dir=str(root / "runs"), artifacts_dir=str(root / "artifacts"), progress=False,
-                device="cpu", amp=False, epochs=1, batch_size=64, model="seed-cnn", lr=3e-3)
+    base = dict(
+        data=str(store),
+        runs_dir=str(root / "runs"),
+        artifacts_dir=str(root / "artifacts"),
+        progress=False,
+        device="cpu",
+        amp=False,
+        epochs=1,
+        batch_size=64,
+        model="seed-cnn",
+        lr=3e-3,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -43,8 +54,9 @@ def _cli(*args: str) -> str:
 
 
 def _resume(last: Path, tmp: Path, *extra: str) -> str:
-    return _cli("train", "--resume", str(last), "--runs-dir", str(tmp / "runs"), "--no-progress", "--device", "cpu",
-                *extra)
+    return _cli(
+        "train", "--resume", str(last), "--runs-dir", str(tmp / "runs"), "--no-progress", "--device", "cpu", *extra
+    )
 
 
 def _crafted(src: Path, dst: Path, change) -> Path:
@@ -56,6 +68,7 @@ def _crafted(src: Path, dst: Path, change) -> Path:
 
 
 # --------------------------------------------------------------------------- 1: resume with another store
+
 
 def _store_like(src: Path, dst: Path, names=None, keep=None, images=None, labels=None) -> Path:
     """A store from `src`'s splits with other class names, fewer rows per split, or changed images/labels."""
@@ -102,20 +115,36 @@ def test_resume_refuses_another_store(run, store_path, tmp_path, case):
     assert f"{other}: not the store the run being resumed" in line and expect in line, line
     # The same drawings under another path are the same store.
     same = shutil.copy(store_path, tmp_path / "same.h5")
-    result = CliRunner().invoke(main, ["train", "--resume", str(run / "last.pt"), "--data", str(same),
-                                       "--runs-dir", str(tmp_path / "runs"), "--no-progress", "--device", "cpu"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--resume",
+            str(run / "last.pt"),
+            "--data",
+            str(same),
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--no-progress",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
 
 
 # --------------------------------------------------------------------------- 2: corrupted checkpoints
+
 
 def _flip(src: Path, dst: Path, member: str, offset: int = 64) -> Path:
     """Copy `src` with one bit flipped `offset` bytes into the data of zip member `member`."""
     data = bytearray(src.read_bytes())
     with zipfile.ZipFile(src) as z:
         info = next(i for i in z.infolist() if i.filename.endswith(member))
-    name_len, extra_len = int.from_bytes(data[info.header_offset + 26:info.header_offset + 28], "little"), \
-        int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little")
+    name_len, extra_len = (
+        int.from_bytes(data[info.header_offset + 26 : info.header_offset + 28], "little"),
+        int.from_bytes(data[info.header_offset + 28 : info.header_offset + 30], "little"),
+    )
     start = info.header_offset + 30 + name_len + extra_len  # the local header: 30 bytes, name, extra
     data[start + min(offset, info.file_size - 1)] ^= 0x01
     dst.write_bytes(bytes(data))
@@ -156,12 +185,28 @@ def test_damaged_checkpoints_are_one_line(run, tmp_path, damage):
 
 # --------------------------------------------------------------------------- 6: disk full
 
+
 @pytest.mark.parametrize("size, fails", [("256k", "best.pt"), ("1m", "last.pt")])
 def test_disk_full_before_the_first_checkpoint_is_one_line_and_leaves_nothing(store_path, tmp_path, size, fails):
     with small_tmpfs(tmp_path / "disk", size) as disk:
-        line = _cli("train", "--data", str(store_path), "--model", "seed-cnn", "--epochs", "1", "--run-name", "full",
-                    "--artifacts-dir", str(disk), "--runs-dir", str(tmp_path / "runs"), "--no-progress",
-                    "--device", "cpu")
+        line = _cli(
+            "train",
+            "--data",
+            str(store_path),
+            "--model",
+            "seed-cnn",
+            "--epochs",
+            "1",
+            "--run-name",
+            "full",
+            "--artifacts-dir",
+            str(disk),
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--no-progress",
+            "--device",
+            "cpu",
+        )
         assert line == f"qdkit: error: no space left on device while writing {disk / 'full' / fails}", line
         assert list(disk.iterdir()) == []  # no run folder, no temporary file
         assert not (tmp_path / "runs" / "full").exists()
@@ -169,9 +214,24 @@ def test_disk_full_before_the_first_checkpoint_is_one_line_and_leaves_nothing(st
 
 def test_disk_full_later_keeps_the_last_good_checkpoint(store_path, tmp_path):
     with small_tmpfs(tmp_path / "disk", "3m") as disk:
-        line = _cli("train", "--data", str(store_path), "--model", "seed-cnn", "--epochs", "3", "--run-name", "full",
-                    "--artifacts-dir", str(disk), "--runs-dir", str(tmp_path / "runs"), "--no-progress",
-                    "--device", "cpu")
+        line = _cli(
+            "train",
+            "--data",
+            str(store_path),
+            "--model",
+            "seed-cnn",
+            "--epochs",
+            "3",
+            "--run-name",
+            "full",
+            "--artifacts-dir",
+            str(disk),
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--no-progress",
+            "--device",
+            "cpu",
+        )
         assert line.startswith("qdkit: error: no space left on device while writing "), line
         names = {p.name for p in (disk / "full").iterdir()}
         assert "last.pt" in names and not [n for n in names if ".tmp-" in n], names
@@ -181,13 +241,29 @@ def test_disk_full_later_keeps_the_last_good_checkpoint(store_path, tmp_path):
 def test_disk_full_under_tensorboard_is_one_line(store_path, tmp_path):
     """TensorBoard writes from its own thread: its error is still one line, no thread traceback."""
     with small_tmpfs(tmp_path / "runs", "4k") as runs:
-        line = _cli("train", "--data", str(store_path), "--model", "seed-cnn", "--epochs", "2", "--run-name", "tb",
-                    "--artifacts-dir", str(tmp_path / "a"), "--runs-dir", str(runs), "--no-progress",
-                    "--device", "cpu")
+        line = _cli(
+            "train",
+            "--data",
+            str(store_path),
+            "--model",
+            "seed-cnn",
+            "--epochs",
+            "2",
+            "--run-name",
+            "tb",
+            "--artifacts-dir",
+            str(tmp_path / "a"),
+            "--runs-dir",
+            str(runs),
+            "--no-progress",
+            "--device",
+            "cpu",
+        )
         assert line == f"qdkit: error: no space left on device while writing {runs / 'tb'}", line
 
 
 # --------------------------------------------------------------------------- 11: a crash before the first checkpoint
+
 
 @pytest.mark.parametrize("crash", ["diverged", "exception", "ctrl-c-twice"])
 def test_a_crash_before_the_first_checkpoint_releases_the_run_folder(store_path, tmp_path, crash):
@@ -207,13 +283,24 @@ def test_a_crash_before_the_first_checkpoint_releases_the_run_folder(store_path,
 
 def test_a_folder_without_a_checkpoint_is_not_offered_for_resume(store_path, tmp_path):
     (tmp_path / "artifacts" / "old").mkdir(parents=True)
-    line = _cli("train", "--data", str(store_path), "--run-name", "old", "--artifacts-dir", str(tmp_path / "artifacts"),
-                "--runs-dir", str(tmp_path / "runs"), "--no-progress")
+    line = _cli(
+        "train",
+        "--data",
+        str(store_path),
+        "--run-name",
+        "old",
+        "--artifacts-dir",
+        str(tmp_path / "artifacts"),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--no-progress",
+    )
     assert "run folder already exists" in line and "remove it (it holds no checkpoint)" in line
     assert "--resume" not in line
 
 
 # --------------------------------------------------------------------------- 12, 13: crafted checkpoints
+
 
 def _set(path: tuple, value):
     def change(ckpt):
@@ -221,6 +308,7 @@ def _set(path: tuple, value):
         for key in path[:-1]:
             target = target[key]
         target[path[-1]] = value
+
     return change
 
 
@@ -254,8 +342,10 @@ CRAFTED = {  # case: (change, what the one line must say)
     "epoch-beyond": (_set(("epoch",), 9), "epoch is 9"),
     "history-text": (_set(("history",), "x"), "history"),
     "optimizer-empty": (_set(("optimizer",), {}), "malformed optimizer state"),
-    "optimizer-buffer-shape": (lambda c: c["optimizer"]["state"][0].update({"exp_avg": torch.zeros(3)}),
-                               "malformed optimizer state (exp_avg"),
+    "optimizer-buffer-shape": (
+        lambda c: c["optimizer"]["state"][0].update({"exp_avg": torch.zeros(3)}),
+        "malformed optimizer state (exp_avg",
+    ),
     "scheduler-steps": (_set(("scheduler", "last_epoch"), 5), "malformed scheduler state"),
     "scheduler-text": (_set(("scheduler",), "x"), "malformed scheduler state"),
     "rng-text": (_set(("rng",), "x"), "malformed random-number state"),
@@ -274,6 +364,7 @@ def test_crafted_checkpoints_are_one_line(run, tmp_path, case):
 
 
 # --------------------------------------------------------------------------- 18: code in a checkpoint
+
 
 @pytest.mark.parametrize("payload", ["object", "reduce"])
 def test_a_checkpoint_holding_code_is_refused_in_qdkits_words(run, tmp_path, payload):
@@ -310,7 +401,18 @@ def test_the_format_tag_alone_is_not_a_checkpoint(tmp_path):
 def test_a_moved_run_folder_resumes_where_its_last_pt_is(run, tmp_path):
     moved = Path(shutil.copytree(run, tmp_path / "elsewhere"))
     (moved / "metrics.json").unlink()
-    result = CliRunner().invoke(main, ["train", "--resume", str(moved / "last.pt"), "--runs-dir", str(tmp_path / "r"),
-                                       "--no-progress", "--device", "cpu"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--resume",
+            str(moved / "last.pt"),
+            "--runs-dir",
+            str(tmp_path / "r"),
+            "--no-progress",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert (moved / "metrics.json").is_file() and not (tmp_path / "r" / "elsewhere").exists()

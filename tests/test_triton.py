@@ -1,5 +1,6 @@
 """qdkit export --triton: a Triton model repository whose config parses with Triton's own protobuf
 definitions (tritonclient's model_config_pb2) and matches what `qdkit serve` speaks over v2."""
+
 from __future__ import annotations
 
 import warnings
@@ -37,8 +38,10 @@ def test_export_triton_writes_a_repository_that_triton_parses(model, tmp_path):
     (pixels,) = config.input
     assert (pixels.name, pixels.data_type, list(pixels.dims)) == ("pixels", model_config_pb2.TYPE_UINT8, [1, 28, 28])
     fp32, n = model_config_pb2.TYPE_FP32, len(names)
-    assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [("logits", fp32, [n]),
-                                                                            ("probabilities", fp32, [n])]
+    assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [
+        ("logits", fp32, [n]),
+        ("probabilities", fp32, [n]),
+    ]
     assert config.output[1].label_filename == "labels.txt"
     assert config.HasField("dynamic_batching") and 0 < config.dynamic_batching.max_queue_delay_microseconds <= 2000
     assert (repo / "qdkit" / "labels.txt").read_text().splitlines() == names
@@ -63,9 +66,11 @@ def test_triton_metadata_matches_qdkit_serve_v2(model):
         meta = c.get(f"/v2/models/{config.name}").json()
     dtype = {model_config_pb2.TYPE_UINT8: "UINT8", model_config_pb2.TYPE_FP32: "FP32"}
     assert [(t["name"], t["datatype"], t["shape"][1:]) for t in meta["inputs"]] == [
-        (t.name, dtype[t.data_type], list(t.dims)) for t in config.input]
+        (t.name, dtype[t.data_type], list(t.dims)) for t in config.input
+    ]
     assert [(t["name"], t["datatype"], t["shape"][1:]) for t in meta["outputs"]] == [
-        (t.name, dtype[t.data_type], list(t.dims)) for t in config.output]
+        (t.name, dtype[t.data_type], list(t.dims)) for t in config.output
+    ]
     assert meta["parameters"]["class_names"] == names
 
 

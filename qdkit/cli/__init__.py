@@ -3,6 +3,7 @@
 Heavy imports (torch, onnxruntime, h5py) happen inside the commands, so `qdkit --help` is instant.
 The commands live by area (data, training, deploy); importing them registers them on `main`.
 """
+
 from __future__ import annotations
 
 from qdkit.cli import data, deploy, training  # noqa: F401  (registers the commands)

@@ -1,4 +1,5 @@
 """The `qdkit` group: one-line errors (exit 2), one-line warnings, Ctrl-C as exit 130, --debug."""
+
 from __future__ import annotations
 
 import click
@@ -46,8 +47,11 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="qdkit")
-@click.option("--debug", is_flag=True, envvar="QDKIT_DEBUG",
-              help="On an error, print the full traceback before the one-line message (also QDKIT_DEBUG=1).")
+@click.option(
+    "--debug",
+    is_flag=True,
+    envvar="QDKIT_DEBUG",
+    help="On an error, print the full traceback before the one-line message (also QDKIT_DEBUG=1).",
+)
 def main(debug: bool) -> None:
     """Quick, Draw! doodles: bitmaps or strokes -> HDF5 store -> CNN -> ONNX -> predictions and a live service."""
-

@@ -1,4 +1,5 @@
 """Deploy commands: export, predict, evaluate, visualize, serve."""
+
 from __future__ import annotations
 
 import click
@@ -10,38 +11,71 @@ from qdkit.errors import QdkitError
 # --- deploy: export / predict / evaluate / visualize ---------------------------------------------
 
 # Options shared by the commands that run an exported model over a store's split.
-_model_option = click.option("--model", type=click.Path(dir_okay=False), default=None,
-                             help="ONNX model [default: newest artifacts/*/model.onnx].")
-_store_option = click.option("--data", type=click.Path(), default=str(DEFAULT_STORE), show_default=True,
-                             help="HDF5 store.")
+_model_option = click.option(
+    "--model",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="ONNX model [default: newest artifacts/*/model.onnx].",
+)
+_store_option = click.option(
+    "--data", type=click.Path(), default=str(DEFAULT_STORE), show_default=True, help="HDF5 store."
+)
 _split_option = click.option("--split", default="test", show_default=True)
+
 
 def _warn_line(message: str) -> None:
     click.echo(f"qdkit: warning: {message}", err=True)
 
 
-_overwrite_option = click.option("--overwrite", is_flag=True,
-                                 help="Replace existing files qdkit did not write (its own earlier outputs are "
-                                      "always replaced).")
+_overwrite_option = click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace existing files qdkit did not write (its own earlier outputs are always replaced).",
+)
 
 
 @main.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False), required=False)
-@click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="The .onnx file to write [default: model.onnx beside the checkpoint].")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The .onnx file to write [default: model.onnx beside the checkpoint].",
+)
 @click.option("--opset", type=click.IntRange(13, 20), default=17, show_default=True, help="ONNX opset version.")
-@click.option("--int8", is_flag=True,
-              help="Also write an int8 model beside it (model.int8.onnx, or OUT's stem + .int8.onnx).")
-@click.option("--data", type=click.Path(dir_okay=False), default=None,
-              help="With --int8: the store to calibrate on (train split) and gate on (validation split) "
-                   "[default: the run's store from metrics.json, else data/quickdraw.h5].")
-@click.option("--int8-min-agreement", type=click.FloatRange(0, 1), default=None,
-              help="With --int8: least top-1 agreement with the fp32 model on held-out drawings [default: 0.98].")
-@click.option("--triton", type=click.Path(file_okay=False), default=None,
-              help="Also write a Triton model repository: TRITON/qdkit/{config.pbtxt,labels.txt,1/model.onnx}.")
+@click.option(
+    "--int8", is_flag=True, help="Also write an int8 model beside it (model.int8.onnx, or OUT's stem + .int8.onnx)."
+)
+@click.option(
+    "--data",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="With --int8: the store to calibrate on (train split) and gate on (validation split) "
+    "[default: the run's store from metrics.json, else data/quickdraw.h5].",
+)
+@click.option(
+    "--int8-min-agreement",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="With --int8: least top-1 agreement with the fp32 model on held-out drawings [default: 0.98].",
+)
+@click.option(
+    "--triton",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Also write a Triton model repository: TRITON/qdkit/{config.pbtxt,labels.txt,1/model.onnx}.",
+)
 @_overwrite_option
-def export(checkpoint: str | None, out: str | None, opset: int, int8: bool, data: str | None,
-           int8_min_agreement: float | None, triton: str | None, overwrite: bool) -> None:
+def export(
+    checkpoint: str | None,
+    out: str | None,
+    opset: int,
+    int8: bool,
+    data: str | None,
+    int8_min_agreement: float | None,
+    triton: str | None,
+    overwrite: bool,
+) -> None:
     """Export CHECKPOINT [default: newest artifacts/*/best.pt] to a self-describing ONNX model.
 
     The graph takes raw uint8 drawings (N, 1, 28, 28), 0 = background, 255 = ink, and returns
@@ -60,8 +94,16 @@ def export(checkpoint: str | None, out: str | None, opset: int, int8: bool, data
         from qdkit.triton import check_target, write_repository
 
         check_target(triton, overwrite=overwrite)  # before anything is written
-    result = export_models(checkpoint, out, opset=opset, int8=int8, data=data,
-                           int8_min_agreement=int8_min_agreement, overwrite=overwrite, warn=_warn_line)
+    result = export_models(
+        checkpoint,
+        out,
+        opset=opset,
+        int8=int8,
+        data=data,
+        int8_min_agreement=int8_min_agreement,
+        overwrite=overwrite,
+        warn=_warn_line,
+    )
     click.echo(result.summary())
     if triton:
         click.echo(write_repository(result.fp32.path, triton, overwrite=overwrite).summary())
@@ -74,18 +116,38 @@ def export(checkpoint: str | None, out: str | None, opset: int, int8: bool, data
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="Write here instead of stdout.")
-@click.option("--invert", type=click.Choice(["auto", "yes", "no"]), default="auto", show_default=True,
-              help="yes: images are dark ink on light (inverted to the drawing convention); "
-                   "no: light ink on dark; auto: decide per image.")
-@click.option("--threads", type=click.IntRange(1), default=None,
-              help="onnxruntime intra-op threads [default: one per core].")
-@click.option("--workers", type=click.IntRange(1), default=None,
-              help="Decoding processes for images and .ndjson lines [default: CPU count, at most 8].")
+@click.option(
+    "--invert",
+    type=click.Choice(["auto", "yes", "no"]),
+    default="auto",
+    show_default=True,
+    help="yes: images are dark ink on light (inverted to the drawing convention); "
+    "no: light ink on dark; auto: decide per image.",
+)
+@click.option(
+    "--threads", type=click.IntRange(1), default=None, help="onnxruntime intra-op threads [default: one per core]."
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    default=None,
+    help="Decoding processes for images and .ndjson lines [default: CPU count, at most 8].",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output file.")
 @click.pass_context
-def predict(ctx: click.Context, paths: tuple[str, ...], model: str | None, top_k: int, batch_size: int,
-            fmt: str, output: str | None, invert: str, threads: int | None, workers: int | None,
-            overwrite: bool) -> None:
+def predict(
+    ctx: click.Context,
+    paths: tuple[str, ...],
+    model: str | None,
+    top_k: int,
+    batch_size: int,
+    fmt: str,
+    output: str | None,
+    invert: str,
+    threads: int | None,
+    workers: int | None,
+    overwrite: bool,
+) -> None:
     """Top-k classes of images and drawings: files, folders (searched recursively) and glob patterns.
 
     Any image PIL reads is normalised to a 28x28 drawing (grayscale, ink polarity, cropped and fitted
@@ -101,8 +163,16 @@ def predict(ctx: click.Context, paths: tuple[str, ...], model: str | None, top_k
 
     target = output_file(output, "predictions file", overwrite=overwrite, option="--output") if output else None
     with sigterm_as_interrupt():
-        result = predict_files(paths, model, top_k=top_k, batch_size=batch_size, invert=invert, threads=threads,
-                               workers=workers, warn=_warn_line)
+        result = predict_files(
+            paths,
+            model,
+            top_k=top_k,
+            batch_size=batch_size,
+            invert=invert,
+            threads=threads,
+            workers=workers,
+            warn=_warn_line,
+        )
     text = format_predictions(result.predictions, fmt, top_k)
     n, failed = len(result.predictions), len(result.errors)
     if target:
@@ -118,24 +188,49 @@ def predict(ctx: click.Context, paths: tuple[str, ...], model: str | None, top_k
 
 @main.command()
 @_model_option
-@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
-              help="PyTorch checkpoint [default: the one the model's metadata names; its SHA-256 is verified].")
+@click.option(
+    "--checkpoint",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="PyTorch checkpoint [default: the one the model's metadata names; its SHA-256 is verified].",
+)
 @_store_option
 @_split_option
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Folder for evaluation.json and confusion_matrix.png [default: the model's folder].")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder for evaluation.json and confusion_matrix.png [default: the model's folder].",
+)
 @click.option("--batch-size", type=click.IntRange(1), default=512, show_default=True)
-@click.option("--min-agreement", type=click.FloatRange(0, 1), default=None,
-              help="Least top-1 agreement between onnxruntime and PyTorch "
-                   "[default: 1.0; 0.98 for an int8 model].")
-@click.option("--max-prob-delta", type=click.FloatRange(0), default=None,
-              help="Largest |Δprobability| allowed [default: 1e-4; for an int8 model reported, not checked].")
+@click.option(
+    "--min-agreement",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Least top-1 agreement between onnxruntime and PyTorch [default: 1.0; 0.98 for an int8 model].",
+)
+@click.option(
+    "--max-prob-delta",
+    type=click.FloatRange(0),
+    default=None,
+    help="Largest |Δprobability| allowed [default: 1e-4; for an int8 model reported, not checked].",
+)
 @click.option("--threads", type=click.IntRange(1), default=None, help="Threads for both runtimes.")
 @_overwrite_option
 @click.pass_context
-def evaluate(ctx: click.Context, model: str | None, checkpoint: str | None, data: str, split: str, out: str | None,
-             batch_size: int, min_agreement: float | None, max_prob_delta: float | None,
-             threads: int | None, overwrite: bool) -> None:
+def evaluate(
+    ctx: click.Context,
+    model: str | None,
+    checkpoint: str | None,
+    data: str,
+    split: str,
+    out: str | None,
+    batch_size: int,
+    min_agreement: float | None,
+    max_prob_delta: float | None,
+    threads: int | None,
+    overwrite: bool,
+) -> None:
     """Run a split through onnxruntime and PyTorch: accuracies, agreement, largest differences.
 
     Writes evaluation.json and confusion_matrix.png; exits 1 when the two disagree beyond the
@@ -143,8 +238,19 @@ def evaluate(ctx: click.Context, model: str | None, checkpoint: str | None, data
     """
     from qdkit.evaluate import evaluate_model
 
-    report = evaluate_model(model, checkpoint, data, split, out, batch_size=batch_size, min_agreement=min_agreement,
-                            max_prob_delta=max_prob_delta, threads=threads, warn=_warn_line, overwrite=overwrite)
+    report = evaluate_model(
+        model,
+        checkpoint,
+        data,
+        split,
+        out,
+        batch_size=batch_size,
+        min_agreement=min_agreement,
+        max_prob_delta=max_prob_delta,
+        threads=threads,
+        warn=_warn_line,
+        overwrite=overwrite,
+    )
     click.echo(report.summary())
     if not report.passed:
         ctx.exit(1)
@@ -154,8 +260,12 @@ def evaluate(ctx: click.Context, model: str | None, checkpoint: str | None, data
 @_model_option
 @_store_option
 @_split_option
-@click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="PNG to write [default: predictions.png beside the model].")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="PNG to write [default: predictions.png beside the model].",
+)
 @click.option("--count", type=click.IntRange(1, 400), default=16, show_default=True, help="Drawings to show.")
 @click.option("--top-k", type=click.IntRange(1), default=5, show_default=True, help="Bars per drawing.")
 @click.option("--columns", type=click.IntRange(1, 20), default=4, show_default=True)
@@ -163,37 +273,101 @@ def evaluate(ctx: click.Context, model: str | None, checkpoint: str | None, data
 @click.option("--mistakes", is_flag=True, help="Show only misclassified drawings.")
 @click.option("--threads", type=click.IntRange(1), default=None)
 @_overwrite_option
-def visualize(model: str | None, data: str, split: str, out: str | None, count: int, top_k: int, columns: int,
-              seed: int, mistakes: bool, threads: int | None, overwrite: bool) -> None:
+def visualize(
+    model: str | None,
+    data: str,
+    split: str,
+    out: str | None,
+    count: int,
+    top_k: int,
+    columns: int,
+    seed: int,
+    mistakes: bool,
+    threads: int | None,
+    overwrite: bool,
+) -> None:
     """A grid of drawings, each with a bar chart of its top class probabilities (mistakes in red)."""
     from qdkit.visualize import visualize as draw_grid
 
-    _, summary = draw_grid(model, data, split, out, count=count, top_k=top_k, columns=columns, seed=seed,
-                           mistakes=mistakes, threads=threads, warn=_warn_line, overwrite=overwrite)
+    _, summary = draw_grid(
+        model,
+        data,
+        split,
+        out,
+        count=count,
+        top_k=top_k,
+        columns=columns,
+        seed=seed,
+        mistakes=mistakes,
+        threads=threads,
+        warn=_warn_line,
+        overwrite=overwrite,
+    )
     click.echo(summary)
 
 
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False), required=False)
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on; 0.0.0.0 opens the service to other machines.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; 0.0.0.0 opens the service to other machines.",
+)
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0 picks a free port.")
-@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Server processes sharing the port (each with its own model session and batcher).")
-@click.option("--max-batch", type=click.IntRange(1, 4096), default=64, show_default=True,
-              help="Most drawings per onnxruntime call when concurrent requests are batched.")
-@click.option("--max-body-mb", type=click.FloatRange(0.01, 1024), default=4.0, show_default=True,
-              help="Largest request body in MiB (larger ones get 413).")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Server processes sharing the port (each with its own model session and batcher).",
+)
+@click.option(
+    "--max-batch",
+    type=click.IntRange(1, 4096),
+    default=64,
+    show_default=True,
+    help="Most drawings per onnxruntime call when concurrent requests are batched.",
+)
+@click.option(
+    "--max-body-mb",
+    type=click.FloatRange(0.01, 1024),
+    default=4.0,
+    show_default=True,
+    help="Largest request body in MiB (larger ones get 413).",
+)
 @click.option("--name", default="qdkit", show_default=True, help="The model's name in the v2 API URLs.")
-@click.option("--threads", type=click.IntRange(1), default=None,
-              help="onnxruntime intra-op threads per worker [default: CPU count / workers].")
+@click.option(
+    "--threads",
+    type=click.IntRange(1),
+    default=None,
+    help="onnxruntime intra-op threads per worker [default: CPU count / workers].",
+)
 @click.option("--open", "open_page", is_flag=True, help="Open the drawing page in the default web browser.")
-def serve(model: str | None, host: str, port: int, workers: int, max_batch: int, max_body_mb: float,
-          name: str, threads: int | None, open_page: bool) -> None:
+def serve(
+    model: str | None,
+    host: str,
+    port: int,
+    workers: int,
+    max_batch: int,
+    max_body_mb: float,
+    name: str,
+    threads: int | None,
+    open_page: bool,
+) -> None:
     """Serve MODEL [default: newest artifacts/*/model.onnx]: the drawing page at /, POST /predict,
     the Open Inference Protocol under /v2, the API docs at /docs. Ctrl-C stops it."""
     from qdkit.serve.server import serve as run_server
 
-    run_server(model, host=host, port=port, workers=workers, max_batch=max_batch,
-               max_body=int(max_body_mb * 1024 * 1024), name=name, threads=threads, open_page=open_page,
-               echo=lambda line: click.echo(line, err=True))
+    run_server(
+        model,
+        host=host,
+        port=port,
+        workers=workers,
+        max_batch=max_batch,
+        max_body=int(max_body_mb * 1024 * 1024),
+        name=name,
+        threads=threads,
+        open_page=open_page,
+        echo=lambda line: click.echo(line, err=True),
+    )

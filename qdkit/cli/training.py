@@ -1,4 +1,5 @@
 """Training commands: train, sweep."""
+
 from __future__ import annotations
 
 import click
@@ -21,60 +22,123 @@ def _run_options(sweep: bool = False):
     from qdkit.recipes import OPTIMIZERS, RECIPES, SCHEDULES, SWEEP_BATCH_SIZES, SWEEP_LRS
 
     opts = [
-        click.option("--data", type=click.Path(dir_okay=False), default=None,
-                     help="The HDF5 store (qdkit convert --h5) [default: data/quickdraw.h5]."),
-        click.option("--model", type=click.Choice(list(RECIPES)), default=None,
-                     help="qdnet (default) or seed-cnn (the original architecture, trained its original way)."),
+        click.option(
+            "--data",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="The HDF5 store (qdkit convert --h5) [default: data/quickdraw.h5].",
+        ),
+        click.option(
+            "--model",
+            type=click.Choice(list(RECIPES)),
+            default=None,
+            help="qdnet (default) or seed-cnn (the original architecture, trained its original way).",
+        ),
         click.option("--epochs", type=click.IntRange(1), default=None, help=f"[{_recipe('epochs')}]"),
-        click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None,
-                     help=f"[{_recipe('optimizer')}]"),
-        click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None,
-                     help=f"[{_recipe('dropout')}]"),
-        click.option("--weight-decay", type=click.FloatRange(0), default=None,
-                     help=f"[{_recipe('weight_decay')}]"),
-        click.option("--schedule", type=click.Choice(SCHEDULES), default=None,
-                     help=f"Learning-rate schedule, per step [{_recipe('schedule')}]."),
-        click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=None,
-                     help=f"[{_recipe('label_smoothing')}]"),
-        click.option("--augment/--no-augment", default=None,
-                     help=f"Random affine (rotate, scale, shift, flip) on training batches [{_recipe('augment')}]."),
+        click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None, help=f"[{_recipe('optimizer')}]"),
+        click.option(
+            "--dropout", type=click.FloatRange(0, 1, max_open=True), default=None, help=f"[{_recipe('dropout')}]"
+        ),
+        click.option("--weight-decay", type=click.FloatRange(0), default=None, help=f"[{_recipe('weight_decay')}]"),
+        click.option(
+            "--schedule",
+            type=click.Choice(SCHEDULES),
+            default=None,
+            help=f"Learning-rate schedule, per step [{_recipe('schedule')}].",
+        ),
+        click.option(
+            "--label-smoothing",
+            type=click.FloatRange(0, 1, max_open=True),
+            default=None,
+            help=f"[{_recipe('label_smoothing')}]",
+        ),
+        click.option(
+            "--augment/--no-augment",
+            default=None,
+            help=f"Random affine (rotate, scale, shift, flip) on training batches [{_recipe('augment')}].",
+        ),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
-        click.option("--amp/--no-amp", default=True, show_default=True,
-                     help="Mixed precision: bfloat16/float16 autocast on CUDA; bfloat16 on CPUs with native "
-                          "bfloat16 (AVX512-BF16/AMX), float32 elsewhere."),
-        click.option("--workers", type=click.IntRange(0), default=0, show_default=True,
-                     help="0 = read batches in-process (memory-mapped, ~0.1 ms each); N = one background "
-                          "thread reading N batches ahead."),
+        click.option(
+            "--amp/--no-amp",
+            default=True,
+            show_default=True,
+            help="Mixed precision: bfloat16/float16 autocast on CUDA; bfloat16 on CPUs with native "
+            "bfloat16 (AVX512-BF16/AMX), float32 elsewhere.",
+        ),
+        click.option(
+            "--workers",
+            type=click.IntRange(0),
+            default=0,
+            show_default=True,
+            help="0 = read batches in-process (memory-mapped, ~0.1 ms each); N = one background "
+            "thread reading N batches ahead.",
+        ),
         click.option("--seed", type=int, default=None, help="Model init, shuffling, augmentation [default: 0]."),
-        click.option("--patience", type=click.IntRange(0), default=None,
-                     help="Stop after N epochs without a better validation accuracy [default: off]."),
-        click.option("--runs-dir", type=click.Path(file_okay=False), default=None,
-                     help="TensorBoard logs go to RUNS_DIR/<run-name>/ [default: runs; on --resume the run's]."),
-        click.option("--artifacts-dir", type=click.Path(file_okay=False), default="artifacts", show_default=True,
-                     help="Checkpoints and reports go to ARTIFACTS_DIR/<run-name>/."),
-        click.option("--progress/--no-progress", default=True, show_default=True,
-                     help="A progress bar per epoch on stderr."),
+        click.option(
+            "--patience",
+            type=click.IntRange(0),
+            default=None,
+            help="Stop after N epochs without a better validation accuracy [default: off].",
+        ),
+        click.option(
+            "--runs-dir",
+            type=click.Path(file_okay=False),
+            default=None,
+            help="TensorBoard logs go to RUNS_DIR/<run-name>/ [default: runs; on --resume the run's].",
+        ),
+        click.option(
+            "--artifacts-dir",
+            type=click.Path(file_okay=False),
+            default="artifacts",
+            show_default=True,
+            help="Checkpoints and reports go to ARTIFACTS_DIR/<run-name>/.",
+        ),
+        click.option(
+            "--progress/--no-progress", default=True, show_default=True, help="A progress bar per epoch on stderr."
+        ),
     ]
     if sweep:
         opts[:0] = [
-            click.option("--lr", "lrs", default=",".join(f"{lr:g}" for lr in SWEEP_LRS), show_default=True,
-                         help="Comma-separated learning rates (one table each)."),
-            click.option("--batch-size", "batch_sizes", default=",".join(map(str, SWEEP_BATCH_SIZES)),
-                         show_default=True,
-                         help="Comma-separated batch sizes (the columns)."),
-            click.option("--name", default=None,
-                         help="Sweep folder name [default: <time>-sweep-<model>]; reuse it to continue a sweep."),
+            click.option(
+                "--lr",
+                "lrs",
+                default=",".join(f"{lr:g}" for lr in SWEEP_LRS),
+                show_default=True,
+                help="Comma-separated learning rates (one table each).",
+            ),
+            click.option(
+                "--batch-size",
+                "batch_sizes",
+                default=",".join(map(str, SWEEP_BATCH_SIZES)),
+                show_default=True,
+                help="Comma-separated batch sizes (the columns).",
+            ),
+            click.option(
+                "--name",
+                default=None,
+                help="Sweep folder name [default: <time>-sweep-<model>]; reuse it to continue a sweep.",
+            ),
         ]
     else:
         opts[:0] = [
             click.option("--lr", type=float, default=None, help=f"Peak learning rate [{_recipe('lr')}]."),
-            click.option("--batch-size", type=click.IntRange(1), default=None,
-                         help="Global batch size: with several processes each trains on its share "
-                              f"[{_recipe('batch_size')}]."),
-            click.option("--run-name", default=None,
-                         help="[default: <YYYYmmdd-HHMMSS>-<model>-lr<lr>-bs<batch>]; never overwrites a run."),
-            click.option("--resume", type=click.Path(dir_okay=False), default=None,
-                         help="Continue a run exactly from its last.pt (its settings are kept)."),
+            click.option(
+                "--batch-size",
+                type=click.IntRange(1),
+                default=None,
+                help=f"Global batch size: with several processes each trains on its share [{_recipe('batch_size')}].",
+            ),
+            click.option(
+                "--run-name",
+                default=None,
+                help="[default: <YYYYmmdd-HHMMSS>-<model>-lr<lr>-bs<batch>]; never overwrites a run.",
+            ),
+            click.option(
+                "--resume",
+                type=click.Path(dir_okay=False),
+                default=None,
+                help="Continue a run exactly from its last.pt (its settings are kept).",
+            ),
         ]
 
     def decorate(f):
@@ -117,9 +181,13 @@ def _given_options(ctx: click.Context, skip: set[str]) -> list[str]:
 
 @main.command()
 @_run_options()
-@click.option("--nproc", type=click.IntRange(1), default=None,
-              help="Train in N processes on this machine with DistributedDataParallel (starts torchrun): one "
-                   "per GPU on CUDA, or N CPU processes sharing the cores. --batch-size stays the global batch.")
+@click.option(
+    "--nproc",
+    type=click.IntRange(1),
+    default=None,
+    help="Train in N processes on this machine with DistributedDataParallel (starts torchrun): one "
+    "per GPU on CUDA, or N CPU processes sharing the cores. --batch-size stays the global batch.",
+)
 @click.pass_context
 def train(ctx: click.Context, nproc: int | None, **options) -> None:
     """Train a model on the HDF5 store: TensorBoard in runs/<run>/, checkpoints in artifacts/<run>/.
@@ -165,8 +233,9 @@ def train(ctx: click.Context, nproc: int | None, **options) -> None:
         raise
     except KeyboardInterrupt as e:
         if rank == 0:
-            click.echo("qdkit: interrupted outside the training loop (or Ctrl-C twice); nothing more was saved",
-                       err=True)
+            click.echo(
+                "qdkit: interrupted outside the training loop (or Ctrl-C twice); nothing more was saved", err=True
+            )
         ctx.exit(exit_code(e))
     if rank == 0:
         click.echo(summary(metrics))

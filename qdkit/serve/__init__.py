@@ -3,6 +3,7 @@
 `create_app(model)` is the ASGI app (FastAPI) for any ASGI server; `serve(model, ...)` runs it
 under uvicorn. Imported lazily, so `import qdkit.serve` costs nothing until one is used.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -5,6 +5,7 @@ through qdkit.strokes (simplified, then rendered as the dataset's bitmaps were),
 what it was trained on; concurrent requests are batched into one onnxruntime call
 (qdkit.serve.batcher), computed in a worker thread while the event loop serves.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,8 +41,8 @@ from qdkit.serve.inputs import (
 from qdkit.strokes import MAX_POINTS, MAX_STROKES, Drawing, rasterize_many
 from qdkit.v2api import DEFAULT_NAME, MAX_BATCH, check_name
 
-DEFAULT_MAX_BODY = 4 * 1024 * 1024   # bytes of one request body (--max-body-mb)
-DEFAULT_MAX_WAIT = 0.001              # seconds a batch may wait for more requests
+DEFAULT_MAX_BODY = 4 * 1024 * 1024  # bytes of one request body (--max-body-mb)
+DEFAULT_MAX_WAIT = 0.001  # seconds a batch may wait for more requests
 STATIC = Path(str(resources.files("qdkit.serve") / "static"))
 JSON_TYPES = ("", "application/json", "text/plain", "application/x-www-form-urlencoded")  # curl -d sends the last
 
@@ -67,29 +68,51 @@ class Service:
 
     def facts(self) -> dict[str, Any]:
         meta = self.predictor.metadata
-        return {"name": self.name, "classes": self.predictor.class_names, "model_name": meta.get("model_name"),
-                "run_name": meta.get("run_name"), "epoch": meta.get("epoch"),
-                "val_accuracy": meta.get("val_accuracy"), "test_accuracy": meta.get("test_accuracy"),
-                "exported_at": meta.get("exported_at"), "quantized": is_quantized(meta),
-                "file": self.predictor.path.name, "qdkit_version": __version__,
-                "limits": {"max_strokes": MAX_STROKES, "max_points": MAX_POINTS, "max_drawings": MAX_DRAWINGS,
-                           "max_image_pixels": MAX_IMAGE_PIXELS, "max_body_bytes": self.max_body,
-                           "max_batch": self.batcher.max_batch}}
+        return {
+            "name": self.name,
+            "classes": self.predictor.class_names,
+            "model_name": meta.get("model_name"),
+            "run_name": meta.get("run_name"),
+            "epoch": meta.get("epoch"),
+            "val_accuracy": meta.get("val_accuracy"),
+            "test_accuracy": meta.get("test_accuracy"),
+            "exported_at": meta.get("exported_at"),
+            "quantized": is_quantized(meta),
+            "file": self.predictor.path.name,
+            "qdkit_version": __version__,
+            "limits": {
+                "max_strokes": MAX_STROKES,
+                "max_points": MAX_POINTS,
+                "max_drawings": MAX_DRAWINGS,
+                "max_image_pixels": MAX_IMAGE_PIXELS,
+                "max_body_bytes": self.max_body,
+                "max_batch": self.batcher.max_batch,
+            },
+        }
 
     def predictions(self, bitmaps: np.ndarray, probs: np.ndarray, top_k: int, bitmap: bool) -> list[dict[str, Any]]:
         out = []
         for i, p in enumerate(self.predictor.top_k(probs, top_k)):
-            one: dict[str, Any] = {"top": [{"class": c, "probability": round(q, 6)}
-                                           for c, q in zip(p.labels, p.probabilities, strict=True)]}
+            one: dict[str, Any] = {
+                "top": [
+                    {"class": c, "probability": round(q, 6)} for c, q in zip(p.labels, p.probabilities, strict=True)
+                ]
+            }
             if bitmap:
                 one["bitmap"] = bitmaps[i].tolist()
             out.append(one)
         return out
 
 
-def create_app(model: str | os.PathLike | Predictor | None = None, *, name: str = DEFAULT_NAME,
-               max_batch: int = MAX_BATCH, max_wait: float = DEFAULT_MAX_WAIT, max_body: int = DEFAULT_MAX_BODY,
-               threads: int | None = None) -> FastAPI:
+def create_app(
+    model: str | os.PathLike | Predictor | None = None,
+    *,
+    name: str = DEFAULT_NAME,
+    max_batch: int = MAX_BATCH,
+    max_wait: float = DEFAULT_MAX_WAIT,
+    max_body: int = DEFAULT_MAX_BODY,
+    threads: int | None = None,
+) -> FastAPI:
     """The service over `model` (a qdkit ONNX file [default: the newest exported one] or a Predictor).
 
     name: the model's name in the v2 URLs; max_batch: most drawings per onnxruntime call; max_wait:
@@ -101,8 +124,10 @@ def create_app(model: str | os.PathLike | Predictor | None = None, *, name: str 
     else:
         predictor = Predictor(model, threads=threads, spin=False, warn=lambda message: None)
     if not predictor.is_qdkit:
-        raise QdkitError(f"{predictor.path}: no qdkit metadata (not made by `qdkit export`); qdkit serve "
-                         "needs a model that knows its classes and pixel convention")
+        raise QdkitError(
+            f"{predictor.path}: no qdkit metadata (not made by `qdkit export`); qdkit serve "
+            "needs a model that knows its classes and pixel convention"
+        )
     service = Service(predictor, name, max_batch, max_wait, max_body)
     batcher = service.batcher
 
@@ -112,9 +137,13 @@ def create_app(model: str | os.PathLike | Predictor | None = None, *, name: str 
         yield
         await batcher.close()
 
-    app = FastAPI(title="qdkit serve", version=__version__, lifespan=lifespan,
-                  description="Quick, Draw! doodles -> the classes a qdkit model sees in them. "
-                              "POST /predict takes strokes or an image; /v2 is the Open Inference Protocol.")
+    app = FastAPI(
+        title="qdkit serve",
+        version=__version__,
+        lifespan=lifespan,
+        description="Quick, Draw! doodles -> the classes a qdkit model sees in them. "
+        "POST /predict takes strokes or an image; /v2 is the Open Inference Protocol.",
+    )
     app.state.service = service
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit=service.max_body)
@@ -130,10 +159,17 @@ def create_app(model: str | os.PathLike | Predictor | None = None, *, name: str 
 
     # The query is read by hand (documented in schemas.PREDICT_QUERY): FastAPI's per-request parameter
     # machinery cost ~10% of a small request's time here.
-    @app.post("/predict", summary="Top classes of drawings (strokes) or of an uploaded image",
-              openapi_extra=schemas.PREDICT_BODY | schemas.PREDICT_QUERY,
-              responses={200: {"model": schemas.PredictResponse, "description": "one drawing or image: `top` "
-                                    "(and `bitmap`); a batch: `predictions`, one per drawing"}})
+    @app.post(
+        "/predict",
+        summary="Top classes of drawings (strokes) or of an uploaded image",
+        openapi_extra=schemas.PREDICT_BODY | schemas.PREDICT_QUERY,
+        responses={
+            200: {
+                "model": schemas.PredictResponse,
+                "description": "one drawing or image: `top` (and `bitmap`); a batch: `predictions`, one per drawing",
+            }
+        },
+    )
     async def predict(request: Request) -> Response:
         top_k, bitmap, invert = predict_query(request.query_params)
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -145,8 +181,11 @@ def create_app(model: str | os.PathLike | Predictor | None = None, *, name: str 
         elif ctype.startswith("image/") or ctype == "application/octet-stream":
             items, single = [await run_in_threadpool(image_to_bitmap, await request.body(), invert)], True
         else:
-            raise ApiError(415, f"Content-Type: {ctype} is not accepted (send application/json strokes, "
-                                "or an image as image/png, image/jpeg or multipart/form-data field 'image')")
+            raise ApiError(
+                415,
+                f"Content-Type: {ctype} is not accepted (send application/json strokes, "
+                "or an image as image/png, image/jpeg or multipart/form-data field 'image')",
+            )
         bitmaps, _, probs = await batcher.submit(list(items))
         out = service.predictions(bitmaps, probs, top_k, bitmap)
         return json_response(out[0] if single else {"predictions": out})

@@ -7,6 +7,7 @@ during a batch form the next one by themselves. Before a batch starts, the loop 
 `max_wait` seconds for as many requests as were in flight around the last batch, and no longer
 than until they are there; a lone client's request goes straight through.
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -1,5 +1,6 @@
 """Every bad request becomes a 4xx with one JSON line `{"error": "<field>: <what is wrong>"}`: never a
 500 with a traceback, and the server keeps serving."""
+
 from __future__ import annotations
 
 import json

@@ -6,6 +6,7 @@ they are, giving the official bitmap byte for byte; otherwise they are raw strok
 range and go through the published simplification first). Images: PNG, JPEG, GIF, BMP or WebP,
 normalised like `qdkit predict` (qdkit.images).
 """
+
 from __future__ import annotations
 
 import io
@@ -20,8 +21,8 @@ from qdkit.errors import first_line
 from qdkit.serve.errors import ApiError
 from qdkit.strokes import Drawing, StrokeError, parse_drawing
 
-MAX_DRAWINGS = 1024               # drawings in one request ({"drawings": [...]} or a v2 batch)
-MAX_IMAGE_PIXELS = 4096 * 4096    # an upload decoding to more pixels is refused before it is decoded
+MAX_DRAWINGS = 1024  # drawings in one request ({"drawings": [...]} or a v2 batch)
+MAX_IMAGE_PIXELS = 4096 * 4096  # an upload decoding to more pixels is refused before it is decoded
 IMAGE_FORMATS = ["PNG", "JPEG", "GIF", "BMP", "WEBP"]
 PREDICT_KEYS = ("drawing", "drawings", "simplified")
 
@@ -98,8 +99,15 @@ def _drawing(strokes: Any, field: str, simplified: bool) -> Drawing:
 
 
 def _kind(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
-            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        type(None): "null",
+        int: "a number",
+        float: "a number",
+    }.get(type(value), type(value).__name__)
 
 
 def image_to_bitmap(data: bytes, invert: str = "auto") -> np.ndarray:
@@ -117,8 +125,11 @@ def image_to_bitmap(data: bytes, invert: str = "auto") -> np.ndarray:
             with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
                 width, height = im.size  # from the header: checked before any pixel is decoded
                 if width * height > MAX_IMAGE_PIXELS:
-                    raise ApiError(413, f"image: {width}x{height} pixels is over the limit of "
-                                        f"{MAX_IMAGE_PIXELS:,} (a decompression-bomb guard)")
+                    raise ApiError(
+                        413,
+                        f"image: {width}x{height} pixels is over the limit of "
+                        f"{MAX_IMAGE_PIXELS:,} (a decompression-bomb guard)",
+                    )
                 return image_to_drawing(ImageOps.exif_transpose(im), invert)
     except ApiError:
         raise

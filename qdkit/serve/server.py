@@ -4,6 +4,7 @@ The socket is bound here first, so a taken port or a bad host is one line (Qdkit
 printed URL carries the real port (port 0 picks a free one). Ctrl-C / SIGTERM: uvicorn finishes the
 requests in flight and stops.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,13 +51,24 @@ def _default_model() -> Path:
     try:
         return default_model_path()
     except QdkitError:
-        raise QdkitError("no exported model found in artifacts/; run `qdkit export`, or name one: "
-                         "qdkit serve path/to/model.onnx") from None
+        raise QdkitError(
+            "no exported model found in artifacts/; run `qdkit export`, or name one: qdkit serve path/to/model.onnx"
+        ) from None
 
 
-def serve(model: str | os.PathLike | None = None, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-          max_batch: int = 64, max_body: int | None = None, name: str | None = None, threads: int | None = None,
-          open_page: bool = False, echo: Callable[[str], None] = print) -> None:
+def serve(
+    model: str | os.PathLike | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    max_batch: int = 64,
+    max_body: int | None = None,
+    name: str | None = None,
+    threads: int | None = None,
+    open_page: bool = False,
+    echo: Callable[[str], None] = print,
+) -> None:
     """Serve `model` [default: the newest exported one] until Ctrl-C / SIGTERM; `open_page` opens the
     page in the default browser (the socket already listens, so the browser's request waits for the server)."""
     import uvicorn
@@ -67,21 +79,30 @@ def serve(model: str | os.PathLike | None = None, *, host: str = "127.0.0.1", po
 
     path = Path(model) if model is not None else _default_model()
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
-    settings: dict[str, Any] = {"name": name or DEFAULT_NAME, "max_batch": max_batch,
-                                "max_body": max_body or DEFAULT_MAX_BODY, "threads": threads}
+    settings: dict[str, Any] = {
+        "name": name or DEFAULT_NAME,
+        "max_batch": max_batch,
+        "max_body": max_body or DEFAULT_MAX_BODY,
+        "threads": threads,
+    }
     app = create_app(Predictor(path, threads=threads, spin=False, warn=lambda message: None), **settings)
     facts = app.state.service.facts()
     sock = bind(host, port)
-    common: dict[str, Any] = {"log_level": "warning", "access_log": False,
-                              "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S}
+    common: dict[str, Any] = {
+        "log_level": "warning",
+        "access_log": False,
+        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
+    }
     url = url_of(sock, host)
     if open_page:
         import webbrowser
 
         threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
-    line = (f"qdkit serve: {url} (model {path}, {len(facts['classes'])} classes, "
-            f"{workers} worker{'s' if workers > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}, "
-            f"max batch {max_batch}; API at /docs, Ctrl-C stops)")
+    line = (
+        f"qdkit serve: {url} (model {path}, {len(facts['classes'])} classes, "
+        f"{workers} worker{'s' if workers > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}, "
+        f"max batch {max_batch}; API at /docs, Ctrl-C stops)"
+    )
     try:
         with sigterm_as_interrupt():  # uvicorn re-raises the signal it stopped on: exit like Ctrl-C
             if workers == 1:
@@ -93,8 +114,7 @@ def serve(model: str | os.PathLike | None = None, *, host: str = "127.0.0.1", po
 
                 del app  # each worker process builds its own from the environment
                 os.environ["QDKIT_SERVE"] = json.dumps({"model": os.fspath(path.resolve()), **settings})
-                config = uvicorn.Config("qdkit.serve.app:app_from_environment", factory=True, workers=workers,
-                                        **common)
+                config = uvicorn.Config("qdkit.serve.app:app_from_environment", factory=True, workers=workers, **common)
                 echo(line)
                 Multiprocess(config, sockets=[sock]).run()
     except KeyboardInterrupt:

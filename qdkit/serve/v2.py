@@ -9,6 +9,7 @@
 The same names, shapes and datatypes as the Triton repository `qdkit export --triton` writes, so a
 client of one talks to the other. JSON tensors only (not the binary tensor extension).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
     from qdkit.serve.app import Service
 
 
-
 def parse_infer(body: Any) -> tuple[np.ndarray, list[str], str | None]:
     """(pixels (N, 28, 28) uint8, requested output names, request id) of a v2 infer request."""
     if not isinstance(body, dict):
@@ -46,13 +46,24 @@ def parse_infer(body: Any) -> tuple[np.ndarray, list[str], str | None]:
     if tensor.get("datatype") != INPUT_DATATYPE:
         raise ApiError(400, f"inputs[0].datatype: {tensor.get('datatype')!r}; '{INPUT_NAME}' is {INPUT_DATATYPE}")
     if isinstance(tensor.get("parameters"), dict) and "binary_data_size" in tensor["parameters"]:
-        raise ApiError(400, "inputs[0].parameters.binary_data_size: the binary tensor extension is not "
-                            "supported; send 'data' as a JSON list")
+        raise ApiError(
+            400,
+            "inputs[0].parameters.binary_data_size: the binary tensor extension is not "
+            "supported; send 'data' as a JSON list",
+        )
     shape = tensor.get("shape")
-    if (not isinstance(shape, list) or len(shape) != 4 or not all(type(d) is int for d in shape)
-            or shape[1:] != INPUT_DIMS or not 1 <= shape[0] <= MAX_DRAWINGS):
-        raise ApiError(400, f"inputs[0].shape: {shape!r}; '{INPUT_NAME}' takes [N, {', '.join(map(str, INPUT_DIMS))}] "
-                            f"with 1 <= N <= {MAX_DRAWINGS}")
+    if (
+        not isinstance(shape, list)
+        or len(shape) != 4
+        or not all(type(d) is int for d in shape)
+        or shape[1:] != INPUT_DIMS
+        or not 1 <= shape[0] <= MAX_DRAWINGS
+    ):
+        raise ApiError(
+            400,
+            f"inputs[0].shape: {shape!r}; '{INPUT_NAME}' takes [N, {', '.join(map(str, INPUT_DIMS))}] "
+            f"with 1 <= N <= {MAX_DRAWINGS}",
+        )
     data = tensor.get("data")
     if not isinstance(data, list):
         raise ApiError(400, "inputs[0].data: a list of numbers expected (flat or nested, row-major)")
@@ -73,12 +84,11 @@ def parse_infer(body: Any) -> tuple[np.ndarray, list[str], str | None]:
         names = list(OUTPUTS)
     else:
         if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
-            raise ApiError(400, "outputs: a list of {\"name\": ...} objects expected")
+            raise ApiError(400, 'outputs: a list of {"name": ...} objects expected')
         names = [o.get("name") for o in outputs]
         for i, n in enumerate(names):
             if n not in OUTPUTS:
-                raise ApiError(400, f"outputs[{i}].name: {n!r} is not an output of this model "
-                                    f"({', '.join(OUTPUTS)})")
+                raise ApiError(400, f"outputs[{i}].name: {n!r} is not an output of this model ({', '.join(OUTPUTS)})")
     return values.astype(np.uint8).reshape(-1, SIDE, SIDE), names, request_id
 
 
@@ -93,10 +103,14 @@ def v2_router(service: Service) -> APIRouter:
             raise ApiError(404, f"model {name!r} version {version!r}: not found (this server has version {VERSION})")
 
     def model_metadata() -> dict[str, Any]:
-        return {"name": service.name, "versions": [VERSION], "platform": "onnxruntime_onnx",
-                "inputs": [{"name": INPUT_NAME, "datatype": INPUT_DATATYPE, "shape": [-1, *INPUT_DIMS]}],
-                "outputs": [{"name": n, "datatype": OUTPUT_DATATYPE, "shape": [-1, classes]} for n in OUTPUTS],
-                "parameters": {"class_names": service.predictor.class_names}}
+        return {
+            "name": service.name,
+            "versions": [VERSION],
+            "platform": "onnxruntime_onnx",
+            "inputs": [{"name": INPUT_NAME, "datatype": INPUT_DATATYPE, "shape": [-1, *INPUT_DIMS]}],
+            "outputs": [{"name": n, "datatype": OUTPUT_DATATYPE, "shape": [-1, classes]} for n in OUTPUTS],
+            "parameters": {"class_names": service.predictor.class_names},
+        }
 
     @router.get("", summary="Server metadata")
     async def server_metadata() -> Response:
@@ -123,21 +137,25 @@ def v2_router(service: Service) -> APIRouter:
         return json_response({"name": service.name, "ready": True})
 
     @router.post("/models/{name}/infer", summary="Inference on uint8 pixels", openapi_extra=schemas.INFER_BODY)
-    @router.post("/models/{name}/versions/{version}/infer", summary="Inference on one version",
-                 openapi_extra=schemas.INFER_BODY)
+    @router.post(
+        "/models/{name}/versions/{version}/infer", summary="Inference on one version", openapi_extra=schemas.INFER_BODY
+    )
     async def infer(name: str, request: Request, version: str | None = None) -> Response:
         check_model(name, version)
         if request.headers.get("inference-header-content-length") is not None:
-            raise ApiError(400, "Inference-Header-Content-Length: the binary tensor extension is not supported; "
-                                "send JSON tensors")
+            raise ApiError(
+                400, "Inference-Header-Content-Length: the binary tensor extension is not supported; send JSON tensors"
+            )
         pixels, names, request_id = parse_infer(parse_json(await request.body()))
         _, logits, probs = await service.batcher.submit(list(pixels))
         arrays = {"logits": logits, "probabilities": probs}
         out: dict[str, Any] = {"model_name": service.name, "model_version": VERSION}
         if request_id is not None:
             out["id"] = request_id
-        out["outputs"] = [{"name": n, "datatype": OUTPUT_DATATYPE, "shape": list(arrays[n].shape),
-                           "data": arrays[n].ravel().tolist()} for n in names]
+        out["outputs"] = [
+            {"name": n, "datatype": OUTPUT_DATATYPE, "shape": list(arrays[n].shape), "data": arrays[n].ravel().tolist()}
+            for n in names
+        ]
         return json_response(out)
 
     return router

@@ -13,6 +13,7 @@ simplified strokes, scale 28 / (256 + 2·16 + 16) then translate by half the tot
 drawing centred by (256 − max x, 256 − max y) / 2; each stroke stroked on its own, starting with
 move_to(p0), line_to(p0) — the zero-length first segment gives a one-point stroke its round dot.
 """
+
 from __future__ import annotations
 
 from qdkit.constants import SIDE
@@ -31,7 +32,21 @@ from qdkit.strokes.rasterize import rasterize, rasterize_many, to_bitmap
 from qdkit.strokes.simplify import EPSILON, simplify
 
 __all__ = [
-    "EPSILON", "MAX_POINTS", "MAX_RAW_COORD", "MAX_STROKES", "SIDE", "Drawing", "StrokeError", "binary_record_end",
-    "pack_binary", "parse_drawing", "parse_ndjson_line", "parse_strokes", "rasterize", "rasterize_many", "read_binary",
-    "simplify", "to_bitmap",
+    "EPSILON",
+    "MAX_POINTS",
+    "MAX_RAW_COORD",
+    "MAX_STROKES",
+    "SIDE",
+    "Drawing",
+    "StrokeError",
+    "binary_record_end",
+    "pack_binary",
+    "parse_drawing",
+    "parse_ndjson_line",
+    "parse_strokes",
+    "rasterize",
+    "rasterize_many",
+    "read_binary",
+    "simplify",
+    "to_bitmap",
 ]

@@ -1,6 +1,7 @@
 """The binary record format of the dataset (quickdraw-dataset README: "The binary data format"):
 key_id uint64, country code 2 bytes, recognized uint8, timestamp uint32, stroke count uint16, then
 per stroke its point count uint16 and the x and y uint8 arrays."""
+
 from __future__ import annotations
 
 import mmap
@@ -42,9 +43,15 @@ def read_binary(buf: bytes | memoryview | mmap.mmap, offset: int = 0) -> tuple[D
         countrycode = bytes(country).decode("ascii").rstrip("\x00")
     except UnicodeDecodeError as err:
         raise StrokeError("country code is not ASCII") from err
-    drawing = Drawing(np.concatenate(strokes, axis=1).astype(np.float64), tuple(lengths), True,
-                      key_id=str(key_id), countrycode=countrycode, recognized=bool(recognized),
-                      timestamp=str(timestamp))
+    drawing = Drawing(
+        np.concatenate(strokes, axis=1).astype(np.float64),
+        tuple(lengths),
+        True,
+        key_id=str(key_id),
+        countrycode=countrycode,
+        recognized=bool(recognized),
+        timestamp=str(timestamp),
+    )
     return drawing, pos
 
 
@@ -70,10 +77,17 @@ def pack_binary(drawing: Drawing) -> bytes:
     if not drawing.simplified:
         raise StrokeError("the binary format holds simplified strokes only")
     country = (drawing.countrycode or "").encode("ascii")[:2].ljust(2, b"\x00")
-    parts = [_RECORD_HEAD.pack(int(drawing.key_id or 0), country, int(bool(drawing.recognized)),
-                               int(float(drawing.timestamp)) if drawing.timestamp and
-                               drawing.timestamp.replace(".", "", 1).isdigit() else 0,
-                               len(drawing.lengths))]
+    parts = [
+        _RECORD_HEAD.pack(
+            int(drawing.key_id or 0),
+            country,
+            int(bool(drawing.recognized)),
+            int(float(drawing.timestamp))
+            if drawing.timestamp and drawing.timestamp.replace(".", "", 1).isdigit()
+            else 0,
+            len(drawing.lengths),
+        )
+    ]
     for s in drawing.strokes:
         parts.append(struct.pack("<H", s.shape[1]))
         parts.append(np.round(s).astype(np.uint8).tobytes())

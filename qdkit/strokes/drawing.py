@@ -1,5 +1,6 @@
 """The `Drawing` type and the validated parsing of Quick Draw strokes: `[[xs, ys], ...]` (simplified)
 or `[[xs, ys, ts], ...]` (raw), alone or inside an ndjson object with its metadata."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -11,9 +12,9 @@ import orjson
 
 from qdkit.errors import QdkitError
 
-MAX_STROKES = 1_000       # caps on one drawing: a 20-second game drawing has a few dozen strokes
-MAX_POINTS = 100_000      # and a few thousand raw points
-MAX_RAW_COORD = 1e7       # raw coordinates beyond this are not a drawing
+MAX_STROKES = 1_000  # caps on one drawing: a 20-second game drawing has a few dozen strokes
+MAX_POINTS = 100_000  # and a few thousand raw points
+MAX_RAW_COORD = 1e7  # raw coordinates beyond this are not a drawing
 
 
 class StrokeError(QdkitError):
@@ -24,9 +25,9 @@ class StrokeError(QdkitError):
 class Drawing:
     """One drawing: all points in one (2, P) float64 array, split into strokes by `lengths`."""
 
-    xy: np.ndarray                   # float64 (2, P): xs, ys of every stroke, one after another
-    lengths: tuple[int, ...]         # points per stroke, each ≥ 1
-    simplified: bool                 # True: already the dataset's simplified 0..255 strokes
+    xy: np.ndarray  # float64 (2, P): xs, ys of every stroke, one after another
+    lengths: tuple[int, ...]  # points per stroke, each ≥ 1
+    simplified: bool  # True: already the dataset's simplified 0..255 strokes
     word: str | None = None
     key_id: str | None = None
     countrycode: str | None = None
@@ -51,7 +52,6 @@ class Drawing:
         """The stroke list as JSON lists (ints where the coordinates are whole)."""
         xy = self.xy.astype(np.int64) if np.all(self.xy == np.round(self.xy)) else self.xy
         return [[s[0].tolist(), s[1].tolist()] for s in np.split(xy, np.cumsum(self.lengths[:-1]), axis=1)]
-
 
 
 _NUMBER_TYPES = {int, float}
@@ -105,8 +105,7 @@ def parse_strokes(strokes: Any, *, simplified: bool | None = None) -> tuple[np.n
         if len(xs_all) > MAX_POINTS:
             raise StrokeError(f"drawing has more than {MAX_POINTS} points")
     if not set(map(type, xs_all)) <= _NUMBER_TYPES or not set(map(type, ys_all)) <= _NUMBER_TYPES:
-        bad = next(i for i, s in enumerate(strokes)
-                   if not set(map(type, list(s[0]) + list(s[1]))) <= _NUMBER_TYPES)
+        bad = next(i for i, s in enumerate(strokes) if not set(map(type, list(s[0]) + list(s[1]))) <= _NUMBER_TYPES)
         raise StrokeError(f"stroke {bad} holds something other than numbers")  # bools and strings too
     xy = np.array([xs_all, ys_all], dtype=np.float64)
     if not np.isfinite(xy).all():

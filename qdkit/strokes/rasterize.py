@@ -1,5 +1,6 @@
 """The dataset's published rendering of simplified strokes, through cairo: byte for byte the official
 bitmaps. See the package docstring for the recipe."""
+
 from __future__ import annotations
 
 import threading
@@ -13,9 +14,9 @@ from qdkit.errors import QdkitError
 from qdkit.strokes.drawing import Drawing, parse_drawing
 from qdkit.strokes.simplify import simplify
 
-ORIGINAL_SIDE = 256.0     # simplified strokes live in 0..255
-LINE_DIAMETER = 16.0      # in the 256-unit space
-PADDING = 16.0            # in the 256-unit space, each side
+ORIGINAL_SIDE = 256.0  # simplified strokes live in 0..255
+LINE_DIAMETER = 16.0  # in the 256-unit space
+PADDING = 16.0  # in the 256-unit space, each side
 
 
 class _Canvas:
@@ -46,8 +47,9 @@ class _Canvas:
         self.buffer = np.empty((0, 2, 2))
         self.base = self.ffi.NULL
         stride = self.surface.get_stride()
-        self.pixels = np.frombuffer(self.ffi.buffer(self.lib.cairo_image_surface_get_data(self.surface._pointer),
-                                                    stride * side), dtype=np.uint8).reshape(side, stride)
+        self.pixels = np.frombuffer(
+            self.ffi.buffer(self.lib.cairo_image_surface_get_data(self.surface._pointer), stride * side), dtype=np.uint8
+        ).reshape(side, stride)
 
     def _path_buffer(self, points: int) -> np.ndarray:
         """A reused array of `cairo_path_data_t` elements, all LINE_TO: header (type, length) + point."""
@@ -62,7 +64,7 @@ class _Canvas:
     def draw(self, xy: np.ndarray, lengths: Sequence[int], out: np.ndarray) -> None:
         lib, ctx_ptr, path = self.lib, self.ctx_ptr, self.path
         centred = xy + ((ORIGINAL_SIDE - xy.max(axis=1)) / 2.0)[:, None]
-        self._path_buffer(xy.shape[1])[:xy.shape[1], 1, :] = centred.T
+        self._path_buffer(xy.shape[1])[: xy.shape[1], 1, :] = centred.T
         lib.cairo_set_source_rgb(ctx_ptr, 0.0, 0.0, 0.0)
         lib.cairo_paint(ctx_ptr)
         lib.cairo_set_source_rgb(ctx_ptr, 1.0, 1.0, 1.0)
@@ -78,7 +80,7 @@ class _Canvas:
             lib.cairo_stroke(ctx_ptr)  # each stroke on its own: one path would change the overlaps
             start += n
         lib.cairo_surface_flush(self.surface._pointer)
-        out[...] = self.pixels[:, 0:4 * self.side:4]  # blue byte of each ARGB32 pixel (grey: r = g = b)
+        out[...] = self.pixels[:, 0 : 4 * self.side : 4]  # blue byte of each ARGB32 pixel (grey: r = g = b)
         lib.cairo_surface_mark_dirty(self.surface._pointer)
 
 
@@ -91,8 +93,10 @@ def _canvas(side: int) -> _Canvas:
         try:
             canvases[side] = _Canvas(side)
         except OSError as err:  # cairocffi could not find libcairo
-            raise QdkitError("the cairo library is missing: install it (Debian/Ubuntu: apt install libcairo2; "
-                             "macOS: brew install cairo; conda: conda install cairo)") from err
+            raise QdkitError(
+                "the cairo library is missing: install it (Debian/Ubuntu: apt install libcairo2; "
+                "macOS: brew install cairo; conda: conda install cairo)"
+            ) from err
     return canvases[side]
 
 

@@ -1,4 +1,5 @@
 """The dataset's published simplification of raw strokes (for raw files, a canvas, an API caller)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -7,7 +8,7 @@ import numpy as np
 
 from qdkit.strokes.drawing import Drawing
 
-EPSILON = 2.0             # Ramer–Douglas–Peucker tolerance of the published simplification
+EPSILON = 2.0  # Ramer–Douglas–Peucker tolerance of the published simplification
 
 Strokes = list[np.ndarray]  # each float64 (2, n): xs, ys
 
@@ -83,4 +84,6 @@ def simplify(strokes: Drawing | Sequence[np.ndarray]) -> Strokes:
     xy = np.concatenate(dense, axis=1)
     keep = _rdp_keep(xy[0], xy[1], ends - lengths + 1, ends, EPSILON)
     kept = np.clip(np.round(xy), 0, 255)
-    return [kept[:, start:end + 1][:, keep[start:end + 1]] for start, end in zip(ends - lengths + 1, ends, strict=True)]
+    return [
+        kept[:, start : end + 1][:, keep[start : end + 1]] for start, end in zip(ends - lengths + 1, ends, strict=True)
+    ]
