@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -63,19 +64,26 @@ def _coordinates(values: Any, what: str) -> list:
     return values
 
 
-def parse_strokes(strokes: Any, *, simplified: bool | None = None) -> tuple[np.ndarray, list[int], bool]:
-    """Validate `[[xs, ys], ...]` or `[[xs, ys, ts], ...]`; returns (all points as float64 (2, P),
-    points per stroke, simplified). simplified=None: raw iff a stroke carries a third (time) array."""
-    if isinstance(strokes, tuple):
-        strokes = list(strokes)
-    if not isinstance(strokes, list):
-        raise StrokeError(f"drawing is {type(strokes).__name__}, not a list of strokes")
-    if not strokes:
-        raise StrokeError("drawing has no strokes")
-    if len(strokes) > MAX_STROKES:
-        raise StrokeError(f"drawing has {len(strokes)} strokes (at most {MAX_STROKES})")
-    # One flat list and one numpy conversion for the whole drawing: per-stroke numpy calls would
-    # cost more than rasterizing it.
+def _flatten_fast(strokes: list) -> tuple[list, list, list[int]] | None:
+    """The common case — every stroke a list of two lists of numbers — flattened with C-level
+    iteration (map, chain, set), about 3x cheaper than the checked loop; None for anything else, so
+    that `_flatten_checked` can say exactly what is wrong."""
+    if set(map(type, strokes)) != {list} or set(map(len, strokes)) != {2}:
+        return None
+    xs, ys = [s[0] for s in strokes], [s[1] for s in strokes]
+    if set(map(type, xs)) != {list} or set(map(type, ys)) != {list}:
+        return None
+    lengths = list(map(len, xs))
+    if lengths != list(map(len, ys)) or 0 in lengths:
+        return None
+    xs_all, ys_all = list(chain.from_iterable(xs)), list(chain.from_iterable(ys))
+    if not set(map(type, xs_all)) | set(map(type, ys_all)) <= _NUMBER_TYPES:
+        return None
+    return xs_all, ys_all, lengths
+
+
+def _flatten_checked(strokes: list) -> tuple[list, list, list[int], bool]:
+    """Every stroke checked in turn: (all xs, all ys, points per stroke, whether a stroke is timed)."""
     xs_all: list = []
     ys_all: list = []
     lengths = []
@@ -107,6 +115,28 @@ def parse_strokes(strokes: Any, *, simplified: bool | None = None) -> tuple[np.n
     if not set(map(type, xs_all)) <= _NUMBER_TYPES or not set(map(type, ys_all)) <= _NUMBER_TYPES:
         bad = next(i for i, s in enumerate(strokes) if not set(map(type, list(s[0]) + list(s[1]))) <= _NUMBER_TYPES)
         raise StrokeError(f"stroke {bad} holds something other than numbers")  # bools and strings too
+    return xs_all, ys_all, lengths, timed
+
+
+def parse_strokes(strokes: Any, *, simplified: bool | None = None) -> tuple[np.ndarray, list[int], bool]:
+    """Validate `[[xs, ys], ...]` or `[[xs, ys, ts], ...]`; returns (all points as float64 (2, P),
+    points per stroke, simplified). simplified=None: raw iff a stroke carries a third (time) array."""
+    if isinstance(strokes, tuple):
+        strokes = list(strokes)
+    if not isinstance(strokes, list):
+        raise StrokeError(f"drawing is {type(strokes).__name__}, not a list of strokes")
+    if not strokes:
+        raise StrokeError("drawing has no strokes")
+    if len(strokes) > MAX_STROKES:
+        raise StrokeError(f"drawing has {len(strokes)} strokes (at most {MAX_STROKES})")
+    # One flat list and one numpy conversion for the whole drawing: per-stroke numpy calls would
+    # cost more than rasterizing it.
+    fast = _flatten_fast(strokes)
+    if fast is not None and len(fast[0]) <= MAX_POINTS:
+        xs_all, ys_all, lengths = fast
+        timed = False
+    else:
+        xs_all, ys_all, lengths, timed = _flatten_checked(strokes)
     xy = np.array([xs_all, ys_all], dtype=np.float64)
     if not np.isfinite(xy).all():
         raise StrokeError("drawing holds NaN or infinity")
