@@ -8,7 +8,7 @@ import json
 from collections.abc import Sequence
 
 from qdkit.errors import QdkitError
-from qdkit.predict import Prediction
+from qdkit.predictor import Prediction
 
 FORMATS = ("table", "json", "csv")
 MAX_PATH_WIDTH = 60  # longer paths push the table's columns out instead of widening every row

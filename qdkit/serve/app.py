@@ -26,7 +26,7 @@ from qdkit import __version__
 from qdkit.constants import SIDE
 from qdkit.errors import QdkitError
 from qdkit.onnxmodel import is_quantized
-from qdkit.predict import Predictor
+from qdkit.predictor import Predictor
 from qdkit.serve import schemas
 from qdkit.serve.batcher import DynamicBatcher
 from qdkit.serve.errors import ApiError, BodyLimit, install_error_handlers, json_response

@@ -73,7 +73,7 @@ def serve(
     page in the default browser (the socket already listens, so the browser's request waits for the server)."""
     import uvicorn
 
-    from qdkit.predict import Predictor
+    from qdkit.predictor import Predictor
     from qdkit.serve.app import DEFAULT_MAX_BODY, create_app
     from qdkit.v2api import DEFAULT_NAME
 
