@@ -1,13 +1,29 @@
-"""Shared by the training tests: a hook into the training loop through torch's public global
-forward pre-hook (no qdkit internals patched)."""
+"""Shared by the training tests: a small CPU run's config, and a hook into the training loop through
+torch's public global forward pre-hook (no qdkit internals patched)."""
 
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from qdkit.models import MODELS
+from qdkit.train import TrainConfig
+
+
+def train_config(store: Path, root: Path, **settings: Any) -> TrainConfig:
+    """A quiet float32 CPU run on `store` writing under `root`; `settings` add to or override it."""
+    base: dict[str, Any] = dict(
+        data=str(store),
+        runs_dir=str(root / "runs"),
+        artifacts_dir=str(root / "artifacts"),
+        progress=False,
+        device="cpu",
+        amp=False,
+    )
+    return TrainConfig(**{**base, **settings})
 
 
 @contextlib.contextmanager

@@ -271,6 +271,12 @@ def test_convert_of_each_format_equals_convert_of_the_bitmaps(tmp_path, golden_s
     assert source["file"] == name and source["rows"] == len(GOLDEN_LINES)
 
 
+def _train_split_of(tmp_path: Path) -> dict[str, np.ndarray]:
+    """Convert tmp_path/in, all six drawings per class into train; the train split of the store."""
+    convert(tmp_path / "in", tmp_path / "out", h5=True, png=False, per_class={"train": 6}, progress=False, workers=1)
+    return _store(tmp_path / "out" / "quickdraw.h5")["train"]
+
+
 def test_raw_strokes_are_simplified_then_rendered(tmp_path):
     rng = np.random.default_rng(0)
     raws = [_raw_strokes(rng, 5.0, 300.0) for _ in range(6)]
@@ -280,16 +286,7 @@ def test_raw_strokes_are_simplified_then_rendered(tmp_path):
     ]
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "full_raw_w.ndjson").write_text("\n".join(lines) + "\n")
-    convert(
-        tmp_path / "in",
-        tmp_path / "out",
-        h5=True,
-        png=False,
-        per_class={"train": 6, "validation": 0, "test": 0},
-        progress=False,
-        workers=1,
-    )
-    got = _store(tmp_path / "out" / "quickdraw.h5")["train"]
+    got = _train_split_of(tmp_path)
     want = rasterize_many([simplify(raws[i]) for i in got["source_index"]])
     assert np.array_equal(got["images"], want)
 
@@ -298,16 +295,7 @@ def test_one_class_per_format_mixed_with_bitmaps(tmp_path):
     (tmp_path / "in").mkdir()
     np.save(tmp_path / "in" / "full_numpy_bitmap_a.npy", GOLDEN_BITMAPS)
     (tmp_path / "in" / "b.ndjson").write_bytes(b"\n".join(GOLDEN_LINES))
-    convert(
-        tmp_path / "in",
-        tmp_path / "out",
-        h5=True,
-        png=False,
-        per_class={"train": 6, "validation": 0, "test": 0},
-        progress=False,
-        workers=1,
-    )
-    got = _store(tmp_path / "out" / "quickdraw.h5")["train"]
+    got = _train_split_of(tmp_path)
     a, b = got["labels"] == 0, got["labels"] == 1
     assert np.array_equal(got["images"][a], got["images"][b])
     assert (got["key_id"][a] == 0).all() and (got["key_id"][b] > 0).all()

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _training import on_training_forward
+from _training import on_training_forward, train_config
 from click.testing import CliRunner
 
 import qdkit.devices as devices
@@ -35,18 +35,7 @@ SCALARS = {
 
 
 def _config(store_path: Path, root: Path, **kw) -> TrainConfig:
-    base = dict(
-        data=str(store_path),
-        runs_dir=str(root / "runs"),
-        artifacts_dir=str(root / "artifacts"),
-        progress=False,
-        device="cpu",
-        amp=False,
-        epochs=2,
-        batch_size=32,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    return train_config(store_path, root, **{"epochs": 2, "batch_size": 32, **kw})
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from _helpers import one_line_error, small_tmpfs
-from _training import on_training_forward
+from _training import on_training_forward, train_config
 from click.testing import CliRunner
 
 from qdkit.checkpoint import FORMAT, load_checkpoint
@@ -26,19 +26,7 @@ STEPS = 12  # seed-cnn, batch 64 over 800 training drawings
 
 
 def _config(store: Path, root: Path, **kw) -> TrainConfig:
-    base = dict(
-        data=str(store),
-        runs_dir=str(root / "runs"),
-        artifacts_dir=str(root / "artifacts"),
-        progress=False,
-        device="cpu",
-        amp=False,
-        epochs=1,
-        batch_size=64,
-        model="seed-cnn",
-        lr=3e-3,
-    )
-    return TrainConfig(**{**base, **kw})
+    return train_config(store, root, **{"epochs": 1, "batch_size": 64, "model": "seed-cnn", "lr": 3e-3, **kw})
 
 
 @pytest.fixture(scope="module")
