@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -138,13 +139,11 @@ def output_lock(folder: str | os.PathLike, names: Sequence[str], what: str = "qd
     except OSError as e:
         raise QdkitError(f"{folder}: cannot create or open the output folder ({e.strerror})") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _lock_within(fd, LOCK_GRACE_SECONDS):
             raise QdkitError(
                 f"{folder}: another {what} is writing into this folder; wait for it to finish "
                 "or choose another output folder"
-            ) from None
+            )
         _clear_stale_temporaries(folder, names)
         try:
             yield
@@ -155,6 +154,26 @@ def output_lock(folder: str | os.PathLike, names: Sequence[str], what: str = "qd
             raise
     finally:
         os.close(fd)  # releases the lock
+
+
+LOCK_GRACE_SECONDS = 2.0  # how long a run waits for a lock that is being released
+
+
+def _lock_within(fd: int, seconds: float) -> bool:
+    """Take an exclusive flock on `fd`, waiting at most `seconds` for a holder to let go.
+
+    The grace exists for a run that was just killed: the kernel may drop the flock its processes
+    shared a moment after the last of them is gone (a deferred close), and the next run should not
+    be refused for that. A live run holds it far longer, and the caller refuses then."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
 
 
 def _clear_stale_temporaries(folder: Path, names: Sequence[str]) -> None:
