@@ -308,6 +308,19 @@ def _cli(*args: str):
     return CliRunner().invoke(main, list(args))
 
 
+def _convert(tmp_path: Path, out: str, splits: tuple[int, int, int], *flags: str):
+    """`qdkit convert` of tmp_path/in into tmp_path/OUT, the store only, `splits` drawings per class."""
+    counts = [str(n) for n in splits]
+    return _cli("convert", "--in", str(tmp_path / "in"), "--out", str(tmp_path / out), "--h5", "--no-png",
+                "--train", counts[0], "--validation", counts[1], "--test", counts[2], *flags)  # fmt: skip
+
+
+def _stored_rows(store: Path) -> list[int]:
+    """Every source row in the store, sorted."""
+    with h5py.File(store) as f:
+        return sorted(np.concatenate([f[s]["source_index"][()] for s in SPLITS]).tolist())
+
+
 def _error(result) -> str:
     """The one error line (after any progress bar), checking there is exactly one and no traceback."""
     lines = [line for line in result.stderr.splitlines() if line.startswith("qdkit: error:")]
@@ -324,21 +337,7 @@ def _write_lines(folder: Path, name: str, lines: list[bytes]) -> Path:
 def test_a_bad_line_is_one_error_naming_file_and_line(tmp_path):
     lines = list(GOLDEN_LINES) + [b'{"drawing": [[[1, 2], [3]]]}']
     path = _write_lines(tmp_path / "in", "cat.ndjson", lines)
-    result = _cli(
-        "convert",
-        "--in",
-        str(tmp_path / "in"),
-        "--out",
-        str(tmp_path / "out"),
-        "--h5",
-        "--no-png",
-        "--train",
-        "5",
-        "--validation",
-        "1",
-        "--test",
-        "1",
-    )
+    result = _convert(tmp_path, "out", (5, 1, 1))
     assert result.exit_code == 2
     assert _error(result) == f"qdkit: error: {path}: line 7: stroke 0 has 2 xs but 1 ys"
     assert not (tmp_path / "out").exists()
@@ -347,28 +346,12 @@ def test_a_bad_line_is_one_error_naming_file_and_line(tmp_path):
 def test_skip_invalid_skips_and_counts(tmp_path):
     lines = list(GOLDEN_LINES) + [b"not json", b'{"drawing": [[[1, 2], [3, 900]]]}']
     _write_lines(tmp_path / "in", "full_simplified_cat.ndjson", lines)
-    result = _cli(
-        "convert",
-        "--in",
-        str(tmp_path / "in"),
-        "--out",
-        str(tmp_path / "out"),
-        "--h5",
-        "--no-png",
-        "--train",
-        "4",
-        "--validation",
-        "1",
-        "--test",
-        "1",
-        "--skip-invalid",
-    )
+    result = _convert(tmp_path, "out", (4, 1, 1), "--skip-invalid")
     assert result.exit_code == 0, result.output
     assert "skipped 2 invalid drawing(s); first:" in result.stderr and "line 7: is not JSON" in result.stderr
     with h5py.File(tmp_path / "out" / "quickdraw.h5") as f:
-        rows = sorted(np.concatenate([f[s]["source_index"][()] for s in SPLITS]).tolist())
         assert json.loads(f.attrs["sources"])[0]["skipped_invalid"] == 2
-    assert rows == list(range(6))
+    assert _stored_rows(tmp_path / "out" / "quickdraw.h5") == list(range(6))
 
 
 def test_recognized_only_keeps_recognized_drawings(tmp_path):
@@ -378,42 +361,10 @@ def test_recognized_only_keeps_recognized_drawings(tmp_path):
         o["recognized"] = i % 2 == 0
         lines.append(json.dumps(o).encode())
     _write_lines(tmp_path / "in", "cat.ndjson", lines)
-    result = _cli(
-        "convert",
-        "--in",
-        str(tmp_path / "in"),
-        "--out",
-        str(tmp_path / "out"),
-        "--h5",
-        "--no-png",
-        "--train",
-        "2",
-        "--validation",
-        "1",
-        "--test",
-        "0",
-        "--recognized-only",
-    )
+    result = _convert(tmp_path, "out", (2, 1, 0), "--recognized-only")
     assert result.exit_code == 0, result.output
-    with h5py.File(tmp_path / "out" / "quickdraw.h5") as f:
-        rows = sorted(np.concatenate([f[s]["source_index"][()] for s in SPLITS]).tolist())
-    assert rows == [0, 2, 4]
-    result = _cli(
-        "convert",
-        "--in",
-        str(tmp_path / "in"),
-        "--out",
-        str(tmp_path / "out2"),
-        "--h5",
-        "--no-png",
-        "--train",
-        "3",
-        "--validation",
-        "1",
-        "--test",
-        "0",
-        "--recognized-only",
-    )
+    assert _stored_rows(tmp_path / "out" / "quickdraw.h5") == [0, 2, 4]
+    result = _convert(tmp_path, "out2", (3, 1, 0), "--recognized-only")
     assert result.exit_code == 2 and "has 3 recognized drawings, but the splits need 4" in _error(result)
 
 
@@ -431,21 +382,7 @@ def test_recognized_only_keeps_recognized_drawings(tmp_path):
 def test_bad_stroke_files(tmp_path, name, content, message):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / name).write_bytes(content)
-    result = _cli(
-        "convert",
-        "--in",
-        str(tmp_path / "in"),
-        "--out",
-        str(tmp_path / "out"),
-        "--h5",
-        "--no-png",
-        "--train",
-        "1",
-        "--validation",
-        "0",
-        "--test",
-        "0",
-    )
+    result = _convert(tmp_path, "out", (1, 0, 0))
     assert result.exit_code == 2, result.output
     line = _error(result)
     assert line.startswith(f"qdkit: error: {tmp_path / 'in' / name}: ") and message in line
