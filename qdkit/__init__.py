@@ -1,18 +1,17 @@
-"""qdkit: Quick, Draw! doodles from numpy bitmaps to a trained CNN, an ONNX model and batch inference."""
+"""qdkit: Quick, Draw! doodles from the raw data to a trained CNN, an ONNX model, batch inference
+and a live service.
+
+The stages are packages: qdkit.strokes (drawing → bitmap), qdkit.data, qdkit.train,
+qdkit.inference, qdkit.deploy, qdkit.serve; qdkit.cli is the command line over them. This module
+keeps the few names most users want, imported lazily (`import qdkit` never pays for onnxruntime).
+"""
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from qdkit._lazy import lazy_exports
+from qdkit.constants import QDKIT_VERSION as __version__
+from qdkit.errors import QdkitError
 
 __all__ = ["Predictor", "QdkitError", "__version__"]
 
-from qdkit.errors import QdkitError
-
-
-def __getattr__(name: str):
-    # Lazy so `import qdkit` (and `qdkit --help`) never pays for onnxruntime.
-    if name == "Predictor":
-        from qdkit.predict import Predictor
-
-        return Predictor
-    raise AttributeError(f"module 'qdkit' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, {"Predictor": ".inference.predictor"})

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from qdkit import __version__
+from qdkit.constants import QDKIT_VERSION
 from qdkit.errors import QdkitError, first_line
 from qdkit.files import atomic_path, disk_full_is_error
 from qdkit.models import INPUT_SPEC, MODELS, build_model
@@ -56,7 +56,7 @@ def save_checkpoint(
     module = getattr(model, "module", model)  # unwrap DistributedDataParallel
     state = {
         "format": FORMAT,
-        "qdkit_version": __version__,
+        "qdkit_version": QDKIT_VERSION,
         "model_name": model_name,
         "model_kwargs": dict(model_kwargs),
         "class_names": list(class_names),

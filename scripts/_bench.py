@@ -8,8 +8,8 @@ from pathlib import Path
 def synthetic_store(folder: Path, classes: int, train: int, held_out: int) -> Path:
     """`qdkit synth` + `qdkit convert --h5 --no-png`: `train` drawings per class for training and
     `held_out` each for validation and test."""
-    from qdkit.convert import convert
-    from qdkit.synth import write_synth
+    from qdkit.data.convert import convert
+    from qdkit.data.synth import write_synth
 
     write_synth(folder / "raw", num_classes=classes, per_class=train + 2 * held_out, seed=0)
     convert(

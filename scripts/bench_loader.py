@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from qdkit.convert import convert
-from qdkit.data import BatchLoader
-from qdkit.store import open_store
-from qdkit.synth import write_synth
+from qdkit.data.convert import convert
+from qdkit.data.loader import BatchLoader
+from qdkit.data.store import open_store
+from qdkit.data.synth import write_synth
 
 
 class PngFolderDataset(torch.utils.data.Dataset):

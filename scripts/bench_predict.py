@@ -46,8 +46,8 @@ def best_rate(fn, images: int, rounds: int = 3, warmup: int = 2) -> float:
 
 def test_agreement(fp32_path: Path, int8_path: Path, store_path: Path, threads: int) -> dict:
     """Top-1 agreement of the int8 model with fp32, and both accuracies, on the store's test split."""
-    from qdkit.predict import Predictor
-    from qdkit.store import open_store
+    from qdkit.data.store import open_store
+    from qdkit.inference.predictor import Predictor
 
     test = open_store(store_path).split("test")
     x = np.array(test.images)
@@ -104,11 +104,11 @@ def main() -> int:
     import torch
 
     from qdkit.checkpoint import model_from_checkpoint, save_checkpoint
-    from qdkit.export import export_model, parity_drawings
+    from qdkit.deploy.export import export_model, parity_drawings
+    from qdkit.deploy.quantize import default_store, quantize_from_store, quantize_model
     from qdkit.images import write_png
+    from qdkit.inference.predictor import Predictor
     from qdkit.models import DEFAULT_MODEL, build_model
-    from qdkit.predict import Predictor
-    from qdkit.quantize import default_store, quantize_from_store, quantize_model
 
     torch.set_num_threads(args.threads)
     classes = [f"class{i}" for i in range(10)]

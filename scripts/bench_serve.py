@@ -65,7 +65,7 @@ def make_model(folder: Path) -> Path:
     import torch
 
     from qdkit.checkpoint import save_checkpoint
-    from qdkit.export import export_model
+    from qdkit.deploy.export import export_model
     from qdkit.models import DEFAULT_MODEL, build_model
 
     torch.manual_seed(0)
@@ -88,7 +88,7 @@ def make_model(folder: Path) -> Path:
 def in_process_rate(model: Path, drawings: list, threads: int, seconds: float) -> tuple[float, float]:
     """(drawings/s, drawings per CPU-second) of parse + simplify + rasterize + infer + top-k, batches of
     BATCH; the best of 3 rounds."""
-    from qdkit.predict import Predictor
+    from qdkit.inference.predictor import Predictor
     from qdkit.strokes import parse_drawing, rasterize_many
 
     predictor = Predictor(model, threads=threads, spin=False)

@@ -50,10 +50,11 @@ def main() -> int:
     import torch
     import torch.nn.functional as F
 
-    from qdkit.devices import precision_name
     from qdkit.models import build_model
-    from qdkit.recipes import augment_batch, lr_factor, make_optimizer, param_groups
-    from qdkit.train import TrainConfig, Trainer
+    from qdkit.train import TrainConfig
+    from qdkit.train.devices import precision_name
+    from qdkit.train.loop import Trainer
+    from qdkit.train.recipes import augment_batch, lr_factor, make_optimizer, param_groups
 
     if args.threads:
         torch.set_num_threads(args.threads)

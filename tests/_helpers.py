@@ -1,5 +1,5 @@
 """Shared by test_export / test_predict / test_evaluate: small trained checkpoints and their ONNX
-exports, made once per test session (independent of qdkit.train, built with the model registry)."""
+exports, made once per test session (independent of qdkit.train.run, built with the model registry)."""
 
 from __future__ import annotations
 
@@ -50,8 +50,8 @@ def _train(path: Path, store_path: Path, model_name: str, steps: int, seed: int,
     import torch
 
     from qdkit.checkpoint import save_checkpoint
+    from qdkit.data.store import open_store
     from qdkit.models import build_model
-    from qdkit.store import open_store
 
     store = open_store(store_path)
     train = store.split("train")
@@ -91,7 +91,7 @@ def exported(tmp_path_factory, store_path: Path, model_name: str = "qdnet") -> t
     """(checkpoint, model.onnx) in their own run folder; made once per session and model."""
     key = (str(store_path), model_name)
     if key not in _CACHE:
-        from qdkit.export import export_model
+        from qdkit.deploy.export import export_model
 
         run = tmp_path_factory.mktemp(f"run-{model_name}")
         ckpt = train_checkpoint(run / "best.pt", store_path, model_name)

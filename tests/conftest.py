@@ -13,7 +13,7 @@ PER_CLASS = {"train": 200, "validation": 50, "test": 50}
 @pytest.fixture(scope="session")
 def raw_dir(tmp_path_factory) -> Path:
     """Synthetic official-format files: 4 classes x 320 drawings."""
-    from qdkit.synth import write_synth
+    from qdkit.data.synth import write_synth
 
     out = tmp_path_factory.mktemp("raw")
     write_synth(out, num_classes=CLASSES, per_class=320, seed=0)
@@ -22,7 +22,7 @@ def raw_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def converted_dir(tmp_path_factory, raw_dir) -> Path:
-    from qdkit.convert import convert
+    from qdkit.data.convert import convert
 
     out = tmp_path_factory.mktemp("converted")
     convert(raw_dir, out, h5=True, png=True, per_class=PER_CLASS, seed=0, workers=2, progress=False)
@@ -51,6 +51,6 @@ def model_path(tmp_path_factory, store_path) -> Path:
 
 @pytest.fixture(scope="session")
 def predictor(model_path):
-    from qdkit.predict import Predictor
+    from qdkit.inference.predictor import Predictor
 
     return Predictor(model_path, threads=1)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from qdkit.bitmaps import class_name_from_path, find_bitmap_files, open_bitmaps, safe_dirname, save_bitmaps
 from qdkit.cli import main
+from qdkit.data.bitmaps import class_name_from_path, find_bitmap_files, open_bitmaps, safe_dirname, save_bitmaps
 from qdkit.errors import QdkitError
 
 

@@ -9,11 +9,11 @@ from click.testing import CliRunner
 from conftest import CLASSES, PER_CLASS
 from PIL import Image
 
-from qdkit.bitmaps import find_bitmap_files, open_bitmaps
 from qdkit.cli import main
-from qdkit.convert import convert, split_indices
+from qdkit.data.bitmaps import find_bitmap_files, open_bitmaps
+from qdkit.data.convert import convert, split_indices
+from qdkit.data.store import SPLITS, open_store
 from qdkit.errors import QdkitError
-from qdkit.store import SPLITS, open_store
 
 
 def test_store_holds_exactly_the_source_rows(raw_dir, store_path):
@@ -107,7 +107,7 @@ def test_existing_output_needs_overwrite(raw_dir, tmp_path):
 
 
 def test_failure_midway_leaves_nothing_that_looks_complete(raw_dir, tmp_path, monkeypatch):
-    import qdkit.convert as conv
+    import qdkit.data.convert as conv
 
     calls = {"n": 0}
     real = conv.write_png
@@ -194,7 +194,7 @@ def test_disk_full_is_one_line_and_leaves_nothing(raw_dir, tmp_path, what, flags
 
 def test_disk_full_in_the_store_writer_by_a_failing_write(raw_dir, tmp_path, monkeypatch):
     """The same without root: HDF5 reports ENOSPC as text in a RuntimeError; that is recognised too."""
-    import qdkit.store as store
+    import qdkit.data.store as store
 
     def full(self, *args):
         raise RuntimeError(
@@ -323,7 +323,7 @@ def test_temporaries_of_a_killed_run_are_cleared_and_a_live_ones_refused(raw_dir
 @pytest.fixture(scope="module")
 def big_raw(tmp_path_factory):
     """Enough drawings that PNG writing takes seconds: time to find and kill the workers mid-run."""
-    from qdkit.bitmaps import save_bitmaps
+    from qdkit.data.bitmaps import save_bitmaps
 
     raw = tmp_path_factory.mktemp("bigraw")
     rng = np.random.default_rng(0)

@@ -12,9 +12,9 @@ import torch
 from click.testing import CliRunner
 
 from qdkit.cli import main
-from qdkit.data import BatchLoader, QuickDrawDataset, fetch
+from qdkit.data.loader import BatchLoader, QuickDrawDataset, fetch
+from qdkit.data.store import open_store
 from qdkit.errors import QdkitError
-from qdkit.store import open_store
 
 
 @pytest.mark.parametrize("start_method", ["fork", "spawn"])

@@ -19,14 +19,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import qdkit.distributed as D
-import qdkit.launcher as L
+import qdkit.train.distributed as D
+import qdkit.train.launcher as L
 from qdkit.checkpoint import load_checkpoint, model_from_checkpoint
 from qdkit.cli import main
-from qdkit.data import BatchLoader
+from qdkit.data.loader import BatchLoader
+from qdkit.data.store import open_store
 from qdkit.errors import QdkitError
-from qdkit.store import open_store
-from qdkit.train import EXIT_ERROR, EXIT_INTERRUPTED, TrainConfig, check_run, epoch_indices, evaluate
+from qdkit.train import EXIT_ERROR, EXIT_INTERRUPTED, TrainConfig, check_run
+from qdkit.train.batches import epoch_indices
+from qdkit.train.evaluation import evaluate
 
 TIMEOUT = 120  # seconds per launch; a hung process group fails the test instead of the suite
 BATCH, EPOCHS = 32, 2  # 800 train drawings: 25 global steps per epoch, 16 drawings per rank and step
@@ -106,7 +108,7 @@ def test_two_processes_train_and_only_rank_0_writes(ddp_run, store_path):
 
 
 def test_shards_are_disjoint_cover_the_split_and_follow_the_single_process_shuffle(store_path):
-    """The rows each rank's training loop reads in an epoch (qdkit.train.epoch_indices on its loader,
+    """The rows each rank's training loop reads in an epoch (qdkit.train.run.epoch_indices on its loader,
     as the trainer builds it for rank r of 2), compared with the single-process shuffle."""
     train = open_store(store_path).split("train")
     ranks = [BatchLoader(train, BATCH, shuffle=True, seed=0, drop_last=True, rank=r, world_size=2) for r in (0, 1)]
@@ -317,7 +319,7 @@ def test_a_worker_that_dies_without_saying_why_is_one_line(tmp_path):
     )
     real = str(Path(L.__file__).parents[1])  # the agent is the real one; its workers run the stand-in
     agent = (
-        f"import sys; sys.path.insert(0, {real!r}); from qdkit.launcher import run_agent; "
+        f"import sys; sys.path.insert(0, {real!r}); from qdkit.train.launcher import run_agent; "
         "sys.exit(run_agent(1, sys.argv[1:]))"
     )
     for how, code in (("kill", EXIT_ERROR), ("2", EXIT_ERROR), ("130", EXIT_INTERRUPTED), ("0", 0)):

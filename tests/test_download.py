@@ -1,4 +1,4 @@
-"""qdkit.download against a local HTTP server that honours Range (and, on request, misbehaves)."""
+"""qdkit.data.download against a local HTTP server that honours Range (and, on request, misbehaves)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from _helpers import FakeBucket, serve_bucket
 from click.testing import CliRunner
 
-from qdkit.bitmaps import PIXELS, bitmap_filename, open_bitmaps
 from qdkit.cli import main
-from qdkit.download import download_classes
+from qdkit.data.bitmaps import PIXELS, bitmap_filename, open_bitmaps
+from qdkit.data.download import download_classes
 from qdkit.errors import QdkitError
 
 
@@ -475,7 +475,7 @@ def test_cli_download_formats(bucket, out):
 @pytest.mark.parametrize("fmt", ["simplified", "raw", "binary"])
 def test_downloaded_stroke_files_convert(bucket, out, tmp_path, fmt):
     """The saved names are the ones `qdkit convert` reads; a --limit download converts to a store."""
-    from qdkit.store import open_store
+    from qdkit.data.store import open_store
 
     for seed, name in enumerate(("cat", "dog")):
         if fmt == "binary":

@@ -16,9 +16,9 @@ from PIL import Image
 
 from qdkit.checkpoint import save_checkpoint
 from qdkit.cli import main
+from qdkit.data.store import open_store
+from qdkit.inference.onnxmodel import OnnxModel
 from qdkit.models import build_model
-from qdkit.onnxmodel import OnnxModel
-from qdkit.store import open_store
 
 
 @pytest.fixture(scope="module")

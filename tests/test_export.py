@@ -13,12 +13,12 @@ from _helpers import clean_run, exported, one_line_error, torch_logits, train_ch
 from click.testing import CliRunner
 
 from qdkit.cli import main
+from qdkit.data.store import open_store
+from qdkit.deploy.export import export_model
 from qdkit.errors import QdkitError
-from qdkit.export import export_model
 from qdkit.files import sha256_file
+from qdkit.inference.predictor import Predictor
 from qdkit.models import INPUT_SPEC
-from qdkit.predict import Predictor
-from qdkit.store import open_store
 
 
 @pytest.mark.parametrize("model_name", ["seed-cnn", "qdnet"])
@@ -108,9 +108,9 @@ def test_test_accuracy_comes_from_the_runs_metrics_json(tmp_path, store_path):
 
 def test_disagreeing_runtimes_leave_no_file(tmp_path, store_path, monkeypatch):
     ckpt = train_checkpoint(tmp_path / "best.pt", store_path, "seed-cnn", steps=1)
-    import qdkit.export
+    import qdkit.deploy.export
 
-    real = qdkit.export.make_session
+    real = qdkit.deploy.export.make_session
 
     class Skewed:  # onnxruntime, off by a little
         def __init__(self, session):
@@ -119,7 +119,7 @@ def test_disagreeing_runtimes_leave_no_file(tmp_path, store_path, monkeypatch):
         def run(self, names, feed):
             return [o + 0.01 for o in self.session.run(names, feed)]
 
-    monkeypatch.setattr(qdkit.export, "make_session", lambda *a, **k: Skewed(real(*a, **k)))
+    monkeypatch.setattr(qdkit.deploy.export, "make_session", lambda *a, **k: Skewed(real(*a, **k)))
     result = CliRunner().invoke(main, ["export", str(ckpt), "--out", str(tmp_path / "m.onnx")])
     line = one_line_error(result)
     assert "disagrees with PyTorch" in line and "nothing written" in line

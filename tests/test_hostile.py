@@ -18,12 +18,12 @@ from _helpers import FakeBucket, one_line_error, serve_bucket
 from click.testing import CliRunner
 from test_download import _binary, _ndjson
 
-from qdkit.bitmaps import PIXELS, bitmap_filename, open_bitmaps, save_bitmaps
 from qdkit.cli import main
-from qdkit.data import BatchLoader, fetch
-from qdkit.download import download_classes
+from qdkit.data.bitmaps import PIXELS, bitmap_filename, open_bitmaps, save_bitmaps
+from qdkit.data.download import download_classes
+from qdkit.data.loader import BatchLoader, fetch
+from qdkit.data.store import open_store
 from qdkit.errors import QdkitError
-from qdkit.store import open_store
 
 # --- the store (groups 3, 4, 9) ----------------------------------------------------------------------
 
@@ -427,7 +427,7 @@ def test_classes_that_are_only_separators_and_spaces_with_no_png(tmp_path):
 
 def test_disk_full_with_both_outputs_names_the_one_that_failed(tmp_path, monkeypatch):
     """PNGs and the store at once: the message names what was being written when the disk filled."""
-    import qdkit.convert as conv
+    import qdkit.data.convert as conv
 
     raw = _raw(tmp_path)
 

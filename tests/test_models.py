@@ -88,11 +88,11 @@ def test_checkpoint_rebuilds_the_model_alone(tmp_path, name):
 
 def test_recipes_and_cli_help_match_the_registry():
     """Every model has a recipe, and `qdkit train --help` shows each recipe value (rendered from
-    qdkit.recipes, which the CLI imports without torch)."""
+    qdkit.train.recipes, which the CLI imports without torch)."""
     from click.testing import CliRunner
 
     from qdkit.cli import main
-    from qdkit.recipes import RECIPES, recipe_values
+    from qdkit.train.recipes import RECIPES, recipe_values
 
     assert set(RECIPES) == set(MODELS)
     help_text = " ".join(CliRunner().invoke(main, ["train", "--help"]).output.split())

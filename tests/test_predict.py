@@ -19,11 +19,11 @@ from PIL import Image
 
 from qdkit import Predictor
 from qdkit.cli import main
+from qdkit.data.store import open_store
 from qdkit.errors import QdkitError
 from qdkit.images import image_to_drawing, is_dark_on_light, read_drawing
-from qdkit.inputs import expand_paths
-from qdkit.predict import Prediction
-from qdkit.store import open_store
+from qdkit.inference.paths import expand_paths
+from qdkit.inference.predictor import Prediction
 
 
 @pytest.fixture(scope="module")
@@ -399,7 +399,7 @@ def test_a_dying_decoder_process_loses_no_result(model, slow_images):
     import signal
     import threading
 
-    from qdkit.predict import predict_files
+    from qdkit.inference.batch import predict_files
 
     _, onnx_path = model
     files = sorted(slow_images.iterdir(), key=lambda p: int(p.stem))[:120]  # enough for the process pool
@@ -707,10 +707,10 @@ def test_a_gzip_file_named_ndjson_is_one_line(model, golden, tmp_path):
     ],
 )
 def test_hostile_ndjson_files_are_one_line_each(model, tmp_path, monkeypatch, content, message):
-    import qdkit.decoding
+    import qdkit.inference.decode
 
     _, onnx_path = model
-    monkeypatch.setattr(qdkit.decoding, "MAX_LINE_BYTES", 2048)  # the cap, small enough to test cheaply
+    monkeypatch.setattr(qdkit.inference.decode, "MAX_LINE_BYTES", 2048)  # the cap, small enough to test cheaply
     bad = tmp_path / "bad.ndjson"
     bad.write_bytes(content)
     out = clean_run(CliRunner().invoke(main, ["predict", str(bad), "--model", str(onnx_path)]), code=1)

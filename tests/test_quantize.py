@@ -14,10 +14,10 @@ from click.testing import CliRunner
 
 from qdkit import Predictor
 from qdkit.cli import main
+from qdkit.data.store import open_store
+from qdkit.deploy.quantize import default_store, int8_path, quantize_model
 from qdkit.errors import QdkitError
-from qdkit.onnxmodel import default_model_path
-from qdkit.quantize import default_store, int8_path, quantize_model
-from qdkit.store import open_store
+from qdkit.inference.onnxmodel import default_model_path
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +93,9 @@ def test_evaluate_int8_uses_its_own_tolerances(int8_export, store_path, tmp_path
 
 def test_a_refused_int8_model_leaves_no_file(int8_export, store_path, tmp_path, monkeypatch):
     ckpt, fp32_path, _, _ = int8_export
-    import qdkit.quantize
+    import qdkit.deploy.quantize
 
-    monkeypatch.setattr(qdkit.quantize, "MIN_AGREEMENT", 1.01)  # no model reaches it
+    monkeypatch.setattr(qdkit.deploy.quantize, "MIN_AGREEMENT", 1.01)  # no model reaches it
     result = CliRunner().invoke(
         main, ["export", str(ckpt), "--out", str(tmp_path / "m.onnx"), "--int8", "--data", str(store_path)]
     )

@@ -18,7 +18,7 @@ from _serving import SHARED_BITMAPS, SHARED_STROKES, running_server, shared_simp
 from PIL import Image
 
 from qdkit.images import read_drawing
-from qdkit.predict import Predictor
+from qdkit.inference.predictor import Predictor
 from qdkit.strokes import rasterize, simplify, to_bitmap
 
 with warnings.catch_warnings():

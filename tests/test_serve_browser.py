@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from _serving import SHARED_STROKES, running_server, shared_simplified, synthetic_drawings
 
-from qdkit.predict import Predictor
+from qdkit.inference.predictor import Predictor
 from qdkit.strokes import rasterize, simplify
 
 CHROMIUM = "/usr/bin/chromium"

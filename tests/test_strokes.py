@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from qdkit.cli import main
-from qdkit.convert import convert
+from qdkit.data.convert import convert
 from qdkit.errors import QdkitError
 from qdkit.strokes import (
     EPSILON,

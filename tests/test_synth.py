@@ -1,4 +1,4 @@
-"""qdkit.synth: procedural Quick-Draw-format doodles."""
+"""qdkit.data.synth: procedural Quick-Draw-format doodles."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import pytest
 from _helpers import one_line_error, small_tmpfs
 from click.testing import CliRunner
 
-from qdkit.bitmaps import PIXELS, SIDE, bitmap_filename, find_bitmap_files, open_bitmaps
 from qdkit.cli import main
+from qdkit.data.bitmaps import PIXELS, SIDE, bitmap_filename, find_bitmap_files, open_bitmaps
+from qdkit.data.synth import CLASS_NAMES, class_rng, render_class, write_synth
 from qdkit.errors import QdkitError
-from qdkit.synth import CLASS_NAMES, class_rng, render_class, write_synth
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,7 @@ def test_disk_full_is_one_line_and_leaves_no_half_set(tmp_path):
 
 def test_files_that_were_there_survive_a_failed_run(tmp_path, monkeypatch):
     """Only what the failed run created is removed; files it was told to overwrite stay complete."""
-    import qdkit.synth as synth
+    import qdkit.data.synth as synth
 
     write_synth(tmp_path, num_classes=1, per_class=5, seed=0)
     before = _read_all(tmp_path)

@@ -15,14 +15,17 @@ import torch
 from _training import on_training_forward, train_config
 from click.testing import CliRunner
 
-import qdkit.devices as devices
-import qdkit.recipes as recipes
+import qdkit.train.devices as devices
+import qdkit.train.recipes as recipes
 from qdkit.checkpoint import load_checkpoint, model_from_checkpoint
 from qdkit.cli import main
+from qdkit.data.store import StoreWriter, open_store
 from qdkit.errors import QdkitError
-from qdkit.reporter import reserve_run
-from qdkit.store import StoreWriter, open_store
-from qdkit.train import TrainConfig, Trainer, TrainingInterrupted, choose_device, evaluate, train
+from qdkit.train import TrainConfig, TrainingInterrupted, train
+from qdkit.train.devices import choose_device
+from qdkit.train.evaluation import evaluate
+from qdkit.train.loop import Trainer
+from qdkit.train.reporter import reserve_run
 
 SCALARS = {
     "loss/train",
@@ -265,7 +268,7 @@ def test_augment_and_schedule():
 
 
 def test_sweep_writes_its_table(store_path, tmp_path):
-    from qdkit.sweep import sweep
+    from qdkit.train.sweep import sweep
 
     base = _config(store_path, tmp_path, model="seed-cnn", epochs=1)
     result = sweep([3e-3, 1e-3], [64, 128], base, name="grid", log=lambda s: None)

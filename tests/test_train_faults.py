@@ -18,8 +18,8 @@ from click.testing import CliRunner
 
 from qdkit.checkpoint import FORMAT, load_checkpoint
 from qdkit.cli import main
+from qdkit.data.store import StoreWriter, open_store
 from qdkit.errors import QdkitError
-from qdkit.store import StoreWriter, open_store
 from qdkit.train import TrainConfig, train
 
 STEPS = 12  # seed-cnn, batch 64 over 800 training drawings

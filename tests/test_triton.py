@@ -11,9 +11,9 @@ from click.testing import CliRunner
 from google.protobuf import text_format
 
 from qdkit.cli import main
+from qdkit.deploy.triton import config_text, write_repository
 from qdkit.errors import QdkitError
-from qdkit.predict import Predictor
-from qdkit.triton import config_text, write_repository
+from qdkit.inference.predictor import Predictor
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 

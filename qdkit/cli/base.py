@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from qdkit import __version__
+from qdkit.constants import QDKIT_VERSION
 from qdkit.errors import QdkitError
 
 
@@ -46,7 +46,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, prog_name="qdkit")
+@click.version_option(QDKIT_VERSION, prog_name="qdkit")
 @click.option(
     "--debug",
     is_flag=True,

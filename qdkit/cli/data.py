@@ -32,7 +32,7 @@ from qdkit.errors import QdkitError
 @click.option("--overwrite", is_flag=True, help="Replace existing files.")
 def synth(out_dir: str, num_classes: int, per_class: int, seed: int, fmt: str, overwrite: bool) -> None:
     """Write SYNTHETIC Quick-Draw-format files of simple shapes (the offline default data)."""
-    from qdkit.synth import write_synth
+    from qdkit.data.synth import write_synth
 
     paths = write_synth(out_dir, num_classes=num_classes, per_class=per_class, seed=seed, overwrite=overwrite, fmt=fmt)
     click.echo(f"wrote {len(paths)} synthetic class files ({per_class} drawings each) to {out_dir}")
@@ -68,7 +68,7 @@ def convert(
     in_dir, out_dir, h5, png, train, validation, test, classes, seed, workers, recognized_only, skip_invalid, overwrite
 ) -> None:
     """Split each class into train/validation/test; write PNG folders and/or the HDF5 store."""
-    from qdkit.convert import convert as run_convert
+    from qdkit.data.convert import convert as run_convert
 
     if not h5 and not png:
         raise QdkitError("nothing to do: --no-png without --h5")
@@ -102,7 +102,7 @@ def convert(
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT folder.")
 def render(files: tuple[str, ...], out_dir: str, size: int, limit: int | None, overwrite: bool) -> None:
     """Render stroke files (.ndjson, .bin, .csv) to PNGs and a contact sheet: what the model sees."""
-    from qdkit.render import render_files
+    from qdkit.data.render import render_files
 
     count, sheet = render_files(list(files), out_dir, size=size, limit=limit, overwrite=overwrite)
     click.echo(f"rendered {count} drawings to {out_dir} (contact sheet: {sheet})")
@@ -112,7 +112,7 @@ def render(files: tuple[str, ...], out_dir: str, size: int, limit: int | None, o
 @click.argument("store", type=click.Path(), default=str(DEFAULT_STORE))
 def info(store: str) -> None:
     """Classes, counts per split and class, memory-mappability and sources of an HDF5 store."""
-    from qdkit.store import describe
+    from qdkit.data.store import describe
 
     click.echo(describe(store))
 
@@ -136,7 +136,7 @@ def info(store: str) -> None:
 )
 def download(classes: str, limit: int | None, out_dir: str, fmt: str, base_url: str | None) -> None:
     """Fetch official Quick Draw per-class files (HTTP Range for --limit, resumable)."""
-    from qdkit.download import DEFAULT_BASE_URL, download_classes
+    from qdkit.data.download import DEFAULT_BASE_URL, download_classes
 
     paths = download_classes(
         csv_list(classes) or [], out_dir, limit=limit, base_url=base_url or DEFAULT_BASE_URL, fmt=fmt

@@ -86,12 +86,12 @@ def export(
     outputs and metadata), calibrated on drawings of the store's train split and written only if
     its top-1 class agrees with the fp32 model's on held-out drawings.
     """
-    from qdkit.export import export_models
+    from qdkit.deploy.export import export_models
 
     if not int8 and (data is not None or int8_min_agreement is not None):
         raise QdkitError("--data and --int8-min-agreement apply only with --int8")
     if triton:
-        from qdkit.triton import check_target, write_repository
+        from qdkit.deploy.triton import check_target, write_repository
 
         check_target(triton, overwrite=overwrite)  # before anything is written
     result = export_models(
@@ -156,9 +156,9 @@ def predict(
     cannot be read (a bad file or line, a FIFO, a folder without permission) is one warning line and
     the rest go on; the exit code is 1 if any failed. SIGTERM stops it like Ctrl-C (exit code 130).
     """
-    from qdkit.formatting import format_predictions
-    from qdkit.outfiles import output_file, write_text
-    from qdkit.predict import predict_files
+    from qdkit.cli.formatting import format_predictions
+    from qdkit.inference.batch import predict_files
+    from qdkit.outputs import output_file, write_text
     from qdkit.workers import sigterm_as_interrupt
 
     target = output_file(output, "predictions file", overwrite=overwrite, option="--output") if output else None
@@ -236,7 +236,7 @@ def evaluate(
     Writes evaluation.json and confusion_matrix.png; exits 1 when the two disagree beyond the
     tolerances.
     """
-    from qdkit.evaluate import evaluate_model
+    from qdkit.deploy.evaluate import evaluate_model
 
     report = evaluate_model(
         model,
@@ -287,7 +287,7 @@ def visualize(
     overwrite: bool,
 ) -> None:
     """A grid of drawings, each with a bar chart of its top class probabilities (mistakes in red)."""
-    from qdkit.visualize import visualize as draw_grid
+    from qdkit.deploy.visualize import visualize as draw_grid
 
     _, summary = draw_grid(
         model,

@@ -11,15 +11,15 @@ from qdkit.errors import QdkitError
 
 
 def _recipe(key: str) -> str:
-    """The recipes' values of one setting, as --help shows them (qdkit.recipes imports no torch)."""
-    from qdkit.recipes import recipe_values
+    """The recipes' values of one setting, as --help shows them (qdkit.train.recipes imports no torch)."""
+    from qdkit.train.recipes import recipe_values
 
     return recipe_values(key)
 
 
 def _run_options(sweep: bool = False):
     """The options `train` and `sweep` share (sweep takes lists for --lr and --batch-size)."""
-    from qdkit.recipes import OPTIMIZERS, RECIPES, SCHEDULES, SWEEP_BATCH_SIZES, SWEEP_LRS
+    from qdkit.train.recipes import OPTIMIZERS, RECIPES, SCHEDULES, SWEEP_BATCH_SIZES, SWEEP_LRS
 
     opts = [
         click.option(
@@ -208,8 +208,8 @@ def train(ctx: click.Context, nproc: int | None, **options) -> None:
 
     config = TrainConfig(**options)
     if nproc is not None and nproc > 1:
-        from qdkit.launcher import launch
         from qdkit.train import check_run
+        from qdkit.train.launcher import launch
 
         if "RANK" in os.environ:
             raise QdkitError("--nproc: this process was started by torchrun already; drop --nproc")
@@ -228,7 +228,7 @@ def train(ctx: click.Context, nproc: int | None, **options) -> None:
             click.echo(f"qdkit: {e}", err=True)
         ctx.exit(exit_code(e))
     except QdkitError as e:
-        if rank != 0:  # every rank raised it together (qdkit.distributed.agree); rank 0 prints it
+        if rank != 0:  # every rank raised it together (qdkit.train.distributed.agree); rank 0 prints it
             ctx.exit(exit_code(e))
         raise
     except KeyboardInterrupt as e:
@@ -252,8 +252,8 @@ def sweep(ctx: click.Context, lrs: str, batch_sizes: str, name: str | None, **op
     to artifacts/<name>/ and runs/<name>/ (one TensorBoard folder for the grid); the table to
     artifacts/<name>/sweep.md. Run it again with --name to continue an interrupted sweep.
     """
-    from qdkit.sweep import sweep as run_sweep
     from qdkit.train import TrainConfig, TrainingInterrupted, exit_code
+    from qdkit.train.sweep import sweep as run_sweep
 
     lr_list = _train_numbers(lrs, float, "--lr")
     bs_list = _train_numbers(batch_sizes, int, "--batch-size")

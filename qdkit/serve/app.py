@@ -22,15 +22,15 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from qdkit import __version__
-from qdkit.constants import SIDE
+from qdkit.constants import QDKIT_VERSION, SIDE
 from qdkit.errors import QdkitError
-from qdkit.onnxmodel import is_quantized
-from qdkit.predictor import Predictor
+from qdkit.inference.onnxmodel import is_quantized
+from qdkit.inference.predictor import Predictor
+from qdkit.inference.v2spec import DEFAULT_NAME, MAX_BATCH, check_name
 from qdkit.serve import schemas
 from qdkit.serve.batcher import DynamicBatcher
 from qdkit.serve.errors import ApiError, BodyLimit, install_error_handlers, json_response
-from qdkit.serve.inputs import (
+from qdkit.serve.requests import (
     MAX_DRAWINGS,
     MAX_IMAGE_PIXELS,
     image_to_bitmap,
@@ -39,7 +39,6 @@ from qdkit.serve.inputs import (
     predict_query,
 )
 from qdkit.strokes import MAX_POINTS, MAX_STROKES, Drawing, rasterize_many
-from qdkit.v2api import DEFAULT_NAME, MAX_BATCH, check_name
 
 DEFAULT_MAX_BODY = 4 * 1024 * 1024  # bytes of one request body (--max-body-mb)
 DEFAULT_MAX_WAIT = 0.001  # seconds a batch may wait for more requests
@@ -79,7 +78,7 @@ class Service:
             "exported_at": meta.get("exported_at"),
             "quantized": is_quantized(meta),
             "file": self.predictor.path.name,
-            "qdkit_version": __version__,
+            "qdkit_version": QDKIT_VERSION,
             "limits": {
                 "max_strokes": MAX_STROKES,
                 "max_points": MAX_POINTS,
@@ -139,7 +138,7 @@ def create_app(
 
     app = FastAPI(
         title="qdkit serve",
-        version=__version__,
+        version=QDKIT_VERSION,
         lifespan=lifespan,
         description="Quick, Draw! doodles -> the classes a qdkit model sees in them. "
         "POST /predict takes strokes or an image; /v2 is the Open Inference Protocol.",

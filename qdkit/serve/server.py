@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from qdkit.errors import QdkitError
-from qdkit.onnxmodel import default_model_path
+from qdkit.inference.onnxmodel import default_model_path
 from qdkit.workers import sigterm_as_interrupt
 
 GRACEFUL_SHUTDOWN_S = 5
@@ -73,9 +73,9 @@ def serve(
     page in the default browser (the socket already listens, so the browser's request waits for the server)."""
     import uvicorn
 
-    from qdkit.predictor import Predictor
+    from qdkit.inference.predictor import Predictor
+    from qdkit.inference.v2spec import DEFAULT_NAME
     from qdkit.serve.app import DEFAULT_MAX_BODY, create_app
-    from qdkit.v2api import DEFAULT_NAME
 
     path = Path(model) if model is not None else _default_model()
     threads = threads or max(1, (os.cpu_count() or 1) // workers)

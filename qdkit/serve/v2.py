@@ -18,12 +18,11 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from qdkit import __version__
-from qdkit.constants import SIDE
+from qdkit.constants import QDKIT_VERSION, SIDE
+from qdkit.inference.v2spec import INPUT_DATATYPE, INPUT_DIMS, INPUT_NAME, OUTPUT_DATATYPE, OUTPUTS, VERSION
 from qdkit.serve import schemas
 from qdkit.serve.errors import ApiError, json_response
-from qdkit.serve.inputs import MAX_DRAWINGS, parse_json
-from qdkit.v2api import INPUT_DATATYPE, INPUT_DIMS, INPUT_NAME, OUTPUT_DATATYPE, OUTPUTS, VERSION
+from qdkit.serve.requests import MAX_DRAWINGS, parse_json
 
 if TYPE_CHECKING:
     from qdkit.serve.app import Service
@@ -114,7 +113,7 @@ def v2_router(service: Service) -> APIRouter:
 
     @router.get("", summary="Server metadata")
     async def server_metadata() -> Response:
-        return json_response({"name": "qdkit", "version": __version__, "extensions": []})
+        return json_response({"name": "qdkit", "version": QDKIT_VERSION, "extensions": []})
 
     @router.get("/health/live", summary="Liveness")
     async def live() -> Response:

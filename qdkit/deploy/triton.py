@@ -1,0 +1,152 @@
+"""A Triton Inference Server model repository for an exported qdkit model (`qdkit export --triton DIR`).
+
+    DIR/<name>/config.pbtxt     onnxruntime backend, dynamic batching, the qdkit tensor contract
+    DIR/<name>/labels.txt       one class name per line (Triton's classification extension)
+    DIR/<name>/1/model.onnx     the model, copied
+
+Triton (or KServe with the Triton runtime) then serves the same Open Inference Protocol (v2) that
+`qdkit serve` speaks, under the same model name, so one client talks to either.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from qdkit.errors import QdkitError, first_line
+from qdkit.files import atomic_path
+from qdkit.inference.onnxmodel import is_qdkit_model
+from qdkit.inference.v2spec import (
+    DEFAULT_NAME,
+    INPUT_DATATYPE,
+    INPUT_DIMS,
+    INPUT_NAME,
+    MAX_BATCH,
+    OUTPUT_DATATYPE,
+    OUTPUTS,
+    check_name,
+)
+from qdkit.outputs import output_file, output_folder, write_text
+
+QUEUE_DELAY_US = 1000  # how long Triton may hold a request to fill a batch (as `qdkit serve`)
+MARKER = "# written by qdkit export --triton"  # the first line of config.pbtxt: a repository qdkit wrote
+
+
+@dataclass(frozen=True)
+class TritonRepository:
+    folder: Path  # DIR/<name>
+    config: Path
+    model: Path
+    labels: Path
+
+    def summary(self) -> str:
+        return f"wrote Triton model repository {self.folder} (config.pbtxt, labels.txt, 1/model.onnx)"
+
+
+def config_text(
+    name: str, class_names: list[str], max_batch: int = MAX_BATCH, queue_delay_us: int = QUEUE_DELAY_US
+) -> str:
+    """config.pbtxt (protobuf text format of Triton's ModelConfig) for a qdkit ONNX model."""
+    classes = len(class_names)
+    labels = {"probabilities": '\n    label_filename: "labels.txt"'}  # Triton's classification extension
+    outputs = ",\n".join(
+        f"""  {{
+    name: "{output}"
+    data_type: TYPE_{OUTPUT_DATATYPE}
+    dims: [ {classes} ]{labels.get(output, "")}
+  }}"""
+        for output in OUTPUTS
+    )
+    return f"""{MARKER}
+name: "{check_name(name)}"
+platform: "onnxruntime_onnx"
+max_batch_size: {int(max_batch)}
+input [
+  {{
+    name: "{INPUT_NAME}"
+    data_type: TYPE_{INPUT_DATATYPE}
+    dims: [ {", ".join(map(str, INPUT_DIMS))} ]
+  }}
+]
+output [
+{outputs}
+]
+dynamic_batching {{
+  max_queue_delay_microseconds: {int(queue_delay_us)}
+}}
+instance_group [
+  {{
+    count: 1
+    kind: KIND_CPU
+  }}
+]
+"""
+
+
+def model_class_names(model: str | os.PathLike) -> list[str]:
+    """The class names in an exported qdkit model's metadata."""
+    import onnx
+
+    from qdkit.inference.onnxmodel import parse_metadata
+
+    model = Path(model)
+    if not model.is_file():
+        raise QdkitError(f"{model}: no such model file")
+    try:
+        proto = onnx.load(os.fspath(model), load_external_data=False)
+    except Exception as e:  # onnx raises DecodeError and others for a file that is not a model
+        raise QdkitError(f"{model}: not an ONNX model ({first_line(e)})") from None
+    names = parse_metadata({p.key: p.value for p in proto.metadata_props}).get("class_names")
+    if not isinstance(names, list) or not names:
+        raise QdkitError(f"{model}: no qdkit metadata (class names); export it with `qdkit export`")
+    return [str(c) for c in names]
+
+
+def write_repository(
+    model: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    name: str = DEFAULT_NAME,
+    max_batch: int = MAX_BATCH,
+    overwrite: bool = False,
+) -> TritonRepository:
+    """Write OUT_DIR/<name>/ for `model` (an exported qdkit ONNX file); each file atomically, the
+    config last (a config.pbtxt marks a complete repository). See check_target for what is replaced."""
+    model = Path(model)
+    class_names = model_class_names(model)
+    if any("\n" in c for c in class_names):
+        raise QdkitError(f"{model}: a class name holds a line break; labels.txt takes one name per line")
+    repo = check_target(out_dir, name, overwrite)
+    try:
+        repo.model.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise QdkitError(f"{repo.model.parent}: cannot create folder ({e.strerror})") from None
+    with atomic_path(repo.model) as tmp:
+        shutil.copyfile(model, tmp)
+    write_text(repo.labels, "".join(f"{c}\n" for c in class_names))
+    write_text(repo.config, config_text(name, class_names, max_batch))
+    return repo
+
+
+def check_target(out_dir: str | os.PathLike, name: str = DEFAULT_NAME, overwrite: bool = False) -> TritonRepository:
+    """The repository's paths, checked before any work starts by qdkit's replace rule (qdkit.outputs):
+    files an earlier `qdkit export --triton` wrote are refreshed, anything else needs `overwrite`,
+    and no folder is ever replaced."""
+    folder = output_folder(out_dir, option="--triton") / check_name(name)
+    if folder.exists() and not folder.is_dir():
+        raise QdkitError(f"{folder}: is a file; --triton names the folder that holds the model repository")
+    repo = TritonRepository(folder, folder / "config.pbtxt", folder / "1" / "model.onnx", folder / "labels.txt")
+    ours = _written_by_qdkit(repo.config)
+    output_file(repo.config, "Triton config", overwrite=overwrite, ours=_written_by_qdkit, option="--triton")
+    output_file(repo.labels, "labels file", overwrite=overwrite, ours=lambda _: ours, option="--triton")
+    output_file(repo.model, "ONNX model", overwrite=overwrite, ours=is_qdkit_model, option="--triton")
+    return repo
+
+
+def _written_by_qdkit(config: Path) -> bool:
+    try:
+        with open(config, encoding="utf-8", errors="replace") as f:
+            return f.readline().rstrip("\n") == MARKER
+    except OSError:
+        return False
