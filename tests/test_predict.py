@@ -688,29 +688,29 @@ def test_a_gzip_file_named_ndjson_is_one_line(model, golden, tmp_path):
         CliRunner().invoke(main, ["predict", str(tmp_path / "packed.ndjson"), "--model", str(onnx_path)]), code=1
     )
     assert out.count("qdkit: warning:") == 1, out  # one line for the file, not one per (binary) line
-    assert "packed.ndjson: is gzip-compressed data, not text (gunzip it first)" in out
+    assert "packed.ndjson: is gzip-compressed, not ndjson data (gunzip it first)" in out
     assert "1 input(s) failed, 0 predicted" in out
 
 
 @pytest.mark.parametrize(
     "content, message",
     [
-        (b"", ": no drawings (the file is empty or blank)"),
-        (b"\n  \n", ": no drawings (the file is empty or blank)"),
+        (b"", ": is empty"),
+        (b"\n\n", ": holds no drawings"),
         (b"\xff\xfe{]\n", ":1: is not JSON"),
         (b'{"drawing": [[[1, 2], [3, 4]]], "recognized": "yes"}\n', ":1: 'recognized' is str, not bool"),
         (b"[[[0, 300], [0, 10]]]\n", ":1: coordinates outside 0..255"),
         (b'{"drawing": [[[NaN], [1]]]}\n', ":1: is not JSON"),  # NaN is not JSON
         (b"[]\n", ":1: drawing has no strokes"),
         (b'{"drawing": "[[[1], [1]]]"}\n', ":1: drawing is str, not a list of strokes"),
-        (b"[[[1, 2], [3, 4]]]" + b" " * 3000 + b"\n", ":1: line longer than 2,048 bytes"),
+        (b"[[[1, 2], [3, 4]]]" + b" " * 3000 + b"\n", ":1: is 3,018 bytes long (at most 2,048 bytes per drawing)"),
     ],
 )
 def test_hostile_ndjson_files_are_one_line_each(model, tmp_path, monkeypatch, content, message):
-    import qdkit.inference.decode
+    import qdkit.data.strokefiles
 
     _, onnx_path = model
-    monkeypatch.setattr(qdkit.inference.decode, "MAX_LINE_BYTES", 2048)  # the cap, small enough to test cheaply
+    monkeypatch.setattr(qdkit.data.strokefiles, "MAX_RECORD_BYTES", 2048)  # the cap, small enough to test cheaply
     bad = tmp_path / "bad.ndjson"
     bad.write_bytes(content)
     out = clean_run(CliRunner().invoke(main, ["predict", str(bad), "--model", str(onnx_path)]), code=1)
@@ -765,3 +765,26 @@ def test_a_model_without_qdkit_metadata_is_supported_by_its_shapes(tmp_path, gol
     expected /= expected.sum(1, keepdims=True)
     # Its only output already is probabilities: used as they are, not put through a second softmax.
     np.testing.assert_allclose(p.predict_proba(bitmaps), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_predict_reads_every_stroke_format_convert_reads(model, golden, tmp_path):
+    """.ndjson, .bin and .csv go through qdkit.data.strokefiles, as in convert and render."""
+    from qdkit.strokes import pack_binary, parse_ndjson_line
+
+    _, onnx_path = model
+    lines, bitmaps = golden
+    drawings = [parse_ndjson_line(line.encode()) for line in lines]
+    (tmp_path / "cats.bin").write_bytes(b"".join(pack_binary(d) for d in drawings))
+    rows = [{"key_id": str(i), "drawing": json.dumps(json.loads(line)["drawing"])} for i, line in enumerate(lines)]
+    with open(tmp_path / "cats.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["key_id", "drawing"])
+        writer.writeheader()
+        writer.writerows(rows)
+    want = [p.label for p in Predictor(onnx_path).predict(bitmaps)]
+    for name, first in (("cats.bin", 0), ("cats.csv", 2)):
+        out = clean_run(
+            CliRunner().invoke(main, ["predict", str(tmp_path / name), "--model", str(onnx_path), "--format", "csv"])
+        )
+        got = list(csv.DictReader(io.StringIO(out)))
+        assert [r["path"] for r in got] == [f"{tmp_path / name}:{first + i}" for i in range(len(lines))]
+        assert [r["class_1"] for r in got] == want

@@ -148,7 +148,7 @@ def index_records(sf: StrokeFile) -> RecordIndex:
     return index
 
 
-class _RecordReader:
+class RecordReader:
     """Parses records of one file in a worker: the format's one function from bytes to Drawing."""
 
     def __init__(self, sf: StrokeFile) -> None:
@@ -162,7 +162,7 @@ class _RecordReader:
         sf, buf = self.sf, self.buf
         assert buf is not None
         if end - start > MAX_RECORD_BYTES:
-            raise StrokeError(f"is {(end - start) >> 20} MiB long (at most {MAX_RECORD_BYTES >> 20} MiB per drawing)")
+            raise StrokeError(f"is {end - start:,} bytes long (at most {MAX_RECORD_BYTES:,} bytes per drawing)")
         if sf.kind == "binary":
             return read_binary(buf[start:end])[0]
         line = buf[start:end]
@@ -189,14 +189,14 @@ class _RecordReader:
         )
 
 
-_readers: dict[Path, _RecordReader] = {}
+_readers: dict[Path, RecordReader] = {}
 
 
-def _reader(sf: StrokeFile) -> _RecordReader:
+def record_reader(sf: StrokeFile) -> RecordReader:
     """One reader per file per worker process (the map and CSV header are reused across tasks)."""
     if sf.path not in _readers:
         _readers.clear()
-        _readers[sf.path] = _RecordReader(sf)
+        _readers[sf.path] = RecordReader(sf)
     return _readers[sf.path]
 
 
@@ -220,7 +220,7 @@ class Scan:
 
 
 def _scan_task(sf: StrokeFile, index: RecordIndex) -> Scan:
-    reader = _reader(sf)
+    reader = record_reader(sf)
     valid = np.zeros(len(index), dtype=bool)
     recognized = np.zeros(len(index), dtype=bool)
     first_error = None
@@ -245,7 +245,7 @@ class Rendered:
 
 
 def _render_task(sf: StrokeFile, index: RecordIndex) -> Rendered:
-    reader = _reader(sf)
+    reader = record_reader(sf)
     drawings = []
     for start, end, number in zip(index.starts.tolist(), index.ends.tolist(), index.numbers.tolist(), strict=True):
         try:
@@ -322,7 +322,7 @@ def render_records(
 def iter_drawings(sf: StrokeFile) -> Iterator[tuple[int, Drawing]]:
     """(record number, Drawing) for every record, in this process (for predict and small jobs)."""
     index = index_records(sf)
-    reader = _RecordReader(sf)
+    reader = RecordReader(sf)
     for start, end, number in zip(index.starts.tolist(), index.ends.tolist(), index.numbers.tolist(), strict=True):
         try:
             yield number, reader.drawing(start, end)

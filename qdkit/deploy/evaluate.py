@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from qdkit.constants import DEFAULT_STORE
+from qdkit.deploy.compare import Parity, torch_outputs
 from qdkit.errors import QdkitError, first_line
 from qdkit.files import atomic_path, sha256_file
 from qdkit.inference.onnxmodel import INT8_MIN_AGREEMENT, OnnxModel, check_classes, is_quantized
@@ -177,26 +178,19 @@ def evaluate_model(
     n, k = len(arrays), len(names)
     onnx_pred = np.empty(n, np.int64)
     torch_pred = np.empty(n, np.int64)
-    max_dl = max_dp = 0.0
+    parity = Parity()
     for s in range(0, n, batch_size):
         x = np.array(arrays.images[s : s + batch_size])  # a writable copy: torch refuses read-only memory
         o_logits, o_probs = predictor.run(x)
         assert o_probs is not None
-        with torch.inference_mode():
-            t = net(torch.from_numpy(x).unsqueeze(1)).float()
-            t_probs = torch.softmax(t, dim=1).numpy()
-            t_logits = t.numpy()
-        max_dl = max(max_dl, float(np.abs(o_logits - t_logits).max()))
-        max_dp = max(max_dp, float(np.abs(o_probs - t_probs).max()))
-        if not np.isfinite(o_logits).all():
-            max_dl = max_dp = float("inf")
-        onnx_pred[s : s + len(x)] = o_logits.argmax(1)
+        t_logits, t_probs = torch_outputs(net, x)
+        onnx_pred[s : s + len(x)] = parity.add(t_logits, t_probs, o_logits, o_probs)
         torch_pred[s : s + len(x)] = t_logits.argmax(1)
     labels = np.asarray(arrays.labels, np.int64)
     confusion = np.zeros((k, k), np.int64)
     np.add.at(confusion, (labels, onnx_pred), 1)
     support = confusion.sum(1)
-    agreement = float((onnx_pred == torch_pred).mean())
+    agreement = parity.agreement
     figures: dict[str, Any] = {
         "model": str(predictor.path),
         "checkpoint": str(ckpt_path),
@@ -209,14 +203,12 @@ def evaluate_model(
         "torch_accuracy": float((torch_pred == labels).mean()),
         "top1_agreement": agreement,
         "disagreements": int((onnx_pred != torch_pred).sum()),
-        "max_abs_logit_delta": max_dl,
-        "max_abs_prob_delta": max_dp,
+        "max_abs_logit_delta": parity.max_abs_logit_delta,
+        "max_abs_prob_delta": parity.max_abs_prob_delta,
         "tolerances": {"min_agreement": min_agreement, "max_prob_delta": max_prob_delta},
         "quantization": predictor.metadata.get("quantization"),
         # NaN/inf (non-finite outputs) fail even where |Δprobability| is not gated.
-        "passed": bool(
-            agreement >= min_agreement and np.isfinite(max_dp) and (max_prob_delta is None or max_dp <= max_prob_delta)
-        ),
+        "passed": parity.within(min_agreement=min_agreement, max_prob_delta=max_prob_delta),
         "per_class_accuracy": {
             c: (float(confusion[i, i] / support[i]) if support[i] else None) for i, c in enumerate(names)
         },

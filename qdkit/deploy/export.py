@@ -38,9 +38,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qdkit.constants import QDKIT_VERSION, SIDE
+from qdkit.deploy.compare import Parity, torch_outputs
 from qdkit.errors import QdkitError, first_line
 from qdkit.files import atomic_path, newest_file, sha256_file
-from qdkit.inference.onnxmodel import INPUT_NAME, METADATA_FORMAT, check_graph, is_qdkit_model, make_session
+from qdkit.inference.onnxmodel import (
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    check_graph,
+    contract_metadata,
+    is_qdkit_model,
+    make_session,
+)
 from qdkit.outputs import output_file
 
 if TYPE_CHECKING:
@@ -185,8 +193,8 @@ def export_model(
                 opset_version=int(opset),
                 do_constant_folding=True,
                 input_names=[INPUT_NAME],
-                output_names=["logits", "probabilities"],
-                dynamic_axes={INPUT_NAME: {0: "N"}, "logits": {0: "N"}, "probabilities": {0: "N"}},
+                output_names=list(OUTPUT_NAMES),
+                dynamic_axes={name: {0: "N"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
             )
     except Exception as e:
         raise QdkitError(f"{ckpt_path}: ONNX export failed at opset {opset} ({first_line(e)})") from e
@@ -194,23 +202,7 @@ def export_model(
 
     val_acc, test_acc = _accuracies(ckpt, ckpt_path)
     meta: dict[str, str] = {
-        "format": METADATA_FORMAT,
-        "class_names": json.dumps(class_names),
-        "input": json.dumps(
-            {
-                "name": INPUT_NAME,
-                **ckpt.get("input", {}),
-                "shape": ["N", 1, SIDE, SIDE],
-                "layout": "NCHW",
-                "dtype": "uint8",
-            }
-        ),
-        "outputs": json.dumps(
-            {
-                "logits": "float32 (N, classes), unnormalised scores",
-                "probabilities": "float32 (N, classes), softmax of logits",
-            }
-        ),
+        **contract_metadata(class_names, ckpt.get("input", {})),
         "qdkit_version": QDKIT_VERSION,
         "model_name": str(ckpt["model_name"]),
         "model_kwargs": json.dumps(ckpt.get("model_kwargs", {})),
@@ -237,28 +229,21 @@ def export_model(
     # The parity gate: the same drawings through onnxruntime and PyTorch.
     x = parity_drawings() if drawings is None else np.ascontiguousarray(drawings, np.uint8).reshape(-1, SIDE, SIDE)
     session = make_session(buf.getvalue(), threads=threads, providers=["CPUExecutionProvider"], name=str(ckpt_path))
-    ort_logits, ort_probs = session.run(["logits", "probabilities"], {INPUT_NAME: x[:, None]})
-    with torch.inference_mode():
-        t_logits = model(torch.from_numpy(x[:, None])).float()
-        t_probs = torch.softmax(t_logits, dim=1).numpy()
-        t_logits = t_logits.numpy()
-    d_logit = np.abs(ort_logits - t_logits)
-    d_prob = float(np.abs(ort_probs - t_probs).max())
-    worst = float((d_logit / np.maximum(1.0, np.abs(t_logits))).max())
-    if not (worst <= logit_tolerance and d_prob <= prob_tolerance):  # also catches NaN
+    parity = Parity()
+    parity.add(*torch_outputs(model, x), *session.run(list(OUTPUT_NAMES), {INPUT_NAME: x[:, None]}))
+    if not parity.within(max_rel_logit_delta=logit_tolerance, max_prob_delta=prob_tolerance):
         raise QdkitError(
             f"{ckpt_path}: onnxruntime disagrees with PyTorch on {len(x)} drawings "
-            f"(max |Δlogit| {float(d_logit.max()):.3g}, max |Δprobability| {d_prob:.3g}; "
+            f"(max |Δlogit| {parity.max_abs_logit_delta:.3g}, max |Δprobability| {parity.max_abs_prob_delta:.3g}; "
             f"tolerances {logit_tolerance:g} relative, {prob_tolerance:g}); nothing written"
         )
-    meta["parity"] = json.dumps(
-        {"drawings": int(len(x)), "max_abs_logit_delta": float(d_logit.max()), "max_abs_prob_delta": d_prob}
-    )
+    d_logit, d_prob = parity.max_abs_logit_delta, parity.max_abs_prob_delta
+    meta["parity"] = json.dumps({"drawings": int(len(x)), "max_abs_logit_delta": d_logit, "max_abs_prob_delta": d_prob})
     onnx.helper.set_model_props(proto, meta)
 
     with atomic_path(out) as tmp:
         onnx.save(proto, os.fspath(tmp))
-    return ExportReport(out, ckpt_path, meta, float(d_logit.max()), d_prob, int(len(x)), time.perf_counter() - t0)
+    return ExportReport(out, ckpt_path, meta, d_logit, d_prob, int(len(x)), time.perf_counter() - t0)
 
 
 @dataclass

@@ -28,11 +28,13 @@ from typing import Any
 import numpy as np
 
 from qdkit.constants import DEFAULT_STORE, SIDE
+from qdkit.deploy.compare import Parity
 from qdkit.errors import QdkitError, first_line
 from qdkit.files import atomic_path, sha256_file
 from qdkit.inference.onnxmodel import (
     INPUT_NAME,
     INT8_MIN_AGREEMENT,
+    OUTPUT_NAMES,
     check_classes,
     check_graph,
     is_qdkit_model,
@@ -47,7 +49,6 @@ MIN_AGREEMENT = INT8_MIN_AGREEMENT  # top-1 agreement int8 vs fp32 on held-out d
 CALIBRATION_DRAWINGS = 1024
 GATE_DRAWINGS = 2048  # held-out drawings for the gate, at most: ±0.2% standard error at 99%
 CALIBRATION_BATCH = 128
-PROB_SUM_TOLERANCE = 1e-3  # |sum(probabilities) - 1|: the softmax must still be a softmax
 METHODS = ("minmax", "percentile", "entropy")
 
 
@@ -145,9 +146,7 @@ def store_drawings(
 
 
 def _run(session: Any, x: np.ndarray, batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    outs = [
-        session.run(["logits", "probabilities"], {INPUT_NAME: x[s : s + batch, None]}) for s in range(0, len(x), batch)
-    ]
+    outs = [session.run(list(OUTPUT_NAMES), {INPUT_NAME: x[s : s + batch, None]}) for s in range(0, len(x), batch)]
     return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
 
 
@@ -273,14 +272,10 @@ def _gate(
     q_logits, q_probs = _run(
         make_session(proto.SerializeToString(), threads=threads, providers=cpu, name=str(out)), held
     )
-    agreement = float((q_logits.argmax(1) == f_logits.argmax(1)).mean())
-    sane = bool(
-        np.isfinite(q_logits).all()
-        and np.isfinite(q_probs).all()
-        and np.abs(q_probs.sum(1) - 1).max() <= PROB_SUM_TOLERANCE
-        and q_probs.min() >= 0
-    )
-    if not sane:
+    parity = Parity()
+    parity.add(f_logits, f_probs, q_logits, q_probs)
+    agreement = parity.agreement
+    if not parity.sane:
         raise QdkitError(
             f"{src}: the int8 model's outputs are not sane on {len(held)} {gate_split} drawings "
             f"(non-finite, or probabilities that do not sum to 1); nothing written"
@@ -299,7 +294,7 @@ def _gate(
         "gate_drawings": int(len(held)),
         "agreement": agreement,
         "min_agreement": min_agreement,
-        "max_abs_prob_delta": float(np.abs(q_probs - f_probs).max()),
+        "max_abs_prob_delta": parity.max_abs_prob_delta,
         "fp32_accuracy": accuracy(f_logits),
         "int8_accuracy": accuracy(q_logits),
     }

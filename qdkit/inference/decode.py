@@ -1,5 +1,5 @@
 """Input files -> drawings, in chunks, in a bounded process pool while the caller runs the model:
-runs of image files (qdkit.images) and the lines of .ndjson stroke files (qdkit.strokes), each
+runs of image files (qdkit.images) and the records of stroke files (qdkit.data.strokefiles), each
 failure one line naming the file (and line), never a lost batch.
 """
 
@@ -11,16 +11,24 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from qdkit.constants import SIDE
+from qdkit.data.strokefiles import (
+    STROKE_SUFFIXES,
+    RecordIndex,
+    StrokeFile,
+    display_number,
+    index_records,
+    record_reader,
+    stroke_file,
+)
 from qdkit.errors import QdkitError, first_line
 from qdkit.images import read_drawing
-from qdkit.inference.paths import STROKE_SUFFIXES
 from qdkit.workers import die_with_parent
 
-MAX_LINE_BYTES = 16 << 20  # one ndjson drawing; real ones are a few KB (raw ones up to ~100 KB)
 SMALL_JOB = 64  # fewer inputs than this are decoded in-process: forking costs more
 WINDOW_PER_WORKER = 2  # chunks in flight per decoding process
 
@@ -33,15 +41,18 @@ class ImageChunk:
 
 
 @dataclass(frozen=True)
-class LineChunk:
-    """Lines of one .ndjson file as (number from 1, raw bytes; the worker parses them); a line
-    over MAX_LINE_BYTES arrives as None."""
+class RecordChunk:
+    """Records of one stroke file (.ndjson, .bin, .csv: qdkit.data.strokefiles), parsed in the worker."""
 
-    path: str
-    lines: tuple[tuple[int, bytes | None], ...]
+    file: StrokeFile
+    index: RecordIndex
+
+    def place(self, i: int) -> str:
+        """FILE:N, N the record's line from 1 (its record number for .bin), as predictions are named."""
+        return f"{self.file.path}:{display_number(self.file, int(self.index.numbers[i]))}"
 
 
-Chunk = ImageChunk | LineChunk
+Chunk = ImageChunk | RecordChunk
 
 
 @dataclass
@@ -53,35 +64,20 @@ class Decoded:
     errors: list[str]
 
 
-class _NotText(Exception):
-    """A stroke file that is not text at all: one problem for the file, not one per line."""
-
-
-def _ndjson_lines(path: str) -> Iterator[tuple[int, bytes | None]]:
-    """(line number from 1, bytes) of every non-blank line; None for a line over MAX_LINE_BYTES."""
-    with open(path, "rb") as f:
-        if f.read(2) == b"\x1f\x8b":
-            raise _NotText("is gzip-compressed data, not text (gunzip it first)")
-        f.seek(0)
-        number = 0
-        while True:
-            line = f.readline(MAX_LINE_BYTES + 1)
-            if not line:
-                return
-            number += 1
-            if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
-                while (more := f.readline(MAX_LINE_BYTES)) and not more.endswith(b"\n"):
-                    pass  # skip the rest of the over-long line without holding it
-                yield number, None
-            elif line.strip():
-                yield number, line
+def _stroke_file(path: str) -> StrokeFile:
+    # Any name predict was given: the format from the suffix, whatever the rest of the name says.
+    found = stroke_file(path)
+    if found is not None:
+        return found
+    kind = {".bin": "binary", ".csv": "csv"}.get(Path(path).suffix.lower(), "ndjson")
+    return StrokeFile(Path(path), "", kind)
 
 
 def chunks(
     files: Sequence[str | os.PathLike], image_chunk: int, line_chunk: int, problems: Callable[[str], None]
 ) -> Iterator[Chunk]:
-    """The work in input order: runs of image files, and each .ndjson file's lines, in chunks.
-    A stroke file that cannot be opened is passed to `problems`."""
+    """The work in input order: runs of image files, and each stroke file's records, in chunks.
+    A stroke file that cannot be read or indexed is passed to `problems`."""
     images: list[str] = []
     for f in (os.fspath(p) for p in files):
         if not f.lower().endswith(STROKE_SUFFIXES):
@@ -93,31 +89,22 @@ def chunks(
         if images:
             yield ImageChunk(tuple(images))
             images = []
+        sf = _stroke_file(f)
         try:
-            block: list[tuple[int, bytes | None]] = []
-            lines = 0
-            for item in _ndjson_lines(f):
-                block.append(item)
-                lines += 1
-                if len(block) == line_chunk:
-                    yield LineChunk(f, tuple(block))
-                    block = []
-            if block:
-                yield LineChunk(f, tuple(block))
-            if not lines:
-                problems(f"{f}: no drawings (the file is empty or blank)")
-        except OSError as e:
-            problems(f"{f}: cannot read ({e.strerror or first_line(e)})")
-        except _NotText as e:
-            problems(f"{f}: {e}")
+            index = index_records(sf)
+        except QdkitError as e:
+            problems(str(e))
+            continue
+        for start in range(0, len(index), line_chunk):
+            yield RecordChunk(sf, index.take(np.arange(start, min(start + line_chunk, len(index)))))
     if images:
         yield ImageChunk(tuple(images))
 
 
 def decode_chunk(chunk: Chunk, invert: str) -> Decoded:
     """Pool task: a chunk -> its drawings; a failure is one line naming the file (and line)."""
-    if isinstance(chunk, LineChunk):
-        return _decode_lines(chunk)
+    if isinstance(chunk, RecordChunk):
+        return _decode_records(chunk)
     out = np.empty((len(chunk.paths), SIDE, SIDE), np.uint8)
     names: list[str] = []
     errors: list[str] = []
@@ -132,22 +119,22 @@ def decode_chunk(chunk: Chunk, invert: str) -> Decoded:
     return Decoded(out[: len(names)], names, errors)
 
 
-def _decode_lines(chunk: LineChunk) -> Decoded:
-    from qdkit.strokes import parse_ndjson_line, rasterize_many
+def _decode_records(chunk: RecordChunk) -> Decoded:
+    from qdkit.strokes import StrokeError, rasterize_many
 
     drawings: list = []
     names: list[str] = []
     errors: list[str] = []
-    for number, line in chunk.lines:
-        where = f"{chunk.path}:{number}"
-        if line is None:
-            errors.append(f"{where}: line longer than {MAX_LINE_BYTES:,} bytes, not a drawing")
-            continue
+    try:
+        reader = record_reader(chunk.file)
+    except OSError as e:
+        return Decoded(np.zeros((0, SIDE, SIDE), np.uint8), [], [f"{chunk.file.path}: cannot read ({e.strerror})"])
+    for i, (start, end) in enumerate(zip(chunk.index.starts.tolist(), chunk.index.ends.tolist(), strict=True)):
         try:
-            drawings.append(parse_ndjson_line(line))
-            names.append(where)
-        except QdkitError as e:
-            errors.append(f"{where}: {e}")
+            drawings.append(reader.drawing(start, end))
+            names.append(chunk.place(i))
+        except (StrokeError, QdkitError) as e:
+            errors.append(f"{chunk.place(i)}: {e}")
     return Decoded(rasterize_many(drawings) if drawings else np.zeros((0, SIDE, SIDE), np.uint8), names, errors)
 
 
@@ -192,7 +179,7 @@ def decoded_chunks(
             yield result
     except BrokenProcessPool:
         first = window[0][0]
-        near = first.paths[0] if isinstance(first, ImageChunk) else f"{first.path}:{first.lines[0][0]}"
+        near = first.paths[0] if isinstance(first, ImageChunk) else first.place(0)
         warn(f"an image decoding process died near {near}; decoding the rest in this process")
         pool.shutdown(wait=False, cancel_futures=True)
         yield from (decode_chunk(c, invert) for c, _ in list(window))

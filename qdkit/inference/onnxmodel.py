@@ -29,6 +29,12 @@ from qdkit.files import newest_file
 
 METADATA_FORMAT = "qdkit-onnx/1"
 INPUT_NAME = "pixels"
+LOGITS, PROBABILITIES = "logits", "probabilities"
+OUTPUT_NAMES = (LOGITS, PROBABILITIES)  # float32 (N, classes) each, in this order
+_OUTPUT_DOCS = {
+    LOGITS: "float32 (N, classes), unnormalised scores",
+    PROBABILITIES: "float32 (N, classes), softmax of logits",
+}
 # Least top-1 agreement of an int8 model: with its fp32 model at export (qdkit.deploy.quantize's gate),
 # with PyTorch in evaluate. Parity to 1e-4 holds only for fp32 models.
 INT8_MIN_AGREEMENT = 0.98
@@ -106,6 +112,18 @@ def make_session(
         if "[ONNXRuntimeError]" in reason:
             reason = reason.split(":", 3)[-1].strip()
         raise QdkitError(f"{label}: not a usable ONNX model ({reason[:160]})") from e
+
+
+def contract_metadata(class_names: Sequence[str], input_facts: dict[str, Any]) -> dict[str, str]:
+    """The metadata_props every qdkit model carries (the part `parse_metadata` and every reader
+    rely on): the format, the class names, the input (its convention: `input_facts`) and outputs."""
+    pixels = {"name": INPUT_NAME, **input_facts, "shape": ["N", 1, SIDE, SIDE], "layout": "NCHW", "dtype": "uint8"}
+    return {
+        "format": METADATA_FORMAT,
+        "class_names": json.dumps([str(c) for c in class_names]),
+        "input": json.dumps(pixels),
+        "outputs": json.dumps(_OUTPUT_DOCS),
+    }
 
 
 def parse_metadata(props: dict[str, str]) -> dict[str, Any]:
@@ -253,8 +271,8 @@ class OnnxModel:
 
     def _check_outputs(self) -> None:
         outputs = {o.name: o for o in self.session.get_outputs()}
-        self._logits_name = "logits" if "logits" in outputs else next(iter(outputs))
-        self._probs_name = "probabilities" if "probabilities" in outputs else None
+        self._logits_name = LOGITS if LOGITS in outputs else next(iter(outputs))
+        self._probs_name = PROBABILITIES if PROBABILITIES in outputs else None
         out_shape = outputs[self._logits_name].shape
         if out_shape and len(out_shape) != 2:
             raise QdkitError(

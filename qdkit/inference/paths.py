@@ -20,6 +20,8 @@ import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from qdkit.data.strokefiles import STROKE_SUFFIXES
+
 IMAGE_SUFFIXES = (
     ".png",
     ".jpg",
@@ -41,7 +43,6 @@ IMAGE_SUFFIXES = (
     ".jfif",
     ".avif",
 )
-STROKE_SUFFIXES = (".ndjson",)
 INPUT_SUFFIXES = IMAGE_SUFFIXES + STROKE_SUFFIXES
 
 

@@ -8,14 +8,14 @@ import re
 
 from qdkit.constants import SIDE
 from qdkit.errors import QdkitError
-from qdkit.inference.onnxmodel import INPUT_NAME
+from qdkit.inference.onnxmodel import INPUT_NAME, OUTPUT_NAMES
 
 DEFAULT_NAME = "qdkit"  # the model's name in /v2/models/<name>
 VERSION = "1"  # the one version served
 MAX_BATCH = 64  # drawings per inference call (serve --max-batch, Triton max_batch_size)
 INPUT_DATATYPE = "UINT8"  # pixels, 0 = background, 255 = ink
 INPUT_DIMS = [1, SIDE, SIDE]  # per drawing, after the batch axis
-OUTPUTS = ("logits", "probabilities")  # FP32, [classes] per drawing
+OUTPUTS = OUTPUT_NAMES  # FP32, [classes] per drawing
 OUTPUT_DATATYPE = "FP32"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
