@@ -25,7 +25,7 @@ from torch import nn
 from qdkit.constants import QDKIT_VERSION
 from qdkit.errors import QdkitError, first_line
 from qdkit.files import atomic_path, disk_full_is_error
-from qdkit.models import INPUT_SPEC, MODELS, build_model
+from qdkit.models import INPUT_SPEC, MODELS, build_model, model_class
 
 FORMAT = "qdkit-checkpoint/1"
 
@@ -115,7 +115,7 @@ def _check_model_fields(ckpt: dict[str, Any], path: Path) -> None:
     name, kwargs, classes, state = (ckpt.get(k) for k in ("model_name", "model_kwargs", "class_names", "model_state"))
     if not isinstance(name, str) or name not in MODELS:
         raise QdkitError(f"{path}: unknown model {name!r} (qdkit knows {', '.join(MODELS)})")
-    params = {k for k in inspect.signature(MODELS[name]).parameters if k != "num_classes"}
+    params = {k for k in inspect.signature(model_class(name)).parameters if k != "num_classes"}
     if not isinstance(kwargs, dict) or not all(
         k in params and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in kwargs.items()
     ):

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from qdkit.models import MODELS
+from qdkit.models.nets import QDNet, SeedCNN
 from qdkit.train import TrainConfig
 
 
@@ -33,7 +33,7 @@ def on_training_forward(action):
     count = {"n": 0}
 
     def hook(module, args):
-        if isinstance(module, tuple(MODELS.values())) and module.training:
+        if isinstance(module, (QDNet, SeedCNN)) and module.training:
             count["n"] += 1
             return action(count["n"], args)
         return None

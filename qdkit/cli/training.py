@@ -19,7 +19,8 @@ def _recipe(key: str) -> str:
 
 def _run_options(sweep: bool = False):
     """The options `train` and `sweep` share (sweep takes lists for --lr and --batch-size)."""
-    from qdkit.train.recipes import OPTIMIZERS, RECIPES, SCHEDULES, SWEEP_BATCH_SIZES, SWEEP_LRS
+    from qdkit.models import MODELS
+    from qdkit.train.recipes import OPTIMIZERS, SCHEDULES, SWEEP_BATCH_SIZES, SWEEP_LRS
 
     opts = [
         click.option(
@@ -30,7 +31,7 @@ def _run_options(sweep: bool = False):
         ),
         click.option(
             "--model",
-            type=click.Choice(list(RECIPES)),
+            type=click.Choice(list(MODELS)),
             default=None,
             help="qdnet (default) or seed-cnn (the original architecture, trained its original way).",
         ),

@@ -28,10 +28,10 @@ from qdkit.checkpoint import load_checkpoint
 from qdkit.constants import DEFAULT_STORE
 from qdkit.data.store import SplitArrays, Store, open_store
 from qdkit.errors import QdkitError
-from qdkit.models import DEFAULT_MODEL, MODELS, uses_batch_norm
+from qdkit.models import DEFAULT_MODEL, MODELS, model_class, recipe, uses_batch_norm
 from qdkit.train.devices import check_devices
 from qdkit.train.distributed import DistInfo
-from qdkit.train.recipes import OPTIMIZERS, RECIPES, SCHEDULES
+from qdkit.train.recipes import OPTIMIZERS, SCHEDULES
 
 DEFAULT_DATA = str(DEFAULT_STORE)
 # Settings that define a run: a resumed run keeps them (passing a different value is an error).
@@ -52,7 +52,7 @@ RUN_SETTINGS = (
 
 @dataclass
 class TrainConfig:
-    """One training run. None = the model's recipe default (RECIPES) or, on resume, the saved value."""
+    """One training run. None = the model's recipe default (qdkit.models) or, on resume, the saved value."""
 
     data: str | None = None  # the HDF5 store [data/quickdraw.h5]
     model: str | None = None  # registry name in qdkit.models [qdnet]
@@ -81,8 +81,8 @@ class TrainConfig:
         model = self.model or DEFAULT_MODEL
         if model not in MODELS:
             raise QdkitError(f"--model {model!r}: unknown model (choose from {', '.join(MODELS)})")
-        recipe = RECIPES.get(model, RECIPES[DEFAULT_MODEL])
-        values = {k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in recipe.items()}
+        defaults = recipe(model)
+        values = {k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in defaults.items()}
         filled = replace(
             self,
             model=model,
@@ -116,7 +116,7 @@ class RunSettings(TrainConfig):
     def model_kwargs(self) -> dict[str, Any]:
         """Every constructor argument of the model (defaults spelled out), so a checkpoint rebuilds
         the same network even if a default changes later."""
-        params = inspect.signature(MODELS[self.model]).parameters
+        params = inspect.signature(model_class(self.model)).parameters
         kwargs = {
             k: p.default for k, p in params.items() if k != "num_classes" and p.default is not inspect.Parameter.empty
         }

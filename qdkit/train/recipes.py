@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from qdkit.errors import QdkitError
+from qdkit.models import MODELS
 
 if TYPE_CHECKING:
     import torch
@@ -21,36 +22,6 @@ if TYPE_CHECKING:
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant")
 
-# Per-model training recipes: what a setting left as None becomes. `qdnet` holds the defaults
-# measured best on real drawings (animals10, 600 train / 100 validation per class, selected on
-# validation): AdamW at 3e-3 with a one-cycle schedule, label smoothing and the random affine below;
-# 36 epochs beat 24 by ~1.7 points of validation accuracy, stronger augmentation (15 deg, 0.85-1.15,
-# 3 px) with dropout 0.4 cost ~1.4 points. `seed-cnn` is the original project's best setting
-# (Adam, constant lr 1e-4, batch 64, 50 epochs, dropout 0.5, no augmentation, plain cross-entropy).
-RECIPES: dict[str, dict[str, Any]] = {
-    "qdnet": dict(
-        lr=3e-3,
-        batch_size=128,
-        epochs=36,
-        optimizer="adamw",
-        dropout=0.3,
-        weight_decay=0.05,
-        schedule="onecycle",
-        label_smoothing=0.1,
-        augment=True,
-    ),
-    "seed-cnn": dict(
-        lr=1e-4,
-        batch_size=64,
-        epochs=50,
-        optimizer="adam",
-        dropout=0.5,
-        weight_decay=0.0,
-        schedule="constant",
-        label_smoothing=0.0,
-        augment=False,
-    ),
-}
 # Random affine augmentation, drawn per image: rotation (degrees), scale, translation (pixels),
 # probability of a horizontal flip. Small enough to keep every class recognisable.
 AUGMENT = {"rotate_deg": 10.0, "scale": (0.9, 1.1), "translate_px": 2.0, "hflip": 0.5}
@@ -71,7 +42,7 @@ def recipe_values(key: str) -> str:
             else str(value)
         )
 
-    return ", ".join(f"{model} {shown(recipe[key])}" for model, recipe in RECIPES.items())
+    return ", ".join(f"{model} {shown(spec.recipe[key])}" for model, spec in MODELS.items())
 
 
 def augment_batch(

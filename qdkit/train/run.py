@@ -1,6 +1,6 @@
 """Training, the library entry point: `train(TrainConfig(...))` trains (or resumes) one run and
 returns its metrics; `qdkit train` only builds the config. Every setting left as None takes the
-model's recipe (`RECIPES`), so `qdkit train` is the best default measured and
+model's recipe (qdkit.models), so `qdkit train` is the best default measured and
 `qdkit train --model seed-cnn` is the original project's best setting.
 
 The rooms of training, each with one job:

@@ -1,26 +1,11 @@
-"""The models, picked by name. Normalisation is each model's first layer (`PixelInput`), so a
-model — and the ONNX graph exported from it — takes raw Quick Draw pixels and no preprocessing
-constant lives anywhere else."""
+"""The networks (torch). Normalisation is each model's first layer (`PixelInput`), so a model — and
+the ONNX graph exported from it — takes raw Quick Draw pixels and no preprocessing constant lives
+anywhere else. They are registered by name, with their recipes, in qdkit.models."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
 from torch import nn
-
-from qdkit.constants import SIDE
-
-# The input contract of every qdkit model, stored in checkpoints and ONNX metadata.
-INPUT_SPEC: dict[str, Any] = {
-    "shape": ["N", 1, SIDE, SIDE],
-    "layout": "NCHW",
-    "dtype": "uint8",
-    "background": 0,
-    "ink": 255,
-    "note": "Quick Draw bitmap convention: 0 = background, 255 = ink; the model normalises inside.",
-}
 
 
 class PixelInput(nn.Module):
@@ -43,8 +28,6 @@ class PixelInput(nn.Module):
 class SeedCNN(nn.Module):
     """The original QuickDrawClassifier network: three 3x3 conv (16/32/64) + ReLU + 2x2 max-pool,
     dropout, then 576 -> 200 -> classes. Input scaled to [0, 1] as torchvision's ToTensor did."""
-
-    batch_norm = False  # a training step may hold a single drawing
 
     def __init__(self, num_classes: int, dropout: float = 0.5) -> None:
         super().__init__()
@@ -79,8 +62,6 @@ class QDNet(nn.Module):
     points, so the default width is 32 (~0.58M parameters).
     """
 
-    batch_norm = True  # a training step needs at least two drawings per process
-
     def __init__(self, num_classes: int, dropout: float = 0.3, width: int = 32, hidden: int = 256) -> None:
         super().__init__()
         w = width
@@ -109,22 +90,3 @@ class QDNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(self.input(x)))
-
-
-MODELS: dict[str, Callable[..., nn.Module]] = {"seed-cnn": SeedCNN, "qdnet": QDNet}
-DEFAULT_MODEL = "qdnet"
-
-
-def uses_batch_norm(name: str) -> bool:
-    """Whether the model normalises over the batch (then a step needs two drawings or more), known
-    from the registry without building the network."""
-    return bool(getattr(MODELS[name], "batch_norm", True))
-
-
-def build_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
-    """A fresh model by registry name; kwargs are its constructor arguments (stored in checkpoints)."""
-    from qdkit.errors import QdkitError
-
-    if name not in MODELS:
-        raise QdkitError(f"unknown model {name!r} (choose from {', '.join(MODELS)})")
-    return MODELS[name](num_classes=num_classes, **kwargs)
