@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Create .venv if missing, install qdkit with its dev extra, then: ruff (lint + format), mypy, the
-# test suite. Extra arguments go to pytest (scripts/test.sh -k convert -x).
+# Create .venv if missing, install qdkit with its dev extra, then: ruff (lint + format), mypy,
+# import-linter, the test suite. Extra arguments go to pytest (scripts/test.sh -k convert -x).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh
 ruff check qdkit tests scripts
 ruff format --check qdkit tests scripts
 mypy qdkit scripts
+lint-imports --no-cache  # the import direction of .importlinter
 exec python -m pytest -q "$@"
