@@ -17,6 +17,10 @@ import numpy as np
 _CACHE: dict[tuple, tuple[Path, Path]] = {}
 
 
+FIXTURES = Path(__file__).parent / "fixtures"  # small embedded real data (CC BY 4.0, see its README)
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "quickdraw"  # optional real data beside the checkout
+
+
 class one_thread:
     """torch on one thread for tiny test batches: two OpenMP threads on a busy 2-core machine spin
     against each other (measured 15x slower), and the tests run beside other work."""

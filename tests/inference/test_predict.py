@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from _helpers import alive, children_of, clean_run, exported, one_line_error, torch_logits
+from _helpers import FIXTURES, alive, children_of, clean_run, exported, one_line_error, torch_logits
 from click.testing import CliRunner
 from PIL import Image
 
@@ -615,8 +615,6 @@ def test_debug_prints_the_traceback_behind_the_one_line_error(tmp_path):
 
 
 # --- strokes: .ndjson files and Drawing / stroke-list inputs (issue 8) ---------------------------
-
-FIXTURES = Path(__file__).parent / "fixtures"
 
 
 @pytest.fixture(scope="module")

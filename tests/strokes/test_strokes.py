@@ -12,6 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from _helpers import FIXTURES, SHARED
 from click.testing import CliRunner
 
 from qdkit.cli import main
@@ -33,8 +34,6 @@ from qdkit.strokes import (
     to_bitmap,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures"
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "quickdraw"
 GOLDEN_LINES = (FIXTURES / "golden_strokes.ndjson").read_bytes().splitlines()
 GOLDEN_BITMAPS = np.load(FIXTURES / "golden_bitmaps.npy")
 SPLITS = ("train", "validation", "test")

@@ -317,7 +317,7 @@ def test_a_worker_that_dies_without_saying_why_is_one_line(tmp_path):
         "import os, signal, sys\nhow = sys.argv[1]\n"
         "os.kill(os.getpid(), signal.SIGKILL) if how == 'kill' else sys.exit(int(how))\n"
     )
-    real = str(Path(L.__file__).parents[1])  # the agent is the real one; its workers run the stand-in
+    real = str(Path(L.__file__).parents[2])  # the agent is the real one; its workers run the stand-in
     agent = (
         f"import sys; sys.path.insert(0, {real!r}); from qdkit.train.launcher import run_agent; "
         "sys.exit(run_agent(1, sys.argv[1:]))"
