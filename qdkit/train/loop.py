@@ -278,7 +278,7 @@ class Trainer:
             else f"in epoch {epoch} at step {state.step_in_epoch}/{self.parts.steps_per_epoch}"
         )
         again = f"qdkit train --resume {path}"
-        if info.world_size > 1:  # the same processes again (any number works; see trainparts)
+        if info.world_size > 1:  # the same processes again (any number works; see qdkit.train.parts)
             again = (
                 f"{again} --nproc {info.world_size}"
                 if info.world_size == info.local_world_size

@@ -3,14 +3,16 @@ returns its metrics; `qdkit train` only builds the config. Every setting left as
 model's recipe (qdkit.models), so `qdkit train` is the best default measured and
 `qdkit train --model seed-cnn` is the original project's best setting.
 
-The rooms of training, each with one job:
-  qdkit.train.plan    TrainConfig, resume rules, the store checks: `plan_run` and `check_run`
-  qdkit.train.devices    device and precision (`choose_device`), the GPU of each DDP process
-  qdkit.train.state   the run's progress (RunState), saved into last.pt and restored as a unit
-  qdkit.train.reporter   what rank 0 writes: run folders, checkpoints, results.csv, TensorBoard, console
-  qdkit.train.loop       Trainer: model and optimisation, `fit()`, the epoch loop
-  qdkit.train.loopparts  evaluation of a split, each rank's rows, prefetching, Ctrl-C
-  qdkit.train.run      this module: the process group around a run, and the summary
+The rooms of training (qdkit.train), each with one job:
+  plan        TrainConfig, resume rules, the store checks: `plan_run` and `check_run`
+  devices     device and precision (`choose_device`), the GPU of each DDP process
+  parts       the model, optimiser, scheduler and loader a plan is built into
+  state       the run's progress (RunState), saved into last.pt and restored as a unit
+  reporter    what rank 0 writes: run folders, checkpoints, results.csv, TensorBoard, console
+  loop        Trainer: model and optimisation, `fit()`, the epoch loop
+  batches     each rank's rows of an epoch, prefetching; evaluation: one pass over a split
+  interrupt   Ctrl-C: stop and save, or abort
+  run         this module: the process group around a run, and the summary
 
 Outputs of a run named NAME:
   runs/NAME/                TensorBoard: per-epoch loss/accuracy (train, validation), learning rate,
