@@ -30,7 +30,8 @@ PUBLIC = {
     ],
     "qdkit.serve": ["create_app", "serve"],
     "qdkit.models": [
-        "DEFAULT_MODEL", "INPUT_SPEC", "MODELS", "ModelSpec", "build_model", "model_class", "recipe", "uses_batch_norm",
+        "DEFAULT_MODEL", "INPUT_SPEC", "MODELS", "ModelSpec", "Recipe", "build_model", "model_class", "recipe",
+        "uses_batch_norm",
     ],
 }  # fmt: skip
 

@@ -42,7 +42,7 @@ def recipe_values(key: str) -> str:
             else str(value)
         )
 
-    return ", ".join(f"{model} {shown(spec.recipe[key])}" for model, spec in MODELS.items())
+    return ", ".join(f"{model} {shown(getattr(spec.recipe, key))}" for model, spec in MODELS.items())
 
 
 def augment_batch(
