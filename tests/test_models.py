@@ -92,10 +92,10 @@ def test_recipes_and_cli_help_match_the_registry():
     from click.testing import CliRunner
 
     from qdkit.cli import main
-    from qdkit.models import recipe
+    from qdkit.models import recipe as recipe_of
     from qdkit.train.recipes import recipe_values
 
-    RECIPES = {name: recipe(name) for name in MODELS}
+    RECIPES = {name: recipe_of(name) for name in MODELS}
 
     assert set(RECIPES) == set(MODELS)
     help_text = " ".join(CliRunner().invoke(main, ["train", "--help"]).output.split())
