@@ -80,7 +80,7 @@ class Trainer:
         assert built is not None
         plan, self.parts = built
         self.plan = replace(plan, resume=None)  # the checkpoint is restored and can be large: let it go
-        self.cfg, self.device, self.amp_dtype, self.data = plan.cfg, plan.device, plan.amp_dtype, plan.data
+        self.device, self.amp_dtype, self.data = plan.device, plan.amp_dtype, plan.data
         self.model = self.train_model = self.parts.model  # train_model: the DDP wrapper once the run opens
         self.eval_batch = max(self.cfg.batch_size, 512)
         self.reporter = Reporter(self.cfg, info.is_main, log)
@@ -88,6 +88,11 @@ class Trainer:
     @property
     def state(self) -> RunState:
         return self.parts.state
+
+    @property
+    def cfg(self) -> RunSettings:
+        # One source of truth: the plan's settings (the run name is fixed there when the run opens).
+        return self.plan.cfg
 
     def fit(self) -> dict[str, Any]:
         cfg, state, say, steps = self.cfg, self.state, self.reporter.say, self.parts.steps_per_epoch
@@ -139,7 +144,8 @@ class Trainer:
 
     def _open_run(self) -> None:
         resumed = self.state.epoch if self.cfg.resume else None
-        self.cfg = replace(self.cfg, run_name=self.reporter.open_run(self.info, resumed))
+        named = replace(self.cfg, run_name=self.reporter.open_run(self.info, resumed))
+        self.plan = replace(self.plan, cfg=named)
         if self.info.active:
             from torch.nn.parallel import DistributedDataParallel
 
