@@ -13,7 +13,8 @@ not changed size or modification time (`SplitArrays.check_unchanged`) and stops 
 
 `open_store` trusts nothing in the file: class names, labels (dtype, shape, range), source
 indices, the layout of each split, and no external storage, virtual datasets or links to other
-files (an HDF5 file can make a dataset read from any file on the machine).
+files (an HDF5 file can make a dataset read from any file on the machine); the checks are in
+qdkit.data.storecheck.
 """
 
 from __future__ import annotations
