@@ -18,11 +18,73 @@ def _recipe(key: str) -> str:
 
 
 def _run_options(sweep: bool = False):
-    """The options `train` and `sweep` share (sweep takes lists for --lr and --batch-size)."""
-    from qdkit.models import MODELS
-    from qdkit.train.recipes import OPTIMIZERS, SCHEDULES, SWEEP_BATCH_SIZES, SWEEP_LRS
+    """The options `train` and `sweep` share (sweep takes lists for --lr and --batch-size), in
+    --help's order: what names the run (or the sweep), the recipe, where and how it runs."""
+    opts = (_sweep_options() if sweep else _single_run_options()) + _recipe_options() + _runtime_options()
 
-    opts = [
+    def decorate(f):
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+
+    return decorate
+
+
+def _single_run_options() -> list:
+    return [
+        click.option("--lr", type=float, default=None, help=f"Peak learning rate [{_recipe('lr')}]."),
+        click.option(
+            "--batch-size",
+            type=click.IntRange(1),
+            default=None,
+            help=f"Global batch size: with several processes each trains on its share [{_recipe('batch_size')}].",
+        ),
+        click.option(
+            "--run-name",
+            default=None,
+            help="[default: <YYYYmmdd-HHMMSS>-<model>-lr<lr>-bs<batch>]; never overwrites a run.",
+        ),
+        click.option(
+            "--resume",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="Continue a run exactly from its last.pt (its settings are kept).",
+        ),
+    ]
+
+
+def _sweep_options() -> list:
+    from qdkit.train.recipes import SWEEP_BATCH_SIZES, SWEEP_LRS
+
+    return [
+        click.option(
+            "--lr",
+            "lrs",
+            default=",".join(f"{lr:g}" for lr in SWEEP_LRS),
+            show_default=True,
+            help="Comma-separated learning rates (one table each).",
+        ),
+        click.option(
+            "--batch-size",
+            "batch_sizes",
+            default=",".join(map(str, SWEEP_BATCH_SIZES)),
+            show_default=True,
+            help="Comma-separated batch sizes (the columns).",
+        ),
+        click.option(
+            "--name",
+            default=None,
+            help="Sweep folder name [default: <time>-sweep-<model>]; reuse it to continue a sweep.",
+        ),
+    ]
+
+
+def _recipe_options() -> list:
+    """The settings a model's recipe fills where they are not given."""
+    from qdkit.models import MODELS
+    from qdkit.train.recipes import OPTIMIZERS, SCHEDULES
+
+    return [
         click.option(
             "--data",
             type=click.Path(dir_okay=False),
@@ -58,6 +120,12 @@ def _run_options(sweep: bool = False):
             default=None,
             help=f"Random affine (rotate, scale, shift, flip) on training batches [{_recipe('augment')}].",
         ),
+    ]
+
+
+def _runtime_options() -> list:
+    """Where and how the run goes: device, precision, reading, seed, stopping, output folders."""
+    return [
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option(
             "--amp/--no-amp",
@@ -98,56 +166,6 @@ def _run_options(sweep: bool = False):
             "--progress/--no-progress", default=True, show_default=True, help="A progress bar per epoch on stderr."
         ),
     ]
-    if sweep:
-        opts[:0] = [
-            click.option(
-                "--lr",
-                "lrs",
-                default=",".join(f"{lr:g}" for lr in SWEEP_LRS),
-                show_default=True,
-                help="Comma-separated learning rates (one table each).",
-            ),
-            click.option(
-                "--batch-size",
-                "batch_sizes",
-                default=",".join(map(str, SWEEP_BATCH_SIZES)),
-                show_default=True,
-                help="Comma-separated batch sizes (the columns).",
-            ),
-            click.option(
-                "--name",
-                default=None,
-                help="Sweep folder name [default: <time>-sweep-<model>]; reuse it to continue a sweep.",
-            ),
-        ]
-    else:
-        opts[:0] = [
-            click.option("--lr", type=float, default=None, help=f"Peak learning rate [{_recipe('lr')}]."),
-            click.option(
-                "--batch-size",
-                type=click.IntRange(1),
-                default=None,
-                help=f"Global batch size: with several processes each trains on its share [{_recipe('batch_size')}].",
-            ),
-            click.option(
-                "--run-name",
-                default=None,
-                help="[default: <YYYYmmdd-HHMMSS>-<model>-lr<lr>-bs<batch>]; never overwrites a run.",
-            ),
-            click.option(
-                "--resume",
-                type=click.Path(dir_okay=False),
-                default=None,
-                help="Continue a run exactly from its last.pt (its settings are kept).",
-            ),
-        ]
-
-    def decorate(f):
-        for opt in reversed(opts):
-            f = opt(f)
-        return f
-
-    return decorate
 
 
 def _train_numbers(value: str, kind: type, option: str) -> list:

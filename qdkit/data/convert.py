@@ -17,6 +17,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -159,6 +160,141 @@ def _count_into(bar: tqdm) -> Callable[[Future], None]:
     return lambda f: bar.update(f.result()) if not f.cancelled() and f.exception() is None else None
 
 
+@dataclass
+class _Outputs:
+    """What one conversion writes through; the ExitStack that opened them closes them."""
+
+    png_root: Path  # out_dir/png, named in disk-full errors
+    png_tmp: Path | None  # the PNG folder being written, renamed into place at the end
+    pool: ProcessPoolExecutor | None  # rasterizes strokes and encodes PNGs
+    writer: StoreWriter | None
+    bar: tqdm
+
+
+def _start_pool(stack: contextlib.ExitStack, workers: int) -> ProcessPoolExecutor:
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    # Workers die with this process (even on kill -9); on any failure queued tasks are dropped.
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=die_with_parent, initargs=(os.getpid(),))
+    stack.callback(pool.shutdown, wait=True, cancel_futures=True)
+    return pool
+
+
+def _open_writer(
+    stack: contextlib.ExitStack,
+    path: Path,
+    class_names: list[str],
+    per_class: dict[str, int],
+    seed: int,
+    has_strokes: bool,
+) -> StoreWriter:
+    counts = {s: per_class.get(s, 0) * len(class_names) for s in SPLITS}
+    writer = StoreWriter(
+        path, class_names, counts, {"seed": seed, "per_class": per_class}, STROKE_EXTRAS if has_strokes else None
+    )
+    stack.callback(writer.abort)
+    return writer
+
+
+def _checked_sources(
+    in_dir: str | os.PathLike, classes: list[str] | None, per_class: dict[str, int]
+) -> tuple[list[Source], list[str], list[str]]:
+    """(sources, their class names, their PNG folder names), refused before any work if a class
+    has too few drawings or two classes would share a folder."""
+    if classes is not None and not [c for c in classes if c.strip()]:
+        raise QdkitError("--classes names no class (give comma-separated names, e.g. cat,dog)")
+    files = find_sources(in_dir, classes)
+    _check_rows([f for f in files if isinstance(f, BitmapFile)], sum(per_class.values()))
+    class_names = [bf.class_name for bf in files]
+    dirnames = [safe_dirname(c) for c in class_names]
+    if len(set(dirnames)) != len(dirnames):
+        raise QdkitError(f"{in_dir}: two class names map to the same folder name")
+    return files, class_names, dirnames
+
+
+def _write_class(
+    outs: _Outputs,
+    label: int,
+    source: Source,
+    dirname: str,
+    info: dict,
+    per_class: dict[str, int],
+    seed: int,
+    *,
+    recognized_only: bool,
+    skip_invalid: bool,
+) -> list[Future]:
+    """Hand one class's drawings to the PNG tasks and the store; returns the PNG tasks, which
+    count their rows into the bar as they finish."""
+    if isinstance(source, StrokeFile):
+        assert outs.pool is not None
+        rows = _stroke_rows(
+            source,
+            per_class,
+            seed,
+            info,
+            outs.pool,
+            recognized_only=recognized_only,
+            skip_invalid=skip_invalid,
+            progress=outs.bar.update if outs.png_tmp is None else None,
+        )
+    else:
+        rows = _bitmap_rows(source, per_class, seed, info)
+    futures = []
+    for split, images, source_index, extras in rows:
+        if outs.pool is not None and outs.png_tmp is not None:
+            folder = outs.png_tmp / split / dirname
+            with disk_full_is_error(outs.png_root):
+                folder.mkdir(parents=True, exist_ok=True)
+            for start in range(0, len(images), _PNG_TASK_ROWS):
+                part = slice(start, start + _PNG_TASK_ROWS)
+                fut = outs.pool.submit(_write_pngs, images[part], source_index[part], str(folder))
+                fut.add_done_callback(_count_into(outs.bar))
+                futures.append(fut)
+        if outs.writer is not None:
+            outs.writer.append(split, images, label, source_index, extras)
+            if outs.pool is None:
+                outs.bar.update(len(images))
+    return futures
+
+
+def _write_classes(
+    outs: _Outputs,
+    files: list[Source],
+    dirnames: list[str],
+    per_class: dict[str, int],
+    seed: int,
+    *,
+    recognized_only: bool,
+    skip_invalid: bool,
+) -> None:
+    """Every class through `_write_class`, then wait for the PNG tasks and close the store with
+    its sources (each file's facts and hash)."""
+    futures, sources = [], []
+    for label, (source, dirname) in enumerate(zip(files, dirnames, strict=True)):
+        info: dict = {}
+        futures += _write_class(
+            outs,
+            label,
+            source,
+            dirname,
+            info,
+            per_class,
+            seed,
+            recognized_only=recognized_only,
+            skip_invalid=skip_invalid,
+        )
+        if outs.writer is not None:
+            sources.append(
+                {"class": source.class_name, "file": source.path.name, **info, "sha256": sha256_file(source.path)}
+            )
+    with disk_full_is_error(outs.png_root):
+        for fut in futures:
+            fut.result()  # re-raise the first worker error, if any
+    if outs.writer is not None:
+        outs.writer.close({"sources": sources})
+    outs.bar.close()
+
+
 def convert(
     in_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -181,94 +317,46 @@ def convert(
     per_class = per_class or {"train": 2000, "validation": 400, "test": 100}
     if not (h5 or png):
         raise QdkitError("nothing to do: neither PNGs nor the HDF5 store requested")
-    if classes is not None and not [c for c in classes if c.strip()]:
-        raise QdkitError("--classes names no class (give comma-separated names, e.g. cat,dog)")
-    files = find_sources(in_dir, classes)
-    _check_rows([f for f in files if isinstance(f, BitmapFile)], sum(per_class.values()))
-    class_names = [bf.class_name for bf in files]
-    dirnames = [safe_dirname(c) for c in class_names]
-    if len(set(dirnames)) != len(dirnames):
-        raise QdkitError(f"{in_dir}: two class names map to the same folder name")
+    files, class_names, dirnames = _checked_sources(in_dir, classes, per_class)
     out_dir = Path(out_dir)
     _check_outputs(out_dir, png, h5)
     workers = workers or os.cpu_count() or 1
+    has_strokes = any(isinstance(f, StrokeFile) for f in files)
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         stack.enter_context(sigterm_as_interrupt())
         stack.enter_context(output_lock(out_dir, [PNG_DIR, STORE_NAME], "qdkit convert"))
         png_tmp = stack.enter_context(atomic_path(out_dir / PNG_DIR, overwrite)) if png else None
         h5_tmp = stack.enter_context(atomic_path(out_dir / STORE_NAME, overwrite)) if h5 else None
-        pool = None
-        has_strokes = any(isinstance(f, StrokeFile) for f in files)
-        if png_tmp is not None or has_strokes:
-            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            # Workers die with this process (even on kill -9); on any failure queued tasks are dropped.
-            pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=die_with_parent, initargs=(os.getpid(),))
-            stack.callback(pool.shutdown, wait=True, cancel_futures=True)
-        writer = None
-        if h5_tmp is not None:
-            counts = {s: per_class.get(s, 0) * len(files) for s in SPLITS}
-            writer = StoreWriter(
-                h5_tmp,
-                class_names,
-                counts,
-                {"seed": seed, "per_class": per_class},
-                STROKE_EXTRAS if has_strokes else None,
-            )
-            stack.callback(writer.abort)
-        total = sum(per_class.values()) * len(files)
-        bar = stack.enter_context(
-            tqdm(total=total, unit="img", desc="convert", disable=not progress, dynamic_ncols=True)
+        outs = _Outputs(  # in this order: the stack closes the bar, then the writer, then the pool
+            out_dir / PNG_DIR,
+            png_tmp,
+            _start_pool(stack, workers) if png_tmp is not None or has_strokes else None,
+            _open_writer(stack, h5_tmp, class_names, per_class, seed, has_strokes) if h5_tmp is not None else None,
+            stack.enter_context(
+                tqdm(
+                    total=sum(per_class.values()) * len(files),
+                    unit="img",
+                    desc="convert",
+                    disable=not progress,
+                    dynamic_ncols=True,
+                )
+            ),
         )
-        futures, sources = [], []
-        for label, (source, dirname) in enumerate(zip(files, dirnames, strict=True)):
-            info: dict = {}
-            if isinstance(source, StrokeFile):
-                assert pool is not None
-                rows = _stroke_rows(
-                    source,
-                    per_class,
-                    seed,
-                    info,
-                    pool,
-                    recognized_only=recognized_only,
-                    skip_invalid=skip_invalid,
-                    progress=bar.update if png_tmp is None else None,
-                )
-            else:
-                rows = _bitmap_rows(source, per_class, seed, info)
-            for split, images, source_index, extras in rows:
-                if pool is not None and png_tmp is not None:
-                    folder = png_tmp / split / dirname
-                    with disk_full_is_error(out_dir / PNG_DIR):
-                        folder.mkdir(parents=True, exist_ok=True)
-                    for start in range(0, len(images), _PNG_TASK_ROWS):
-                        part = slice(start, start + _PNG_TASK_ROWS)
-                        fut = pool.submit(_write_pngs, images[part], source_index[part], str(folder))
-                        fut.add_done_callback(_count_into(bar))
-                        futures.append(fut)
-                if writer is not None:
-                    writer.append(split, images, label, source_index, extras)
-                    if pool is None:
-                        bar.update(len(images))
-            if writer is not None:
-                sources.append(
-                    {"class": source.class_name, "file": source.path.name, **info, "sha256": sha256_file(source.path)}
-                )
-        with disk_full_is_error(out_dir / PNG_DIR):
-            for fut in futures:
-                fut.result()  # re-raise the first worker error, if any
-        if writer is not None:
-            writer.close({"sources": sources})
-        bar.close()
-    seconds = time.perf_counter() - t0
+        _write_classes(
+            outs, files, dirnames, per_class, seed, recognized_only=recognized_only, skip_invalid=skip_invalid
+        )
+    return _summary(out_dir, png, h5, per_class, len(files), time.perf_counter() - t0)
+
+
+def _summary(out_dir: Path, png: bool, h5: bool, per_class: dict[str, int], classes: int, seconds: float) -> str:
     wrote = []
     if png:
         wrote.append(str(out_dir / PNG_DIR))
     if h5:
         wrote.append(f"{out_dir / STORE_NAME} ({(out_dir / STORE_NAME).stat().st_size / 2**20:.1f} MiB)")
-    split_counts = ", ".join(f"{s} {per_class.get(s, 0) * len(files)}" for s in SPLITS)
+    split_counts = ", ".join(f"{s} {per_class.get(s, 0) * classes}" for s in SPLITS)
     return (
-        f"converted {len(files)} classes ({split_counts} drawings) in {seconds:.1f} s "
+        f"converted {classes} classes ({split_counts} drawings) in {seconds:.1f} s "
         f"(qdkit {QDKIT_VERSION}) -> {' and '.join(wrote)}"
     )

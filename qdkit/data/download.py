@@ -53,6 +53,7 @@ from qdkit.data.httprange import (
     start_part,
     validator_file,
 )
+from qdkit.data.strokecount import LineCounter, RecordWalker
 from qdkit.errors import QdkitError
 from qdkit.files import atomic_path
 
@@ -61,8 +62,6 @@ DEFAULT_BASE_URL = "https://storage.googleapis.com/quickdraw_dataset"
 _HEAD_BYTES = 1024  # one request holds the whole .npy header (128 bytes in the official files)
 _FIRST_STROKE_BYTES = 1 << 16  # the first request for a stroke file; later ones grow with the need
 _MAX_RANGE = 1 << 24  # one growing range asks for at most 16 MiB
-_BINARY_HEADER = 17  # key_id u64, countrycode 2 bytes, recognized u8, timestamp u32, n_strokes u16
-_MAX_RECORD = 1 << 20  # a real drawing record is a few KB; a claim of more is not Quick Draw data
 
 
 @dataclass(frozen=True)
@@ -225,93 +224,11 @@ def _finish_subset(part: Path, final: Path, offset: int, rows: int) -> None:
 # --- stroke files (ndjson, binary) ---------------------------------------------------------------
 
 
-class _LineCounter:
-    """Counts whole ndjson lines in a stream; `end` is the byte offset after the `want`-th line."""
-
-    def __init__(self, want: float) -> None:
-        self.want, self.count, self.pos = want, 0, 0
-        self.end: int | None = None
-        self._line_open = False
-
-    def feed(self, data: bytes) -> None:
-        if self.end is None:
-            i = 0
-            while self.count < self.want:
-                j = data.find(b"\n", i)
-                if j < 0:
-                    break
-                self.count += 1
-                i = j + 1
-                if self.count == self.want:
-                    self.end = self.pos + i
-            if data:
-                self._line_open = not data.endswith(b"\n")
-        self.pos += len(data)
-
-    def at_eof(self, name: str) -> None:
-        """The file ended: a last line without a newline is a line too."""
-        if self.end is None and self._line_open:
-            self.count += 1
-            if self.count == self.want:
-                self.end = self.pos
-        if self.end is None:
-            self.end = self.pos
+def _counter(fmt: Format, want: float) -> LineCounter | RecordWalker:
+    return RecordWalker(want) if fmt.name == "binary" else LineCounter(want)
 
 
-class _RecordWalker:
-    """Walks binary drawing records in a stream; `end` is the byte offset after the `want`-th record."""
-
-    def __init__(self, want: float) -> None:
-        self.want, self.count, self.pos = want, 0, 0
-        self.end: int | None = None
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> None:
-        if self.end is not None:
-            return
-        self._buf += data
-        i = 0
-        while self.count < self.want:
-            size = _record_size(self._buf, i, self.count)
-            if size is None:
-                break
-            i += size
-            self.count += 1
-        del self._buf[:i]
-        self.pos += i
-        if self.count == self.want:
-            self.end = self.pos
-
-    def at_eof(self, name: str) -> None:
-        if self.end is None and self._buf:
-            raise QdkitError(
-                f"{name}: truncated binary record {self.count} ({len(self._buf)} bytes at the end "
-                "are not a whole record)"
-            )
-        if self.end is None:
-            self.end = self.pos
-
-
-def _record_size(buf: bytearray, at: int, index: int) -> int | None:
-    """The byte size of the binary record at `buf[at:]`, or None when it is not all in `buf` yet."""
-    if len(buf) - at < _BINARY_HEADER:
-        return None
-    strokes = int.from_bytes(buf[at + 15 : at + 17], "little")
-    off = at + _BINARY_HEADER
-    for _ in range(strokes):
-        if len(buf) < off + 2:
-            return None
-        off += 2 + 2 * int.from_bytes(buf[off : off + 2], "little")
-        if off - at > _MAX_RECORD:
-            raise QdkitError(f"binary record {index} claims more than {_MAX_RECORD} bytes: not Quick Draw data")
-    return off - at if off <= len(buf) else None
-
-
-def _counter(fmt: Format, want: float) -> _LineCounter | _RecordWalker:
-    return _RecordWalker(want) if fmt.name == "binary" else _LineCounter(want)
-
-
-def _count_file(fmt: Format, path: Path, want: float, upto: int | None = None) -> _LineCounter | _RecordWalker:
+def _count_file(fmt: Format, path: Path, want: float, upto: int | None = None) -> LineCounter | RecordWalker:
     """Feed the first `upto` bytes of `path` (all by default) to a fresh counter; it stops at `want`."""
     counter = _counter(fmt, want)
     left = path.stat().st_size if upto is None else upto
@@ -379,7 +296,7 @@ def _download_strokes(remote: RemoteFile, final: Path, limit: int | None, fmt: F
     return final
 
 
-def _grow_until(remote: RemoteFile, fmt: Format, part: Path, limit: int, total: int) -> _LineCounter | _RecordWalker:
+def _grow_until(remote: RemoteFile, fmt: Format, part: Path, limit: int, total: int) -> LineCounter | RecordWalker:
     """Append growing ranges to `part` until it holds `limit` whole drawings or the whole file."""
     counter = _count_file(fmt, part, limit)
     held = part.stat().st_size

@@ -13,7 +13,8 @@ not changed size or modification time (`SplitArrays.check_unchanged`) and stops 
 
 `open_store` trusts nothing in the file: class names, labels (dtype, shape, range), source
 indices, the layout of each split, and no external storage, virtual datasets or links to other
-files (an HDF5 file can make a dataset read from any file on the machine).
+files (an HDF5 file can make a dataset read from any file on the machine); the checks are in
+qdkit.data.storecheck.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import h5py
 import numpy as np
 
 from qdkit.constants import QDKIT_VERSION, SIDE
+from qdkit.data.storecheck import check_class_names, check_sources, check_split, decoded_attrs
 from qdkit.errors import QdkitError, first_line
 
 FORMAT_VERSION = 1
@@ -234,17 +236,17 @@ def open_store(path: str | os.PathLike, warn: bool | Callable[[str], None] = Tru
     """
     path = Path(path)
     with _open_h5(path) as f:
-        attrs = _decoded_attrs(path, f.attrs)
+        attrs = decoded_attrs(path, f.attrs)
         if attrs.get("format") != "qdkit-store":
             raise QdkitError(f"{path}: not a qdkit store (no 'qdkit-store' format attribute)")
         _check_version(path, attrs.get("format_version"))
-        class_names = _check_class_names(path, attrs.pop("class_names", None))
-        _check_sources(path, attrs.get("sources"))
+        class_names = check_class_names(path, attrs.pop("class_names", None))
+        check_sources(path, attrs.get("sources"))
         counts: dict[str, int] = {}
         layout: dict[str, tuple[int, tuple[int, ...]] | None] = {}
         size = path.stat().st_size
         for split in [s for s in SPLITS if s in f] + sorted(set(f) - set(SPLITS)):
-            g = _check_split(path, f, split, len(class_names))
+            g = check_split(path, f, split, len(class_names))
             ds = g["images"]
             counts[split] = len(ds)
             offset = ds.id.get_offset()
@@ -280,104 +282,6 @@ def _check_version(path: Path, version: Any) -> None:
         raise QdkitError(
             f"{path}: store format {version} is newer than this qdkit reads ({FORMAT_VERSION}); upgrade qdkit"
         )
-
-
-def _check_class_names(path: Path, names: Any) -> list[str]:
-    if names is None:
-        raise QdkitError(f"{path}: no class_names attribute")
-    if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
-        raise QdkitError(f"{path}: class_names is not a JSON list of non-empty names: {str(names)[:60]!r}")
-    if not names:
-        raise QdkitError(f"{path}: class_names is empty (a store needs at least one class)")
-    if len(set(names)) != len(names):
-        twice = next(n for n in names if names.count(n) > 1)
-        raise QdkitError(f"{path}: class_names lists {twice!r} twice")
-    return names
-
-
-def _check_sources(path: Path, sources: Any) -> None:
-    if sources is None:
-        return
-    if not isinstance(sources, list) or not all(
-        isinstance(s, dict) and isinstance(s.get("file"), str) for s in sources
-    ):
-        raise QdkitError(f"{path}: malformed 'sources' attribute (expected a JSON list of objects with a file name)")
-
-
-_INTEGER_KINDS = "iu"
-
-
-def _check_split(path: Path, f: h5py.File, split: str, num_classes: int) -> h5py.Group:
-    """The split's group, after checking it is one, holds only local data, and has valid labels."""
-    where = f"{path}: split {split!r}"
-    g = _local(path, f, split)
-    if not isinstance(g, h5py.Group):
-        raise QdkitError(f"{where} is a dataset, expected a group with images, labels and source_index")
-    missing = {"images", "labels", "source_index"} - set(g)
-    if missing:
-        raise QdkitError(f"{where} lacks {', '.join(sorted(missing))}")
-    for name in g:
-        ds = _local(path, g, name)
-        if not isinstance(ds, h5py.Dataset):
-            raise QdkitError(f"{where}: {name} is a group, expected a dataset")
-    images, labels, source_index = g["images"], g["labels"], g["source_index"]
-    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (SIDE, SIDE):
-        raise QdkitError(f"{where} has images {images.shape} {images.dtype}, expected (N, 28, 28) uint8")
-    n = len(images)
-    for name, ds in (("labels", labels), ("source_index", source_index)):
-        if ds.dtype.kind not in _INTEGER_KINDS or ds.shape != (n,):
-            raise QdkitError(f"{where} has {name} {ds.shape} {ds.dtype}, expected ({n},) integers (one per image)")
-    lo, hi = _min_max(labels)
-    if n and (lo < 0 or hi >= num_classes):
-        bad = lo if lo < 0 else hi
-        raise QdkitError(f"{where} has label {bad}, outside 0..{num_classes - 1} ({num_classes} classes)")
-    return g
-
-
-def _local(path: Path, parent: h5py.Group, name: str) -> Any:
-    """parent[name], refusing anything that reads from another file."""
-    where = f"{path}: {parent.name.rstrip('/')}/{name}"
-    link = parent.get(name, getlink=True)
-    if not isinstance(link, h5py.HardLink):
-        raise QdkitError(f"{where} is a {type(link).__name__}; a qdkit store holds no links")
-    obj = parent[name]
-    if isinstance(obj, h5py.Dataset) and (obj.external or obj.is_virtual):
-        raise QdkitError(f"{where} reads its data from another file (external or virtual storage); refused")
-    return obj
-
-
-def _min_max(ds: h5py.Dataset, block: int = 1 << 22) -> tuple[int, int]:
-    """The smallest and largest value of a 1-D integer dataset, read in blocks (bounded memory)."""
-    lo, hi = 0, 0
-    for start in range(0, len(ds), block):
-        part = ds[start : start + block]
-        lo, hi = (
-            (int(part.min()), int(part.max())) if start == 0 else (min(lo, int(part.min())), max(hi, int(part.max())))
-        )
-    return lo, hi
-
-
-def _decoded_attrs(path: Path, attrs: h5py.AttributeManager) -> dict[str, Any]:
-    out = {}
-    for key in attrs:
-        try:
-            out[key] = _decode(attrs[key])
-        except UnicodeDecodeError:
-            raise QdkitError(f"{path}: attribute {key!r} is not UTF-8 text") from None
-    return out
-
-
-def _decode(value: Any) -> Any:
-    if isinstance(value, bytes):
-        value = value.decode()
-    if isinstance(value, str) and value[:1] in "[{":
-        try:
-            return json.loads(value)
-        except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
-            return value
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def _source_field(source: dict, key: str) -> str:

@@ -142,11 +142,6 @@ def evaluate_model(
     defaults for the model's kind (see `tolerances`). Writes evaluation.json and
     confusion_matrix.png into `out` (default: the model's folder); files there that qdkit did not
     write are replaced only with `overwrite` (qdkit.outputs)."""
-    import torch
-
-    from qdkit.checkpoint import load_checkpoint, model_from_checkpoint
-    from qdkit.data.store import open_store
-
     warn = warn or (lambda msg: None)
     t0 = time.perf_counter()
     predictor = OnnxModel(model, threads=threads, batch_size=batch_size, warn=warn)
@@ -155,8 +150,31 @@ def evaluate_model(
         out_dir / JSON_NAME, "report", overwrite=overwrite, ours=lambda p: is_qdkit_json(p, "confusion_matrix_axes")
     )
     png_path = output_file(out_dir / PNG_NAME, "picture", overwrite=overwrite, ours=is_qdkit_png)
-    min_agreement, max_prob_delta = tolerances(predictor.metadata, min_agreement, max_prob_delta)
+    limits = tolerances(predictor.metadata, min_agreement, max_prob_delta)
     ckpt_path, sha = resolve_checkpoint(predictor, checkpoint, warn)
+    net, arrays, names = _reference(predictor, ckpt_path, data, split)
+    comparison = _compare(predictor, net, arrays, batch_size, threads)
+    figures = _figures(predictor, ckpt_path, sha, data, split, names, comparison, limits)
+    figures["seconds"] = round(time.perf_counter() - t0, 3)
+    with atomic_path(json_path) as tmp:
+        tmp.write_text(json.dumps(figures, indent=1, allow_nan=True) + "\n")
+    plot_confusion(
+        comparison.confusion(len(names)),
+        names,
+        png_path,
+        title=f"{Path(predictor.path).name} on {split}: accuracy {figures['onnx_accuracy']:.2%}",
+    )
+    return EvaluationReport(figures, json_path, png_path)
+
+
+def _reference(
+    predictor: OnnxModel, ckpt_path: Path, data: str | os.PathLike, split: str
+) -> tuple[Any, Any, list[str]]:
+    """(the checkpoint's model, the split's arrays, the store's class names), once both models are
+    known to classify the store's classes in its order and the split holds drawings."""
+    from qdkit.checkpoint import load_checkpoint, model_from_checkpoint
+    from qdkit.data.store import open_store
+
     try:
         net, ckpt = model_from_checkpoint(load_checkpoint(ckpt_path))
     except QdkitError:
@@ -172,10 +190,32 @@ def evaluate_model(
         raise QdkitError(f"{ckpt_path}: its classes are not the store's ({data}) in the same order")
     if len(arrays) == 0:
         raise QdkitError(f"{data}: split {split!r} is empty")
+    return net, arrays, names
+
+
+@dataclass
+class _Comparison:
+    """Both models' top-1 classes on every drawing of the split, their true labels, and the parity."""
+
+    onnx_pred: np.ndarray
+    torch_pred: np.ndarray
+    labels: np.ndarray
+    parity: Parity
+
+    def confusion(self, classes: int) -> np.ndarray:
+        """Rows = true class, columns = onnxruntime's top-1."""
+        confusion = np.zeros((classes, classes), np.int64)
+        np.add.at(confusion, (self.labels, self.onnx_pred), 1)
+        return confusion
+
+
+def _compare(predictor: OnnxModel, net: Any, arrays: Any, batch_size: int, threads: int | None) -> _Comparison:
+    """Every drawing of `arrays` through the ONNX model and the PyTorch one, batch by batch."""
+    import torch
+
     if threads:
         torch.set_num_threads(int(threads))
-
-    n, k = len(arrays), len(names)
+    n = len(arrays)
     onnx_pred = np.empty(n, np.int64)
     torch_pred = np.empty(n, np.int64)
     parity = Parity()
@@ -186,22 +226,40 @@ def evaluate_model(
         t_logits, t_probs = torch_outputs(net, x)
         onnx_pred[s : s + len(x)] = parity.add(t_logits, t_probs, o_logits, o_probs)
         torch_pred[s : s + len(x)] = t_logits.argmax(1)
-    labels = np.asarray(arrays.labels, np.int64)
-    confusion = np.zeros((k, k), np.int64)
-    np.add.at(confusion, (labels, onnx_pred), 1)
+    return _Comparison(onnx_pred, torch_pred, np.asarray(arrays.labels, np.int64), parity)
+
+
+def _figures(
+    predictor: OnnxModel,
+    ckpt_path: Path,
+    sha: str,
+    data: str | os.PathLike,
+    split: str,
+    names: list[str],
+    comparison: _Comparison,
+    limits: tuple[float, float | None],
+) -> dict[str, Any]:
+    """evaluation.json's figures, all but `seconds`."""
+    onnx_pred, torch_pred, labels, parity = (
+        comparison.onnx_pred,
+        comparison.torch_pred,
+        comparison.labels,
+        comparison.parity,
+    )
+    min_agreement, max_prob_delta = limits
+    confusion = comparison.confusion(len(names))
     support = confusion.sum(1)
-    agreement = parity.agreement
-    figures: dict[str, Any] = {
+    return {
         "model": str(predictor.path),
         "checkpoint": str(ckpt_path),
         "checkpoint_sha256": sha,
         "data": str(data),
         "split": split,
-        "drawings": n,
+        "drawings": len(labels),
         "class_names": names,
         "onnx_accuracy": float((onnx_pred == labels).mean()),
         "torch_accuracy": float((torch_pred == labels).mean()),
-        "top1_agreement": agreement,
+        "top1_agreement": parity.agreement,
         "disagreements": int((onnx_pred != torch_pred).sum()),
         "max_abs_logit_delta": parity.max_abs_logit_delta,
         "max_abs_prob_delta": parity.max_abs_prob_delta,
@@ -215,17 +273,7 @@ def evaluate_model(
         "per_class_support": {c: int(support[i]) for i, c in enumerate(names)},
         "confusion_matrix": confusion.tolist(),
         "confusion_matrix_axes": "rows = true class, columns = onnxruntime's top-1, in class_names order",
-        "seconds": round(time.perf_counter() - t0, 3),
     }
-    with atomic_path(json_path) as tmp:
-        tmp.write_text(json.dumps(figures, indent=1, allow_nan=True) + "\n")
-    plot_confusion(
-        confusion,
-        names,
-        png_path,
-        title=f"{Path(predictor.path).name} on {split}: accuracy {figures['onnx_accuracy']:.2%}",
-    )
-    return EvaluationReport(figures, json_path, png_path)
 
 
 def plot_confusion(confusion: np.ndarray, names: list[str], path: Path, title: str = "") -> Path:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch  # the module is imported only to export (by the CLI inside its command), so no lazy import
 
 from qdkit.constants import QDKIT_VERSION, SIDE
 from qdkit.deploy.compare import Parity, torch_outputs
@@ -52,6 +53,8 @@ from qdkit.inference.onnxmodel import (
 from qdkit.outputs import output_file
 
 if TYPE_CHECKING:
+    import onnx
+
     from qdkit.deploy.quantize import QuantizeReport
 
 DEFAULT_OPSET = 17  # onnxruntime >= 1.12 and onnxruntime-web run it
@@ -135,6 +138,18 @@ def model_path(checkpoint: Path, out: str | os.PathLike | None, overwrite: bool 
     return output_file(target, ".onnx model", overwrite=overwrite, ours=is_qdkit_model)
 
 
+class Exportable(torch.nn.Module):
+    """The exported graph: a classifier's logits and, beside them, their softmax."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.net(pixels)
+        return logits, torch.softmax(logits, dim=1)
+
+
 def export_model(
     checkpoint: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
@@ -145,38 +160,52 @@ def export_model(
     drawings: np.ndarray | None = None,
     threads: int | None = None,
     overwrite: bool = False,
+    loaded: dict[str, Any] | None = None,
 ) -> ExportReport:
     """Export `checkpoint` (default: the newest artifacts/*/best.pt) to `out` (default: model.onnx
-    beside it); raise QdkitError, writing nothing, if the checker or the parity gate fails."""
+    beside it); raise QdkitError, writing nothing, if the checker or the parity gate fails.
+    `loaded` is the checkpoint's contents where the caller has loaded it already (export_models)."""
     import time
 
     import onnx
-    import torch
 
-    from qdkit.checkpoint import load_checkpoint, model_from_checkpoint
+    from qdkit.checkpoint import load_checkpoint
 
     t0 = time.perf_counter()
     ckpt_path = Path(checkpoint) if checkpoint is not None else default_checkpoint()
     out = model_path(ckpt_path, out, overwrite)
-    ckpt = load_checkpoint(ckpt_path)
+    model, ckpt = _rebuild(ckpt_path, loaded if loaded is not None else load_checkpoint(ckpt_path))
+    onnx_bytes = _to_onnx(model, ckpt_path, opset)
+    proto = onnx.load_from_string(onnx_bytes)
+    meta = _metadata(ckpt, ckpt_path, opset)
+    _describe(proto, meta, len(ckpt["class_names"]))
+    check_graph(proto, ckpt_path, "exported graph")
+
+    x = parity_drawings() if drawings is None else np.ascontiguousarray(drawings, np.uint8).reshape(-1, SIDE, SIDE)
+    parity = _parity_gate(model, onnx_bytes, x, ckpt_path, logit_tolerance, prob_tolerance, threads)
+    d_logit, d_prob = parity.max_abs_logit_delta, parity.max_abs_prob_delta
+    meta["parity"] = json.dumps({"drawings": int(len(x)), "max_abs_logit_delta": d_logit, "max_abs_prob_delta": d_prob})
+    onnx.helper.set_model_props(proto, meta)
+
+    with atomic_path(out) as tmp:
+        onnx.save(proto, os.fspath(tmp))
+    return ExportReport(out, ckpt_path, meta, d_logit, d_prob, int(len(x)), time.perf_counter() - t0)
+
+
+def _rebuild(ckpt_path: Path, ckpt: dict[str, Any]) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The checkpoint's model in eval mode; a QdkitError naming the file if it cannot be rebuilt."""
+    from qdkit.checkpoint import model_from_checkpoint
+
     try:
-        model, ckpt = model_from_checkpoint(ckpt)
+        return model_from_checkpoint(ckpt)
     except QdkitError as e:
         raise QdkitError(f"{ckpt_path}: {e}") from e
     except Exception as e:  # a state dict that does not fit its own model description
         raise QdkitError(f"{ckpt_path}: cannot rebuild the model ({first_line(e)})") from e
-    class_names = [str(c) for c in ckpt["class_names"]]
 
-    class Exportable(torch.nn.Module):
-        def __init__(self, net: torch.nn.Module) -> None:
-            super().__init__()
-            self.net = net
 
-        def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            logits = self.net(pixels)
-            return logits, torch.softmax(logits, dim=1)
-
-    wrapped = Exportable(model).eval()
+def _to_onnx(model: torch.nn.Module, ckpt_path: Path, opset: int) -> bytes:
+    """The serialised ONNX graph of `Exportable(model)`, exported in memory."""
     sample = torch.from_numpy(parity_drawings(2)[:, None])
     buf = io.BytesIO()
     try:
@@ -186,7 +215,7 @@ def export_model(
             # dynamo=True (torch.export + onnxscript, measured on torch 2.13), with the same graph
             # after onnxruntime's optimisation, and BatchNorm folded into the convolutions for us.
             torch.onnx.export(  # a BytesIO target works (torch's documented file-like f)
-                wrapped,
+                Exportable(model).eval(),
                 (sample,),
                 buf,  # type: ignore[arg-type]
                 dynamo=False,
@@ -198,11 +227,14 @@ def export_model(
             )
     except Exception as e:
         raise QdkitError(f"{ckpt_path}: ONNX export failed at opset {opset} ({first_line(e)})") from e
-    proto = onnx.load_from_string(buf.getvalue())
+    return buf.getvalue()
 
+
+def _metadata(ckpt: dict[str, Any], ckpt_path: Path, opset: int) -> dict[str, str]:
+    """The metadata_props of the module docstring, all but `parity` (known only after the gate)."""
     val_acc, test_acc = _accuracies(ckpt, ckpt_path)
-    meta: dict[str, str] = {
-        **contract_metadata(class_names, ckpt.get("input", {})),
+    return {
+        **contract_metadata([str(c) for c in ckpt["class_names"]], ckpt.get("input", {})),
         "qdkit_version": QDKIT_VERSION,
         "model_name": str(ckpt["model_name"]),
         "model_kwargs": json.dumps(ckpt.get("model_kwargs", {})),
@@ -218,17 +250,31 @@ def export_model(
         "exporter": "torch.onnx.export (TorchScript, dynamo=False)",
         "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _describe(proto: onnx.ModelProto, meta: dict[str, str], classes: int) -> None:
+    """Producer, doc string and metadata_props onto the graph."""
+    import onnx
+
     proto.producer_name, proto.producer_version = "qdkit", QDKIT_VERSION
     proto.doc_string = (
         f"qdkit {meta['model_name']} Quick Draw classifier: uint8 pixels (N,1,28,28), "
-        f"0 = background, 255 = ink -> logits, probabilities over {len(class_names)} classes"
+        f"0 = background, 255 = ink -> logits, probabilities over {classes} classes"
     )
     onnx.helper.set_model_props(proto, meta)
-    check_graph(proto, ckpt_path, "exported graph")
 
-    # The parity gate: the same drawings through onnxruntime and PyTorch.
-    x = parity_drawings() if drawings is None else np.ascontiguousarray(drawings, np.uint8).reshape(-1, SIDE, SIDE)
-    session = make_session(buf.getvalue(), threads=threads, providers=["CPUExecutionProvider"], name=str(ckpt_path))
+
+def _parity_gate(
+    model: torch.nn.Module,
+    onnx_bytes: bytes,
+    x: np.ndarray,
+    ckpt_path: Path,
+    logit_tolerance: float,
+    prob_tolerance: float,
+    threads: int | None,
+) -> Parity:
+    """The same drawings `x` through onnxruntime and PyTorch; QdkitError unless they agree."""
+    session = make_session(onnx_bytes, threads=threads, providers=["CPUExecutionProvider"], name=str(ckpt_path))
     parity = Parity()
     parity.add(*torch_outputs(model, x), *session.run(list(OUTPUT_NAMES), {INPUT_NAME: x[:, None]}))
     if not parity.within(max_rel_logit_delta=logit_tolerance, max_prob_delta=prob_tolerance):
@@ -237,13 +283,7 @@ def export_model(
             f"(max |Δlogit| {parity.max_abs_logit_delta:.3g}, max |Δprobability| {parity.max_abs_prob_delta:.3g}; "
             f"tolerances {logit_tolerance:g} relative, {prob_tolerance:g}); nothing written"
         )
-    d_logit, d_prob = parity.max_abs_logit_delta, parity.max_abs_prob_delta
-    meta["parity"] = json.dumps({"drawings": int(len(x)), "max_abs_logit_delta": d_logit, "max_abs_prob_delta": d_prob})
-    onnx.helper.set_model_props(proto, meta)
-
-    with atomic_path(out) as tmp:
-        onnx.save(proto, os.fspath(tmp))
-    return ExportReport(out, ckpt_path, meta, d_logit, d_prob, int(len(x)), time.perf_counter() - t0)
+    return parity
 
 
 @dataclass
@@ -278,13 +318,15 @@ def export_models(
     ckpt = Path(checkpoint) if checkpoint is not None else default_checkpoint()
     target = int8_path(model_path(ckpt, out, overwrite))
     store = None
+    loaded = None
     if int8:
         from qdkit.checkpoint import load_checkpoint
 
         output_file(target, "int8 .onnx model", overwrite=overwrite, ours=is_qdkit_model)
         store = Path(data) if data is not None else default_store(ckpt)
-        open_calibration_store(store, load_checkpoint(ckpt)["class_names"], str(ckpt))
-    report = export_model(ckpt, out, opset=opset, overwrite=overwrite)
+        loaded = load_checkpoint(ckpt)
+        open_calibration_store(store, loaded["class_names"], str(ckpt))
+    report = export_model(ckpt, out, opset=opset, overwrite=overwrite, loaded=loaded)
     if store is None:
         if target.is_file():
             warn(

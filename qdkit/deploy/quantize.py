@@ -16,9 +16,9 @@ nodes): docs/int8.md, with the measurements behind each.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,14 +29,14 @@ import numpy as np
 
 from qdkit.constants import DEFAULT_STORE, SIDE
 from qdkit.deploy.compare import Parity
+from qdkit.deploy.int8graph import CALIBRATION_BATCH, finish_graph, quantize_graph  # noqa: F401  (CALIBRATION_BATCH: its old home)
 from qdkit.errors import QdkitError, first_line
-from qdkit.files import atomic_path, sha256_file
+from qdkit.files import atomic_path
 from qdkit.inference.onnxmodel import (
     INPUT_NAME,
     INT8_MIN_AGREEMENT,
     OUTPUT_NAMES,
     check_classes,
-    check_graph,
     is_qdkit_model,
     is_quantized,
     make_session,
@@ -48,7 +48,6 @@ QUANTIZATION_TYPE = "int8-static-qdq"
 MIN_AGREEMENT = INT8_MIN_AGREEMENT  # top-1 agreement int8 vs fp32 on held-out drawings; read at call time
 CALIBRATION_DRAWINGS = 1024
 GATE_DRAWINGS = 2048  # held-out drawings for the gate, at most: ±0.2% standard error at 99%
-CALIBRATION_BATCH = 128
 METHODS = ("minmax", "percentile", "entropy")
 
 
@@ -157,14 +156,16 @@ def _check_drawings(what: str, a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _load_fp32(src: Path) -> tuple[Any, dict[str, str]]:
-    """The fp32 qdkit model and its metadata props; refuses foreign and already quantized models."""
+def _load_fp32(src: Path) -> tuple[Any, dict[str, str], bytes]:
+    """The fp32 qdkit model, its metadata props and its bytes (read once: they are also hashed, run
+    and measured); refuses foreign and already quantized models."""
     import onnx
 
     if not src.is_file():
         raise QdkitError(f"{src}: no such model file")
     try:
-        fp32 = onnx.load(os.fspath(src))
+        data = src.read_bytes()
+        fp32 = onnx.load_from_string(data)
     except Exception as e:
         raise QdkitError(f"{src}: not an ONNX model ({first_line(e)})") from e
     props = {p.key: p.value for p in fp32.metadata_props}
@@ -173,90 +174,12 @@ def _load_fp32(src: Path) -> tuple[Any, dict[str, str]]:
         raise QdkitError(f"{src}: no qdkit metadata; only models from `qdkit export` are quantized")
     if is_quantized(meta):
         raise QdkitError(f"{src}: already quantized")
-    return fp32, props
-
-
-def _quantize_graph(src: Path, cal: np.ndarray, method: str, graph_outputs: set[str]) -> Any:
-    """Pre-process and statically quantize `src` (QDQ, per-channel int8 weights, uint8
-    activations calibrated on `cal`), leaving the nodes that write graph outputs float."""
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quant_pre_process,
-        quantize_static,
-    )
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter(range(0, len(cal), CALIBRATION_BATCH))
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            s = next(self.batches, None)
-            return None if s is None else {INPUT_NAME: cal[s : s + CALIBRATION_BATCH, None]}
-
-    methods = {
-        "minmax": CalibrationMethod.MinMax,
-        "percentile": CalibrationMethod.Percentile,
-        "entropy": CalibrationMethod.Entropy,
-    }
-    # No logging or stdout switches around this call: onnxruntime 1.32's quantizer is silent on
-    # pre-processed qdkit models (checked: `qdkit export --int8` prints only qdkit's lines).
-    with tempfile.TemporaryDirectory(prefix="qdkit-int8-") as tmp:
-        pre, quantized = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
-        try:
-            quant_pre_process(os.fspath(src), os.fspath(pre))
-            # Node names after pre-processing: keep whatever writes `logits` / `probabilities` float.
-            keep_float = [n.name for n in onnx.load(os.fspath(pre)).graph.node if set(n.output) & graph_outputs]
-            quantize_static(
-                os.fspath(pre),
-                os.fspath(quantized),
-                Reader(),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=methods[method],
-                nodes_to_exclude=keep_float,
-            )
-            return onnx.load(os.fspath(quantized))
-        except Exception as e:
-            raise QdkitError(f"{src}: int8 quantization failed ({first_line(e)}); nothing written") from e
-
-
-def _contract(model: Any) -> tuple[list, list]:
-    return (
-        [(i.name, i.type.tensor_type.elem_type) for i in model.graph.input],
-        [(o.name, o.type.tensor_type.elem_type) for o in model.graph.output],
-    )
-
-
-def _finish_graph(proto: Any, fp32: Any, src: Path, metadata: dict[str, str]) -> None:
-    """Give the int8 graph the fp32 model's identity and `metadata`, and check it: onnx.checker and
-    the same inputs and outputs as the fp32 model."""
-    import onnx
-
-    # quant_pre_process saves every domain onnxruntime knows (com.microsoft.nchwc, ...) as an opset
-    # import; keep the ones a node uses, so other runtimes see the fp32 model's imports.
-    used = {n.domain for n in proto.graph.node} | {""}
-    kept = [o for o in proto.opset_import if o.domain in used]
-    del proto.opset_import[:]
-    proto.opset_import.extend(kept)
-    proto.producer_name, proto.producer_version = fp32.producer_name, fp32.producer_version
-    proto.doc_string = fp32.doc_string + " (int8, static QDQ quantization)"
-    del proto.metadata_props[:]
-    onnx.helper.set_model_props(proto, metadata)
-    check_graph(proto, src, "int8 graph")
-    if _contract(proto) != _contract(fp32):
-        raise QdkitError(
-            f"{src}: the int8 graph changed the inputs/outputs {_contract(fp32)} -> {_contract(proto)}; nothing written"
-        )
+    return fp32, props, data
 
 
 def _gate(
     src: Path,
+    fp32_bytes: bytes,
     proto: Any,
     out: Path,
     held: np.ndarray,
@@ -268,7 +191,7 @@ def _gate(
     """The same held-out drawings through both models: the gate's figures, or a QdkitError when
     the int8 outputs are not sane or agree with fp32 on too few drawings."""
     cpu = ["CPUExecutionProvider"]
-    f_logits, f_probs = _run(make_session(src, threads=threads, providers=cpu), held)
+    f_logits, f_probs = _run(make_session(fp32_bytes, threads=threads, providers=cpu, name=str(src)), held)
     q_logits, q_probs = _run(
         make_session(proto.SerializeToString(), threads=threads, providers=cpu, name=str(out)), held
     )
@@ -319,7 +242,6 @@ def quantize_model(
     top-1 agreement with the fp32 model on `gate` drawings is below `min_agreement` (default
     MIN_AGREEMENT, read at call time) or the outputs are not sane."""
     import onnx
-    import onnxruntime
 
     t0 = time.perf_counter()
     src = Path(fp32_onnx)
@@ -332,24 +254,13 @@ def quantize_model(
     if out.resolve() == src.resolve():
         raise QdkitError(f"{out}: the int8 model would replace the fp32 model it is made from")
     cal, held = _check_drawings("calibration", calibration), _check_drawings("gate", gate)
-    fp32, props = _load_fp32(src)
-    proto = _quantize_graph(src, cal, method, {o.name for o in fp32.graph.output})
-    quant: dict[str, Any] = {
-        "type": QUANTIZATION_TYPE,
-        "weights": "int8, per channel, symmetric",
-        "activations": "uint8, per tensor",
-        "calibrate_method": method,
-        "calibration_drawings": int(len(cal)),
-        **(extra_metadata or {}),
-        "source_model": src.name,
-        "source_sha256": sha256_file(src),
-        "onnxruntime_version": onnxruntime.__version__,
-        "quantized_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+    fp32, props, fp32_bytes = _load_fp32(src)
+    proto = quantize_graph(src, cal, method, {o.name for o in fp32.graph.output})
+    quant = _quantization_facts(src, fp32_bytes, method, len(cal), extra_metadata)
     # Every metadata prop of the fp32 model (class names, input convention, checkpoint, its PyTorch
     # parity), so predict/evaluate read the int8 model the same way.
-    _finish_graph(proto, fp32, src, {**props, "quantization": json.dumps(quant)})
-    quant.update(_gate(src, proto, out, held, gate_labels, gate_split, min_agreement, threads))
+    finish_graph(proto, fp32, src, {**props, "quantization": json.dumps(quant)})
+    quant.update(_gate(src, fp32_bytes, proto, out, held, gate_labels, gate_split, min_agreement, threads))
     new_meta = {**props, "quantization": json.dumps(quant)}
     onnx.helper.set_model_props(proto, new_meta)
     with atomic_path(out) as tmp_out:
@@ -366,10 +277,30 @@ def quantize_model(
         quant["fp32_accuracy"],
         quant["int8_accuracy"],
         quant["max_abs_prob_delta"],
-        src.stat().st_size,
+        len(fp32_bytes),
         out.stat().st_size,
         time.perf_counter() - t0,
     )
+
+
+def _quantization_facts(
+    src: Path, fp32_bytes: bytes, method: str, calibration_drawings: int, extra: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The `quantization` metadata prop before the gate adds its figures: how the model was made."""
+    import onnxruntime
+
+    return {
+        "type": QUANTIZATION_TYPE,
+        "weights": "int8, per channel, symmetric",
+        "activations": "uint8, per tensor",
+        "calibrate_method": method,
+        "calibration_drawings": int(calibration_drawings),
+        **(extra or {}),
+        "source_model": src.name,
+        "source_sha256": hashlib.sha256(fp32_bytes).hexdigest(),
+        "onnxruntime_version": onnxruntime.__version__,
+        "quantized_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def quantize_from_store(

@@ -1,9 +1,9 @@
 """Training: a run planned from a `TrainConfig` and the model's recipe, the loop, checkpoints,
 reports, DDP, the --nproc launcher and the learning-rate × batch-size sweep.
 
-`plan` (settings, resume rules) → `parts` (model, optimiser, schedule) → `loop` (`Trainer.fit`)
-with `batches`, `evaluation`, `interrupt` and `state` beside it; `reporter` writes what rank 0
-shows; `run.train()` wraps one run in its process group.
+`plan` (settings, resume rules; `rundata`: the store's splits and identity) → `parts` (model,
+optimiser, schedule) → `loop` (`Trainer.fit`) with `batches`, `evaluation`, `interrupt` and `state`
+beside it; `reporter` writes what rank 0 shows; `run.train()` wraps one run in its process group.
 
 May import: the foundations, qdkit.strokes and qdkit.data. Never inference, deploy, serve or the CLI.
 """
