@@ -124,6 +124,9 @@ def _results(sf: StrokeFile, index: RecordIndex, futures: list) -> Iterator:
     try:
         for fut in futures:
             yield fut.result()
+    except QdkitError:  # a bad record: unless the file changed under the workers, which says more
+        check_unchanged(sf, index)
+        raise
     except BrokenProcessPool:
         for fut in futures:
             fut.cancel()
