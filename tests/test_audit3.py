@@ -271,3 +271,68 @@ def test_convert_again_refreshes_its_own_png_folder(tmp_path):
     line = one_line_error(_cli(*args))
     assert f"{out / 'png'}: already exists (pass --overwrite" in line
     assert (out / "png" / "my-notes.txt").read_text() == "mine"
+
+
+# --- download: a first line that never ends, a server that drips -------------------------------------
+
+
+def test_download_limit_1_of_a_line_that_never_ends(tmp_path):
+    from _helpers import serve_bucket
+
+    from qdkit.data.download import download_classes
+    from qdkit.data.strokefiles import MAX_RECORD_BYTES
+    from qdkit.errors import QdkitError
+
+    with serve_bucket(tmp_path / "bucket") as bucket:
+        bucket.add_file("simplified", "cat.ndjson", b'{"word": "' + b"x" * (40 << 20) + b'"}\n')
+        with pytest.raises(QdkitError, match="line 1 is longer than 8,388,608 bytes: not a Quick Draw drawing"):
+            download_classes(["cat"], tmp_path / "out", limit=1, base_url=bucket.url, timeout=5, fmt="simplified")
+        assert bucket.bytes_sent < MAX_RECORD_BYTES + (17 << 20), bucket.bytes_sent  # never the 40 MiB
+    assert list((tmp_path / "out").iterdir()) == []  # the worthless .part is gone
+
+
+def test_download_from_a_server_dripping_bytes_gives_up(tmp_path):
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from qdkit.data.download import download_classes
+    from qdkit.errors import QdkitError
+
+    class Drip(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(206)
+            self.send_header("Content-Range", "bytes 0-65535/1000000")
+            self.send_header("Content-Length", "65536")
+            self.end_headers()
+            try:
+                self.wfile.write(b"{")
+                for _ in range(200):  # 20 bytes/s: each read returns within the socket timeout
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            except OSError:
+                pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(QdkitError, match=r"bytes/s over 1 s \(at least 1,000 bytes/s expected\); giving up"):
+            download_classes(
+                ["cat"],
+                tmp_path,
+                limit=1,
+                base_url=f"http://127.0.0.1:{server.server_port}",
+                timeout=5,
+                fmt="simplified",
+                min_rate=1000,
+                rate_window=1,
+            )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert time.monotonic() - t0 < 5

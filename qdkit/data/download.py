@@ -42,6 +42,8 @@ from qdkit.data.bitmaps import (
 )
 from qdkit.data.httprange import (
     CHUNK,
+    MIN_RATE,
+    RATE_WINDOW,
     RemoteFile,
     append_range,
     drop_part,
@@ -53,6 +55,7 @@ from qdkit.data.httprange import (
     start_part,
     validator_file,
 )
+from qdkit.data.strokefiles import MAX_RECORD_BYTES
 from qdkit.errors import QdkitError
 from qdkit.files import atomic_path
 
@@ -95,12 +98,15 @@ def download_classes(
     base_url: str = DEFAULT_BASE_URL,
     timeout: float = 30,
     fmt: str = "bitmap",
+    min_rate: float = MIN_RATE,
+    rate_window: float = RATE_WINDOW,
 ) -> list[Path]:
     """Download each class's official file of format `fmt` into `out_dir`; return the paths.
 
     `base_url` is the dataset root (the folder holding `full/`). With `limit`, keep only the first
     `limit` drawings (fetched with HTTP Range). Files already holding what was asked for are
-    skipped; `.part` files left by an interrupted run are resumed.
+    skipped; `.part` files left by an interrupted run are resumed. A server sending fewer than
+    `min_rate` bytes/s over `rate_window` seconds is given up on (one line; the .part resumes).
     """
     if fmt not in FORMATS:
         raise QdkitError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
@@ -129,6 +135,7 @@ def download_classes(
         if final.is_dir():
             raise QdkitError(f"{final}: is a folder; qdkit will not replace it with the downloaded file")
         remote = RemoteFile(name, f"{base_url}/{urllib.parse.quote(name)}{form.suffix}", timeout, form.what)
+        remote.min_rate, remote.rate_window = min_rate, rate_window
         paths.append(get(remote, final, limit, form))
     return paths
 
@@ -225,13 +232,20 @@ def _finish_subset(part: Path, final: Path, offset: int, rows: int) -> None:
 # --- stroke files (ndjson, binary) ---------------------------------------------------------------
 
 
+class TooLong(QdkitError):
+    """A line or record longer than any drawing: the file is not Quick Draw data."""
+
+
 class _LineCounter:
-    """Counts whole ndjson lines in a stream; `end` is the byte offset after the `want`-th line."""
+    """Counts whole ndjson lines in a stream; `end` is the byte offset after the `want`-th line.
+    A line longer than MAX_RECORD_BYTES is refused as it arrives (a first line that never ends
+    would otherwise be read to the end of a 300 MB file)."""
 
     def __init__(self, want: float) -> None:
         self.want, self.count, self.pos = want, 0, 0
         self.end: int | None = None
         self._line_open = False
+        self._open_len = 0  # bytes of the line not yet ended
 
     def feed(self, data: bytes) -> None:
         if self.end is None:
@@ -240,13 +254,22 @@ class _LineCounter:
                 j = data.find(b"\n", i)
                 if j < 0:
                     break
+                self._check(self._open_len + j - i)
+                self._open_len = 0
                 self.count += 1
                 i = j + 1
                 if self.count == self.want:
                     self.end = self.pos + i
+            if self.end is None:
+                self._open_len += len(data) - i
+                self._check(self._open_len)
             if data:
                 self._line_open = not data.endswith(b"\n")
         self.pos += len(data)
+
+    def _check(self, length: int) -> None:
+        if length > MAX_RECORD_BYTES:
+            raise TooLong(f"line {self.count + 1} is longer than {MAX_RECORD_BYTES:,} bytes: not a Quick Draw drawing")
 
     def at_eof(self, name: str) -> None:
         """The file ended: a last line without a newline is a line too."""
@@ -303,7 +326,7 @@ def _record_size(buf: bytearray, at: int, index: int) -> int | None:
             return None
         off += 2 + 2 * int.from_bytes(buf[off : off + 2], "little")
         if off - at > _MAX_RECORD:
-            raise QdkitError(f"binary record {index} claims more than {_MAX_RECORD} bytes: not Quick Draw data")
+            raise TooLong(f"binary record {index} claims more than {_MAX_RECORD} bytes: not Quick Draw data")
     return off - at if off <= len(buf) else None
 
 
@@ -368,7 +391,11 @@ def _download_strokes(remote: RemoteFile, final: Path, limit: int | None, fmt: F
         os.replace(part, final)
         validator_file(part).unlink(missing_ok=True)
         return final
-    counter = guarded(remote, part, lambda: _grow_until(remote, fmt, part, limit, total))
+    try:
+        counter = guarded(remote, part, lambda: _grow_until(remote, fmt, part, limit, total))
+    except TooLong as e:
+        drop_part(part)
+        raise QdkitError(f"{remote.url}: {e}") from None
     end = counter.end
     assert end is not None
     with atomic_path(final) as tmp, open(part, "rb") as src, open(tmp, "wb") as dst:
