@@ -235,6 +235,30 @@ def _quantize_graph(
             raise QdkitError(f"{src}: int8 quantization failed ({first_line(e)}); nothing written") from e
 
 
+_CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "asimddp", "i8mm")
+
+
+def cpu_flags() -> list[str]:
+    """The CPU features onnxruntime's int8 kernels choose between (x86 VNNI/AMX, Arm dot product), as
+    /proc/cpuinfo names them; empty where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    have = set(line.split(":", 1)[1].split())
+                    return [flag for flag in _CPU_FLAGS if flag in have]
+    except OSError:
+        pass
+    return []
+
+
+def cpu_summary() -> str:
+    import platform
+
+    flags = cpu_flags()
+    return f"{platform.machine()}, {' '.join(flags) if flags else 'no int8 dot-product flags known'}"
+
+
 def _contract(model: Any) -> tuple[list, list]:
     return (
         [(i.name, i.type.tensor_type.elem_type) for i in model.graph.input],
@@ -292,7 +316,9 @@ def _gate(
     if not agreement >= min_agreement:
         raise QdkitError(
             f"{src}: the int8 model agrees with fp32 on only {agreement:.2%} of {len(held)} "
-            f"{gate_split} drawings (need >= {min_agreement:.2%}); nothing written"
+            f"{gate_split} drawings (need >= {min_agreement:.2%}) on this CPU ({cpu_summary()}); nothing "
+            "written: deploy the fp32 model, calibrate on a larger or more representative store (--data), "
+            "or accept the loss with --int8-min-agreement"
         )
 
     def accuracy(logits: np.ndarray) -> float | None:
@@ -343,9 +369,12 @@ def quantize_model(
     cal, held = _check_drawings("calibration", calibration), _check_drawings("gate", gate)
     fp32, props = _load_fp32(src)
     proto = _quantize_graph(src, cal, method, {o.name for o in fp32.graph.output})
+    bits = 7 if SETTINGS["reduce_range"] else 8
     quant: dict[str, Any] = {
         "type": QUANTIZATION_TYPE,
-        "weights": "int8, per channel, symmetric",
+        "weights": f"{SETTINGS['weight_type']}, {'per channel' if SETTINGS['per_channel'] else 'per tensor'}, "
+        f"symmetric, {bits}-bit range",
+        "settings": dict(SETTINGS),
         "activations": "uint8, per tensor",
         "calibrate_method": method,
         "calibration_drawings": int(len(cal)),
@@ -353,6 +382,8 @@ def quantize_model(
         "source_model": src.name,
         "source_sha256": sha256_file(src),
         "onnxruntime_version": onnxruntime.__version__,
+        # what the gate ran on: int8 results depend on the CPU's kernels (VNNI or not)
+        "gated_on": {"machine": cpu_summary(), "cpu_flags": cpu_flags(), "onnxruntime": onnxruntime.__version__},
         "quantized_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     # Every metadata prop of the fp32 model (class names, input convention, checkpoint, its PyTorch
