@@ -25,7 +25,8 @@ def read_binary(buf: bytes | memoryview | mmap.mmap, offset: int = 0) -> tuple[D
         raise StrokeError("record has no strokes")
     if n_strokes > MAX_STROKES:
         raise StrokeError(f"record has {n_strokes} strokes (at most {MAX_STROKES})")
-    strokes, lengths = [], []
+    strokes: list[np.ndarray] = []
+    lengths: list[int] = []
     for i in range(n_strokes):
         if pos + 2 > end:
             raise StrokeError(f"truncated record (stroke {i})")
