@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from qdkit.data.strokefiles import StrokeFile, display_number, index_records, record_reader, stroke_file
+from qdkit.data.strokefiles import RecordReader, StrokeFile, display_number, index_records, stroke_file
 from qdkit.errors import QdkitError
 from qdkit.files import atomic_path
 from qdkit.outputs import PNG_SOFTWARE, is_qdkit_png, output_file, output_folder
@@ -70,7 +70,7 @@ def _drawings(
 ) -> list[tuple[int, Drawing]]:
     """The file's first `limit` good drawings, read and simplified (each failure a StrokeError)."""
     index = index_records(sf)
-    reader = record_reader(sf)
+    reader = RecordReader(sf)
     out: list[tuple[int, Drawing]] = []
     skipped, first = 0, ""
     for start, end, number in zip(index.starts.tolist(), index.ends.tolist(), index.numbers.tolist(), strict=True):

@@ -27,6 +27,7 @@ def read_binary(buf: bytes | memoryview | mmap.mmap, offset: int = 0) -> tuple[D
         raise StrokeError(f"record has {n_strokes} strokes (at most {MAX_STROKES})")
     strokes: list[np.ndarray] = []
     lengths: list[int] = []
+    points = 0
     for i in range(n_strokes):
         if pos + 2 > end:
             raise StrokeError(f"truncated record (stroke {i})")
@@ -36,7 +37,8 @@ def read_binary(buf: bytes | memoryview | mmap.mmap, offset: int = 0) -> tuple[D
             raise StrokeError(f"stroke {i} is empty")
         if pos + 2 * n > end:
             raise StrokeError(f"truncated record (stroke {i})")
-        if sum(lengths) + n > MAX_POINTS:
+        points += n
+        if points > MAX_POINTS:  # the cap of parsed drawings, for binary records too
             raise StrokeError(f"drawing has more than {MAX_POINTS} points")
         xy = np.frombuffer(buf, dtype=np.uint8, count=2 * n, offset=pos).reshape(2, n)
         strokes.append(xy)
