@@ -343,3 +343,16 @@ def test_download_from_a_server_dripping_bytes_gives_up(tmp_path):
         server.shutdown()
         server.server_close()
     assert time.monotonic() - t0 < 5
+
+
+def test_rasterize_many_with_one_bad_drawing_keeps_the_others():
+    from qdkit.strokes import rasterize, rasterize_many
+
+    good, bad = parse_drawing(GOOD), parse_drawing(DEGENERATE)
+    with pytest.raises(StrokeError):
+        rasterize_many([good, bad, good])
+    errors: list = []
+    images = rasterize_many([good, bad, good], errors=errors)
+    assert [i for i, _ in errors] == [1] and isinstance(errors[0][1], StrokeError)
+    assert np.array_equal(images[0], rasterize(good)) and np.array_equal(images[2], rasterize(good))
+    assert not images[1].any()

@@ -136,12 +136,27 @@ def rasterize(drawing: Drawing | Sequence[np.ndarray], side: int = SIDE) -> np.n
     return out
 
 
-def rasterize_many(drawings: Sequence[Drawing | Sequence[np.ndarray]], side: int = SIDE) -> np.ndarray:
-    """uint8 (N, side, side): `rasterize` of each, on one reused surface."""
+def rasterize_many(
+    drawings: Sequence[Drawing | Sequence[np.ndarray]],
+    side: int = SIDE,
+    errors: list[tuple[int, StrokeError]] | None = None,
+) -> np.ndarray:
+    """uint8 (N, side, side): `rasterize` of each, on one reused surface.
+
+    A drawing that cannot be simplified raises StrokeError — unless `errors` is given: then its
+    image is left blank, (its index, the error) appended to `errors`, and the others still drawn, so
+    one bad drawing of a batch costs only itself."""
     out = np.empty((len(drawings), side, side), dtype=np.uint8)
     canvas = _canvas(side)
     for i, drawing in enumerate(drawings):
-        d = _simplified(drawing)
+        try:
+            d = _simplified(drawing)
+        except StrokeError as err:
+            if errors is None:
+                raise
+            errors.append((i, err))
+            out[i] = 0
+            continue
         canvas.draw(d.xy, d.lengths, out[i])
     return out
 
