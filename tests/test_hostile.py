@@ -438,3 +438,60 @@ def test_disk_full_with_both_outputs_names_the_one_that_failed(tmp_path, monkeyp
     line = one_line_error(_convert(raw, tmp_path / "out", "--h5", "--workers", "1"))
     assert line == f"qdkit: error: no space left on device while writing {tmp_path / 'out' / 'png'}"
     assert not (tmp_path / "out").exists()
+
+
+# --- stroke files, issue 18: one bad drawing costs only itself (render, the shared reader) ------------
+
+_GOOD_LINE = b'{"word": "cat", "drawing": [[[0, 50, 100], [0, 80, 20]]]}'
+_GOOD_RECORD = struct.pack("<Q2sbIH", 1, b"FR", 1, 0, 1) + struct.pack("<H", 3) + bytes([0, 50, 100, 0, 80, 20])
+
+
+def _raw_line(xs, ys):
+    return ('{"drawing": [[' + xs + ", " + ys + ", [0, 1, 2]]]}").encode()
+
+
+STROKE_FILE_CASES = {
+    # name: (file name, the bad record, what the skip warning / error says; None: a good drawing;
+    # "either": a drawing or a counted skip, as simplify decides — never a traceback)
+    "denormal-extent": ("cat.ndjson", _raw_line("[0, 5e-324, 1e-323]", "[0, 0, 0]"), "line 4: "),
+    "tiny-normal-extent": ("cat.ndjson", _raw_line("[0, 1e-308, 2e-308]", "[0, 1e-308, 0]"), "either"),
+    "inf-coordinate": ("cat.ndjson", _raw_line("[0, 1e999, 2]", "[0, 1, 0]"), "number is infinity"),
+    "1e308-range": ("cat.ndjson", _raw_line("[-1e308, 1e308, 0]", "[0, 1, 0]"), "coordinates beyond"),
+    "key-id-superscript-two": ("cat.ndjson", b'{"key_id": "\\u00b2", "drawing": [[[0, 9], [0, 9]]]}', None),
+    "binary-record-of-120k-points": (
+        "cat.bin",
+        struct.pack("<Q2sbIH", 2, b"FR", 1, 0, 2) + (struct.pack("<H", 60_000) + bytes(120_000)) * 2,
+        "more than 100000 points",
+    ),
+    "csv-drawing-field-over-131072-chars": (
+        "cat.csv",
+        b'"[[[' + b"1, " * 50_000 + b"1], [" + b"1, " * 50_000 + b'1]]]",5',
+        None,  # 300 KB: over csv's default field limit, under qdkit's record cap: a drawing
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STROKE_FILE_CASES))
+def test_hostile_stroke_file_record(tmp_path, case):
+    name, bad, message = STROKE_FILE_CASES[case]
+    if name.endswith(".bin"):
+        data = _GOOD_RECORD * 3 + bad + _GOOD_RECORD * 3
+    elif name.endswith(".csv"):
+        good = b'"[[[0, 50, 100], [0, 80, 20]]]",5'
+        data = b"drawing,key_id\n" + b"\n".join([good] * 3 + [bad] + [good] * 3) + b"\n"
+    else:
+        data = b"\n".join([_GOOD_LINE] * 3 + [bad] + [_GOOD_LINE] * 3) + b"\n"
+    path = tmp_path / name
+    path.write_bytes(data)
+    result = CliRunner().invoke(main, ["render", str(path), "--out", str(tmp_path / "png"), "--skip-invalid"])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    if message is None or (message == "either" and "rendered 7 drawings" in result.stdout):
+        assert "rendered 7 drawings" in result.stdout, result.output
+        return
+    if message == "either":
+        assert "rendered 6 drawings" in result.stdout and "skipped 1 invalid drawing(s)" in result.stderr
+        return
+    assert "rendered 6 drawings" in result.stdout and "skipped 1 invalid drawing(s)" in result.stderr
+    assert message in result.stderr
+    line = one_line_error(CliRunner().invoke(main, ["render", str(path), "--out", str(tmp_path / "png2")]))
+    assert str(path) in line and message in line

@@ -99,12 +99,24 @@ def convert(
     help="Side in pixels: 28 is exactly what the model sees; larger scales the same recipe.",
 )
 @click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N drawings of each file.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing OUT folder.")
-def render(files: tuple[str, ...], out_dir: str, size: int, limit: int | None, overwrite: bool) -> None:
-    """Render stroke files (.ndjson, .bin, .csv) to PNGs and a contact sheet: what the model sees."""
+@click.option("--skip-invalid", is_flag=True, help="Skip bad drawings (and say how many) instead of failing.")
+@click.option("--overwrite", is_flag=True, help="Replace files of the same names that qdkit did not write.")
+def render(
+    files: tuple[str, ...], out_dir: str, size: int, limit: int | None, skip_invalid: bool, overwrite: bool
+) -> None:
+    """Render stroke files (.ndjson, .bin, .csv) to PNGs and a contact sheet: what the model sees.
+    Only render's own files in OUT are written; nothing else there is touched."""
     from qdkit.data.render import render_files
 
-    count, sheet = render_files(list(files), out_dir, size=size, limit=limit, overwrite=overwrite)
+    count, sheet = render_files(
+        list(files),
+        out_dir,
+        size=size,
+        limit=limit,
+        overwrite=overwrite,
+        skip_invalid=skip_invalid,
+        warn=lambda m: click.echo(f"qdkit: warning: {m}", err=True),
+    )
     click.echo(f"rendered {count} drawings to {out_dir} (contact sheet: {sheet})")
 
 

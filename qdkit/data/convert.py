@@ -26,7 +26,14 @@ from tqdm import tqdm
 from qdkit.constants import DEFAULT_STORE, QDKIT_VERSION
 from qdkit.data.bitmaps import BitmapFile, bitmap_class, find_class_files, open_bitmaps, safe_dirname
 from qdkit.data.store import SPLITS, StoreWriter
-from qdkit.data.strokefiles import StrokeFile, eligible_records, index_records, render_records, stroke_file
+from qdkit.data.strokefiles import (
+    StrokeFile,
+    check_unchanged,
+    eligible_records,
+    index_records,
+    render_records,
+    stroke_file,
+)
 from qdkit.errors import QdkitError
 from qdkit.files import atomic_path, disk_full_is_error, output_lock, sha256_file
 from qdkit.images import write_png
@@ -34,6 +41,36 @@ from qdkit.workers import die_with_parent, sigterm_as_interrupt
 
 STORE_NAME = DEFAULT_STORE.name
 PNG_DIR = "png"
+PNG_MARKER = ".qdkit-png"  # in the PNG folder: qdkit wrote it, so a later convert refreshes it
+
+
+def _ours(png_dir: Path) -> bool:
+    """Whether `png_dir` is a PNG folder convert wrote: its marker, and nothing beside the splits."""
+    try:
+        names = {p.name for p in png_dir.iterdir()} if png_dir.is_dir() and not png_dir.is_symlink() else set()
+    except OSError:
+        return False
+    return PNG_MARKER in names and names <= {PNG_MARKER, *SPLITS}
+
+
+def _mark(png_tmp: Path) -> None:
+    png_tmp.mkdir(parents=True, exist_ok=True)
+    (png_tmp / PNG_MARKER).write_text(f"written by qdkit {QDKIT_VERSION} convert; refreshed by the next one\n")
+
+
+def _source_sha256(path: Path, info: dict) -> str:
+    """The file's SHA-256, checked to be of the file that was indexed (a file that grew or shrank
+    during convert would be recorded with its new hash and its old row count)."""
+    digest = sha256_file(path)
+    indexed = info.get("bytes")
+    now = path.stat().st_size
+    if indexed is not None and now != indexed:
+        raise QdkitError(
+            f"{path}: changed on disk during convert ({indexed:,} bytes when indexed, {now:,} now); nothing written"
+        )
+    return digest
+
+
 _PNG_TASK_ROWS = 500  # rows per pool task: large enough to amortise IPC, small enough to balance
 
 
@@ -99,7 +136,7 @@ def _stroke_rows(
     """The chosen drawings of a stroke file, rasterized on the pool. Splits draw from the eligible
     records (valid, recognized when asked) exactly as from the rows of a bitmap file."""
     index = index_records(sf)
-    info.update(format=sf.kind, rows=len(index))
+    info.update(format=sf.kind, rows=len(index), bytes=index.stamp[0] if index.stamp else None)
 
     def skipped(count: int, first: str | None) -> None:
         info["skipped_invalid"] = count
@@ -126,6 +163,7 @@ def _stroke_rows(
     splits = split_indices(len(eligible), per_class, seed, sf.class_name)
     chosen = np.sort(np.concatenate(list(splits.values())))
     rendered = render_records(sf, eligible.take(chosen), pool, progress)
+    check_unchanged(sf, index)
     for split, positions in splits.items():
         rows = np.searchsorted(chosen, positions)
         yield (
@@ -285,9 +323,16 @@ def _write_classes(
         )
         if outs.writer is not None:
             sources.append(
-                {"class": source.class_name, "file": source.path.name, **info, "sha256": sha256_file(source.path)}
+                {
+                    "class": source.class_name,
+                    "file": source.path.name,
+                    **info,
+                    "sha256": _source_sha256(source.path, info),
+                }
             )
     with disk_full_is_error(outs.png_root):
+        if outs.png_tmp is not None:
+            _mark(outs.png_tmp)
         for fut in futures:
             fut.result()  # re-raise the first worker error, if any
     if outs.writer is not None:
@@ -326,7 +371,9 @@ def convert(
     with contextlib.ExitStack() as stack:
         stack.enter_context(sigterm_as_interrupt())
         stack.enter_context(output_lock(out_dir, [PNG_DIR, STORE_NAME], "qdkit convert"))
-        png_tmp = stack.enter_context(atomic_path(out_dir / PNG_DIR, overwrite)) if png else None
+        png_tmp = (
+            stack.enter_context(atomic_path(out_dir / PNG_DIR, overwrite or _ours(out_dir / PNG_DIR))) if png else None
+        )
         h5_tmp = stack.enter_context(atomic_path(out_dir / STORE_NAME, overwrite)) if h5 else None
         outs = _Outputs(  # in this order: the stack closes the bar, then the writer, then the pool
             out_dir / PNG_DIR,

@@ -42,6 +42,8 @@ from qdkit.data.bitmaps import (
 )
 from qdkit.data.httprange import (
     CHUNK,
+    MIN_RATE,
+    RATE_WINDOW,
     RemoteFile,
     append_range,
     drop_part,
@@ -53,7 +55,7 @@ from qdkit.data.httprange import (
     start_part,
     validator_file,
 )
-from qdkit.data.strokecount import LineCounter, RecordWalker
+from qdkit.data.strokecount import LineCounter, RecordWalker, TooLong
 from qdkit.errors import QdkitError
 from qdkit.files import atomic_path
 
@@ -94,12 +96,15 @@ def download_classes(
     base_url: str = DEFAULT_BASE_URL,
     timeout: float = 30,
     fmt: str = "bitmap",
+    min_rate: float = MIN_RATE,
+    rate_window: float = RATE_WINDOW,
 ) -> list[Path]:
     """Download each class's official file of format `fmt` into `out_dir`; return the paths.
 
     `base_url` is the dataset root (the folder holding `full/`). With `limit`, keep only the first
     `limit` drawings (fetched with HTTP Range). Files already holding what was asked for are
-    skipped; `.part` files left by an interrupted run are resumed.
+    skipped; `.part` files left by an interrupted run are resumed. A server sending fewer than
+    `min_rate` bytes/s over `rate_window` seconds is given up on (one line; the .part resumes).
     """
     if fmt not in FORMATS:
         raise QdkitError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
@@ -128,6 +133,7 @@ def download_classes(
         if final.is_dir():
             raise QdkitError(f"{final}: is a folder; qdkit will not replace it with the downloaded file")
         remote = RemoteFile(name, f"{base_url}/{urllib.parse.quote(name)}{form.suffix}", timeout, form.what)
+        remote.min_rate, remote.rate_window = min_rate, rate_window
         paths.append(get(remote, final, limit, form))
     return paths
 
@@ -285,7 +291,11 @@ def _download_strokes(remote: RemoteFile, final: Path, limit: int | None, fmt: F
         os.replace(part, final)
         validator_file(part).unlink(missing_ok=True)
         return final
-    counter = guarded(remote, part, lambda: _grow_until(remote, fmt, part, limit, total))
+    try:
+        counter = guarded(remote, part, lambda: _grow_until(remote, fmt, part, limit, total))
+    except TooLong as e:
+        drop_part(part)
+        raise QdkitError(f"{remote.url}: {e}") from None
     end = counter.end
     assert end is not None
     with atomic_path(final) as tmp, open(part, "rb") as src, open(tmp, "wb") as dst:

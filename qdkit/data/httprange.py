@@ -14,6 +14,7 @@ import http.client
 import json
 import re
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -26,6 +27,8 @@ from qdkit.constants import QDKIT_VERSION
 from qdkit.errors import QdkitError
 
 CHUNK = 1 << 16
+MIN_RATE = 1024  # bytes/s: a server slower than this over RATE_WINDOW seconds is given up on
+RATE_WINDOW = 60.0  # (the socket timeout is per read: a server dripping 1 byte/s never trips it)
 
 
 @dataclass
@@ -41,6 +44,26 @@ class RemoteFile:
     total: int | None = None
     ranged: bool = False  # the server answered a Range request with 206
     seen: bool = field(default=False)
+    min_rate: float = MIN_RATE
+    rate_window: float = RATE_WINDOW
+    _window: list = field(default_factory=list)  # [start time, bytes since]
+
+    def paced(self, n: int) -> None:
+        """Count `n` body bytes just read; one line if the server has been slower than `min_rate`
+        over the last `rate_window` seconds."""
+        now = time.monotonic()
+        if not self._window:
+            self._window[:] = [now, 0]
+        self._window[1] += n
+        elapsed = now - self._window[0]
+        if elapsed >= self.rate_window:
+            rate = self._window[1] / elapsed
+            if rate < self.min_rate:
+                raise QdkitError(
+                    f"{self.url}: the server sent {rate:,.0f} bytes/s over {elapsed:.0f} s "
+                    f"(at least {self.min_rate:,.0f} bytes/s expected); giving up, run again to resume"
+                )
+            self._window[:] = [now, 0]
 
     def validator(self) -> dict:
         return {"etag": self.etag, "last_modified": self.last_modified, "total": self.total}
@@ -131,9 +154,17 @@ def _same_version(
 
 
 def _read(remote: RemoteFile, response: http.client.HTTPResponse, size: int, done: int) -> bytes:
-    """Up to `size` bytes of the body (fewer only at its end); `done` is for the error message."""
+    """Up to `size` bytes of the body (fewer only at its end); `done` is for the error message.
+    Read as it arrives (read1), so the pace is checked however slowly the server sends."""
+    out = bytearray()
     try:
-        return response.read(size)
+        while len(out) < size:
+            chunk = response.read1(size - len(out))
+            if not chunk:
+                break
+            out += chunk
+            remote.paced(len(chunk))
+        return bytes(out)
     except (OSError, http.client.HTTPException) as e:
         raise QdkitError(
             f"{remote.url}: connection lost after {done} bytes ({_reason(e)}); run again to resume"

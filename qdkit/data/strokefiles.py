@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import mmap
 import os
+import stat
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
@@ -30,7 +31,17 @@ from pathlib import Path
 import numpy as np
 
 from qdkit.errors import QdkitError
-from qdkit.strokes import SIDE, Drawing, StrokeError, binary_record_end, parse_ndjson_line, rasterize_many, read_binary
+from qdkit.strokes import (
+    SIDE,
+    Drawing,
+    StrokeError,
+    binary_record_end,
+    parse_ndjson_line,
+    rasterize_many,
+    read_binary,
+    simplified,
+)
+from qdkit.strokes.drawing import ascii_int
 
 # (prefix, suffix, kind), most specific first
 _NAMES = (
@@ -44,6 +55,9 @@ _NAMES = (
 STROKE_SUFFIXES = (".ndjson", ".bin", ".csv")
 _TASK_RECORDS = 1000  # records per pool task: amortises IPC, small enough to balance two cores
 MAX_RECORD_BYTES = 8 << 20  # one drawing's line or record; beyond this it is not a drawing
+# csv's default field limit (131,072 characters) would refuse a long header or drawing with a bare
+# _csv.Error; a drawing's field is capped by MAX_RECORD_BYTES instead.
+csv.field_size_limit(max(csv.field_size_limit(), MAX_RECORD_BYTES))
 
 
 @dataclass(frozen=True)
@@ -74,20 +88,81 @@ class RecordIndex:
     starts: np.ndarray
     ends: np.ndarray
     numbers: np.ndarray  # line (or record) number counted from 0 — the store's source_index
+    stamp: tuple[int, int, int] | None = None  # (size, mtime_ns, inode) of the file when indexed
 
     def __len__(self) -> int:
         return len(self.starts)
 
     def take(self, rows: np.ndarray) -> RecordIndex:
-        return RecordIndex(self.starts[rows], self.ends[rows], self.numbers[rows])
+        return RecordIndex(self.starts[rows], self.ends[rows], self.numbers[rows], self.stamp)
 
 
-def _map(path: Path) -> mmap.mmap | None:
-    """The file memory-mapped read-only; None when it is empty (mmap refuses size 0)."""
+def _stamp(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def check_unchanged(sf: StrokeFile, index: RecordIndex) -> None:
+    """A one-line QdkitError if the file is no longer the one `index` was made from (truncated,
+    grown, rewritten or replaced while it was being read)."""
+    if index.stamp is None:
+        return
+    try:
+        now: tuple[int, int, int] | None = _stamp(os.stat(sf.path))
+    except OSError:
+        now = None
+    if now != index.stamp:
+        was = index.stamp[0]
+        what = "removed" if now is None else f"{was:,} bytes when indexed, {now[0]:,} now"
+        raise QdkitError(f"{sf.path}: changed on disk while being read ({what}); nothing written")
+
+
+def _results(sf: StrokeFile, index: RecordIndex, futures: list) -> Iterator:
+    """The futures' results in order; a worker that died (a truncated file's mapping ends in SIGBUS,
+    which kills the process) is one line naming the file and what happened to it."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        for fut in futures:
+            yield fut.result()
+    except QdkitError:  # a bad record: unless the file changed under the workers, which says more
+        check_unchanged(sf, index)
+        raise
+    except BrokenProcessPool:
+        for fut in futures:
+            fut.cancel()
+        check_unchanged(sf, index)
+        raise QdkitError(
+            f"{sf.path}: a worker process died while reading it (killed for memory, or the file changed); "
+            "nothing written"
+        ) from None
+
+
+def _map(path: Path, stamp: list | None = None) -> mmap.mmap | None:
+    """The file memory-mapped read-only; None when it is empty (mmap refuses size 0). A device or
+    other non-regular file (a link to /dev/zero, say) is refused: it has no size to map."""
     with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise QdkitError(f"{path}: is not a regular file ({_kind(st.st_mode)})")
+        if stamp is not None:
+            stamp.append(_stamp(st))
+        if st.st_size == 0:
+            if f.read(1):  # an OSError (EIO) here is "cannot read", not "is empty"
+                raise QdkitError(f"{path}: says it is 0 bytes long but holds data (copy it to a regular file first)")
             return None
         return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a plain file"
 
 
 def _line_index(buf: mmap.mmap, first_number: int = 0, skip_first: bool = False) -> RecordIndex:
@@ -119,7 +194,12 @@ def _binary_index(sf: StrokeFile, buf: mmap.mmap) -> RecordIndex:
 
 
 def _csv_columns(sf: StrokeFile, header: bytes) -> dict[str, int]:
-    names = next(csv.reader([header.decode("utf-8", "replace").strip()]))
+    if len(header) > MAX_RECORD_BYTES:
+        raise QdkitError(f"{sf.path}: CSV header is {len(header):,} bytes long (at most {MAX_RECORD_BYTES:,})")
+    try:
+        names = next(csv.reader([header.decode("utf-8", "replace").strip()]), [])
+    except csv.Error as err:
+        raise QdkitError(f"{sf.path}: CSV header is not a CSV row ({err})") from None
     if "drawing" not in names:
         raise QdkitError(f"{sf.path}: CSV header has no 'drawing' column (found: {', '.join(names)[:80]})")
     return {n: i for i, n in enumerate(names)}
@@ -127,25 +207,35 @@ def _csv_columns(sf: StrokeFile, header: bytes) -> dict[str, int]:
 
 def index_records(sf: StrokeFile) -> RecordIndex:
     """Every record of the file (one pass over its bytes; nothing parsed but binary lengths)."""
+    stamp: list = []
     try:
-        buf = _map(sf.path)
+        buf = _map(sf.path, stamp)
+    except FileNotFoundError as err:
+        raise QdkitError(f"{sf.path}: no such file") from err
     except OSError as err:
-        raise QdkitError(f"{sf.path}: cannot read ({err.strerror})") from err
+        raise QdkitError(f"{sf.path}: cannot read ({err.strerror or err})") from err
     if buf is None:
         raise QdkitError(f"{sf.path}: is empty")
-    with buf:
-        if buf[:2] == b"\x1f\x8b":
-            raise QdkitError(f"{sf.path}: is gzip-compressed, not {sf.kind} data (gunzip it first)")
-        if sf.kind == "binary":
-            index = _binary_index(sf, buf)
-        elif sf.kind == "csv":
-            _csv_columns(sf, buf[: buf.find(b"\n") if buf.find(b"\n") >= 0 else len(buf)])
-            index = _line_index(buf, skip_first=True)
-        else:
-            index = _line_index(buf)
+    try:
+        index = _index_mapped(sf, buf)
+    except OSError as err:  # EIO and the like while reading the mapped bytes
+        raise QdkitError(f"{sf.path}: cannot read ({err.strerror or err})") from err
+    finally:
+        buf.close()
     if len(index) == 0:
         raise QdkitError(f"{sf.path}: holds no drawings")
-    return index
+    return replace(index, stamp=stamp[0])
+
+
+def _index_mapped(sf: StrokeFile, buf: mmap.mmap) -> RecordIndex:
+    if buf[:2] == b"\x1f\x8b":
+        raise QdkitError(f"{sf.path}: is gzip-compressed, not {sf.kind} data (gunzip it first)")
+    if sf.kind == "binary":
+        return _binary_index(sf, buf)
+    if sf.kind == "csv":
+        _csv_columns(sf, buf[: buf.find(b"\n") if buf.find(b"\n") >= 0 else len(buf)])
+        return _line_index(buf, skip_first=True)
+    return _line_index(buf)
 
 
 class RecordReader:
@@ -169,6 +259,12 @@ class RecordReader:
         if sf.kind == "csv":
             return self._csv_drawing(line)
         return parse_ndjson_line(line, simplified={"simplified": True, "raw": False}.get(sf.kind))
+
+    def ready(self, start: int, end: int) -> Drawing:
+        """The record as the simplified drawing that is rasterized: every way one drawing can fail
+        (parse, validation, simplification of degenerate raw coordinates) is a StrokeError here, per
+        record, so scanning, rendering and predicting agree on which records are valid."""
+        return simplified(self.drawing(start, end))
 
     def _csv_drawing(self, line: bytes) -> Drawing:
         try:
@@ -228,7 +324,7 @@ def _scan_task(sf: StrokeFile, index: RecordIndex) -> Scan:
         zip(index.starts.tolist(), index.ends.tolist(), index.numbers.tolist(), strict=True)
     ):
         try:
-            d = reader.drawing(start, end)
+            d = reader.ready(start, end)
         except StrokeError as err:
             first_error = first_error or f"{_where(sf, number)}: {err}"
             continue
@@ -249,7 +345,7 @@ def _render_task(sf: StrokeFile, index: RecordIndex) -> Rendered:
     drawings = []
     for start, end, number in zip(index.starts.tolist(), index.ends.tolist(), index.numbers.tolist(), strict=True):
         try:
-            drawings.append(reader.drawing(start, end))
+            drawings.append(reader.ready(start, end))
         except StrokeError as err:
             raise QdkitError(f"{_where(sf, number)}: {err}") from None  # pickled back: keep it plain
     key_ids = np.array([_key_id(d.key_id) for d in drawings], dtype=np.uint64)
@@ -258,7 +354,7 @@ def _render_task(sf: StrokeFile, index: RecordIndex) -> Rendered:
 
 
 def _key_id(value: str | None) -> int:
-    return int(value) if value and value.isdigit() and int(value) < 2**64 else 0
+    return ascii_int(value) or 0
 
 
 def _chunks(index: RecordIndex, size: int = _TASK_RECORDS, workers: int = 2) -> Iterator[RecordIndex]:
@@ -289,7 +385,7 @@ def eligible_records(
     if not (recognized_only or skip_invalid):
         return index
     chunks = _chunks(index, 4 * _TASK_RECORDS, _workers(pool))
-    scans = [f.result() for f in [pool.submit(_scan_task, sf, chunk) for chunk in chunks]]
+    scans = list(_results(sf, index, [pool.submit(_scan_task, sf, chunk) for chunk in chunks]))
     valid = np.concatenate([s.valid for s in scans])
     first_error = next((s.first_error for s in scans if s.first_error), None)
     if first_error and not skip_invalid:
@@ -306,8 +402,8 @@ def render_records(
     """Parse and rasterize the records of `index` on the pool, in order."""
     futures = [pool.submit(_render_task, sf, chunk) for chunk in _chunks(index, workers=_workers(pool))]
     parts = []
-    for fut in futures:
-        parts.append(fut.result())
+    for part in _results(sf, index, futures):
+        parts.append(part)
         if progress is not None:
             progress(len(parts[-1].images))
     if not parts:

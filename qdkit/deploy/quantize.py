@@ -29,7 +29,14 @@ import numpy as np
 
 from qdkit.constants import DEFAULT_STORE, SIDE
 from qdkit.deploy.compare import Parity
-from qdkit.deploy.int8graph import CALIBRATION_BATCH, finish_graph, quantize_graph  # noqa: F401  (CALIBRATION_BATCH: its old home)
+from qdkit.deploy.int8graph import (  # noqa: F401  (CALIBRATION_BATCH: its old home)
+    CALIBRATION_BATCH,
+    SETTINGS,
+    cpu_flags,
+    cpu_summary,
+    finish_graph,
+    quantize_graph,
+)
 from qdkit.errors import QdkitError, first_line
 from qdkit.files import atomic_path
 from qdkit.inference.onnxmodel import (
@@ -206,7 +213,9 @@ def _gate(
     if not agreement >= min_agreement:
         raise QdkitError(
             f"{src}: the int8 model agrees with fp32 on only {agreement:.2%} of {len(held)} "
-            f"{gate_split} drawings (need >= {min_agreement:.2%}); nothing written"
+            f"{gate_split} drawings (need >= {min_agreement:.2%}) on this CPU ({cpu_summary()}); nothing "
+            "written: deploy the fp32 model, calibrate on a larger or more representative store (--data), "
+            "or accept the loss with --int8-min-agreement"
         )
 
     def accuracy(logits: np.ndarray) -> float | None:
@@ -291,7 +300,9 @@ def _quantization_facts(
 
     return {
         "type": QUANTIZATION_TYPE,
-        "weights": "int8, per channel, symmetric",
+        "weights": f"{SETTINGS['weight_type']}, {'per channel' if SETTINGS['per_channel'] else 'per tensor'}, "
+        f"symmetric, {7 if SETTINGS['reduce_range'] else 8}-bit range",
+        "settings": dict(SETTINGS),
         "activations": "uint8, per tensor",
         "calibrate_method": method,
         "calibration_drawings": int(calibration_drawings),
@@ -299,6 +310,8 @@ def _quantization_facts(
         "source_model": src.name,
         "source_sha256": hashlib.sha256(fp32_bytes).hexdigest(),
         "onnxruntime_version": onnxruntime.__version__,
+        # what the gate ran on: int8 results depend on the CPU's kernels (VNNI or not)
+        "gated_on": {"machine": cpu_summary(), "cpu_flags": cpu_flags(), "onnxruntime": onnxruntime.__version__},
         "quantized_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
 

@@ -28,7 +28,7 @@ from qdkit.strokes.drawing import (
     parse_ndjson_line,
     parse_strokes,
 )
-from qdkit.strokes.rasterize import rasterize, rasterize_many, to_bitmap
+from qdkit.strokes.rasterize import rasterize, rasterize_many, simplified, to_bitmap
 from qdkit.strokes.simplify import EPSILON, simplify
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "rasterize",
     "rasterize_many",
     "read_binary",
+    "simplified",
     "simplify",
     "to_bitmap",
 ]

@@ -9,7 +9,7 @@ import struct
 
 import numpy as np
 
-from qdkit.strokes.drawing import MAX_STROKES, Drawing, StrokeError
+from qdkit.strokes.drawing import MAX_POINTS, MAX_STROKES, Drawing, StrokeError, ascii_int
 
 _RECORD_HEAD = struct.Struct("<Q2sbIH")  # key_id, countrycode, recognized, timestamp, n_strokes
 
@@ -25,7 +25,9 @@ def read_binary(buf: bytes | memoryview | mmap.mmap, offset: int = 0) -> tuple[D
         raise StrokeError("record has no strokes")
     if n_strokes > MAX_STROKES:
         raise StrokeError(f"record has {n_strokes} strokes (at most {MAX_STROKES})")
-    strokes, lengths = [], []
+    strokes: list[np.ndarray] = []
+    lengths: list[int] = []
+    points = 0
     for i in range(n_strokes):
         if pos + 2 > end:
             raise StrokeError(f"truncated record (stroke {i})")
@@ -35,6 +37,9 @@ def read_binary(buf: bytes | memoryview | mmap.mmap, offset: int = 0) -> tuple[D
             raise StrokeError(f"stroke {i} is empty")
         if pos + 2 * n > end:
             raise StrokeError(f"truncated record (stroke {i})")
+        points += n
+        if points > MAX_POINTS:  # the cap of parsed drawings, for binary records too
+            raise StrokeError(f"drawing has more than {MAX_POINTS} points")
         xy = np.frombuffer(buf, dtype=np.uint8, count=2 * n, offset=pos).reshape(2, n)
         strokes.append(xy)
         lengths.append(n)
@@ -76,15 +81,13 @@ def pack_binary(drawing: Drawing) -> bytes:
     """One binary record (simplified strokes, 0..255). key_id and timestamp default to 0."""
     if not drawing.simplified:
         raise StrokeError("the binary format holds simplified strokes only")
-    country = (drawing.countrycode or "").encode("ascii")[:2].ljust(2, b"\x00")
+    country = (drawing.countrycode or "").encode("ascii", "replace")[:2].ljust(2, b"\x00")
     parts = [
         _RECORD_HEAD.pack(
-            int(drawing.key_id or 0),
+            ascii_int(drawing.key_id) or 0,
             country,
             int(bool(drawing.recognized)),
-            int(float(drawing.timestamp))
-            if drawing.timestamp and drawing.timestamp.replace(".", "", 1).isdigit()
-            else 0,
+            ascii_int((drawing.timestamp or "").split(".")[0], 2**32) or 0,
             len(drawing.lengths),
         )
     ]

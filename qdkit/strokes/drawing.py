@@ -22,6 +22,15 @@ class StrokeError(QdkitError):
     """A drawing that is not valid Quick Draw strokes; the caller prefixes file/line or field."""
 
 
+def ascii_int(text: str | None, limit: int = 2**64) -> int | None:
+    """`text` as a non-negative int below `limit` if it is ASCII digits only, else None. str.isdigit
+    accepts "²" and "٣", which int() then refuses or reads as another number."""
+    if not text or not text.isascii() or not text.isdigit() or len(text) > 40:
+        return None
+    value = int(text)
+    return value if value < limit else None
+
+
 @dataclass(frozen=True, eq=False)
 class Drawing:
     """One drawing: all points in one (2, P) float64 array, split into strokes by `lengths`."""

@@ -3,6 +3,7 @@ bitmaps. See the package docstring for the recipe."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -11,7 +12,7 @@ import numpy as np
 
 from qdkit.constants import SIDE
 from qdkit.errors import QdkitError
-from qdkit.strokes.drawing import Drawing, parse_drawing
+from qdkit.strokes.drawing import Drawing, StrokeError, parse_drawing
 from qdkit.strokes.simplify import simplify
 
 ORIGINAL_SIDE = 256.0  # simplified strokes live in 0..255
@@ -100,10 +101,30 @@ def _canvas(side: int) -> _Canvas:
     return canvases[side]
 
 
-def _simplified(drawing: Drawing | Sequence[np.ndarray]) -> Drawing:
+def simplified(drawing: Drawing | Sequence[np.ndarray]) -> Drawing:
+    """The drawing as the simplified strokes that are rasterized (raw ones simplified), or a
+    StrokeError — never another exception — for raw coordinates simplification cannot scale
+    (denormal extents, ranges near the float limits). Callers that read many drawings call this per
+    drawing, so one degenerate drawing costs only itself."""
     if not isinstance(drawing, Drawing):
         return Drawing.from_strokes(drawing, True)
-    return drawing if drawing.simplified else Drawing.from_strokes(simplify(drawing), True)
+    if drawing.simplified:
+        return drawing
+    try:
+        with np.errstate(all="ignore"):
+            strokes = simplify(drawing)
+    except StrokeError:
+        raise
+    except (ValueError, ArithmeticError, MemoryError) as err:
+        raise StrokeError(f"coordinates that cannot be simplified ({type(err).__name__}: {err})") from None
+    new = Drawing.from_strokes(strokes, True)
+    out = dataclasses.replace(drawing, xy=new.xy, lengths=new.lengths, simplified=True)  # metadata kept
+    if not np.isfinite(out.xy).all():
+        raise StrokeError("coordinates that cannot be simplified (not finite once scaled)")
+    return out
+
+
+_simplified = simplified
 
 
 def rasterize(drawing: Drawing | Sequence[np.ndarray], side: int = SIDE) -> np.ndarray:
@@ -115,12 +136,27 @@ def rasterize(drawing: Drawing | Sequence[np.ndarray], side: int = SIDE) -> np.n
     return out
 
 
-def rasterize_many(drawings: Sequence[Drawing | Sequence[np.ndarray]], side: int = SIDE) -> np.ndarray:
-    """uint8 (N, side, side): `rasterize` of each, on one reused surface."""
+def rasterize_many(
+    drawings: Sequence[Drawing | Sequence[np.ndarray]],
+    side: int = SIDE,
+    errors: list[tuple[int, StrokeError]] | None = None,
+) -> np.ndarray:
+    """uint8 (N, side, side): `rasterize` of each, on one reused surface.
+
+    A drawing that cannot be simplified raises StrokeError — unless `errors` is given: then its
+    image is left blank, (its index, the error) appended to `errors`, and the others still drawn, so
+    one bad drawing of a batch costs only itself."""
     out = np.empty((len(drawings), side, side), dtype=np.uint8)
     canvas = _canvas(side)
     for i, drawing in enumerate(drawings):
-        d = _simplified(drawing)
+        try:
+            d = _simplified(drawing)
+        except StrokeError as err:
+            if errors is None:
+                raise
+            errors.append((i, err))
+            out[i] = 0
+            continue
         canvas.draw(d.xy, d.lengths, out[i])
     return out
 

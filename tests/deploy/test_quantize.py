@@ -56,6 +56,11 @@ def test_int8_model_keeps_the_contract_and_metadata(int8_export, store_path):
     quant = meta["quantization"]
     store = open_store(store_path)
     assert quant["type"] == "int8-static-qdq" and quant["calibrate_method"] == "minmax"
+    # 7-bit weights hold the gate on every x86-64 CPU (no u8 x s8 saturation without VNNI); the gate's
+    # CPU and onnxruntime are recorded (docs/int8.md)
+    assert quant["settings"] == {"weight_type": "int8", "reduce_range": True, "per_channel": True}
+    assert "7-bit range" in quant["weights"] and quant["gated_on"]["onnxruntime"] == quant["onnxruntime_version"]
+    assert isinstance(quant["gated_on"]["cpu_flags"], list) and quant["gated_on"]["machine"]
     assert quant["calibration_drawings"] == store.counts["train"]  # 800 < the 1,024 default: all of them
     assert quant["gate_split"] == "validation" and quant["gate_drawings"] == store.counts["validation"]
     assert 0.98 <= quant["agreement"] <= 1 and quant["min_agreement"] == 0.98
@@ -101,6 +106,7 @@ def test_a_refused_int8_model_leaves_no_file(int8_export, store_path, tmp_path, 
     )
     line = one_line_error(result)
     assert "agrees with fp32 on only" in line and "nothing written" in line and "fp32" in line
+    assert "on this CPU (" in line and "deploy the fp32 model" in line and "--int8-min-agreement" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # the fp32 model, no temporaries
     # The library refuses the same way, and checks its inputs.
     drawings = np.array(open_store(store_path).split("train").images[:64])

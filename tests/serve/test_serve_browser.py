@@ -231,9 +231,17 @@ def test_real_strokes_replayed(page, predictor):
             _check_shown(page, predictor, drawing)
 
 
-def test_stroke_end_to_guess_latency_report():
-    """Not a pass/fail timing (the machine is shared): the p50/p95 the earlier tests measured, printed."""
-    assert len(LATENCIES_MS) >= 10, LATENCIES_MS
+def test_stroke_end_to_guess_latency_report(page, predictor):
+    """Not a pass/fail timing (the machine is shared): the p50/p95 the earlier tests measured, printed.
+    It needs the browser itself (the `page` fixture: skipped loudly without Chromium, a failure under
+    CI=true, like every test here) and draws its own strokes when the others did not run (-k, -x),
+    so it never depends on another test having run."""
+    while len(LATENCIES_MS) < 10:
+        for drawing in synthetic_drawings():
+            page.click("#clear")
+            fitted = _fit(drawing)
+            _draw(page, fitted)
+            _check_shown(page, predictor, fitted)
     p50, p95 = np.percentile(LATENCIES_MS, [50, 95])
     print(
         f"\nbrowser stroke end -> guess on screen: p50 {p50:.1f} ms, p95 {p95:.1f} ms over "
