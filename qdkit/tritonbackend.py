@@ -100,12 +100,12 @@ def parse_element(element: Any, field: str) -> Any:
     if isinstance(obj, dict):
         unknown = sorted(set(obj) - set(DRAWING_KEYS))
         if unknown:
-            return f"{field}.{unknown[0]}: unknown field (expected {', '.join(DRAWING_KEYS)})"
+            return f"{field}: {unknown[0]}: unknown field (expected {', '.join(DRAWING_KEYS)})"
         if "drawing" not in obj:
             return f"{field}: an object without 'drawing'"
         simplified = obj.get("simplified", False)
         if not isinstance(simplified, bool):
-            return f"{field}.simplified: true or false expected"
+            return f"{field}: simplified: true or false expected"
         obj = obj["drawing"]
     if not isinstance(obj, list):
         return f'{field}: a list of strokes [[xs, ys], ...] or {{"drawing": ...}} expected'
