@@ -26,6 +26,7 @@ from _serving import REPO, SHARED_STROKES, running_server, shared_simplified, sy
 from click.testing import CliRunner
 
 from qdkit.cli import main
+from qdkit.errors import QdkitError
 from qdkit.export import parity_drawings
 from qdkit.predict import Predictor
 from qdkit.strokes import parse_drawing, rasterize
@@ -313,6 +314,8 @@ def test_batch_at_the_config_limit_works_and_above_it_is_refused(triton):
     with pytest.raises(InferenceServerException, match="batch"):
         _grpc(triton).infer("qdkit_strokes", [_drawings_input(grpcclient, [line] * (MAX_BATCH_SIZE + 1))])
     assert http.is_server_ready()
+    stats = http.get_inference_statistics("qdkit")["model_stats"][0]
+    assert stats["inference_count"] >= MAX_BATCH_SIZE and stats["execution_count"] >= 1
 
 
 BAD_DRAWINGS = [
@@ -356,6 +359,41 @@ def test_a_bad_drawing_fails_only_its_own_request(triton, predictor):
             assert prefix in result and message in result, result
             assert "Traceback" not in result and "\n" not in result.strip(), result
     assert _http(triton).is_server_ready()
+
+
+def test_every_config_parses_for_both_backends_and_the_replace_rule_holds(model, tmp_path):
+    """Without a server: Triton's own protobuf definitions read every config.pbtxt qdkit writes."""
+    from google.protobuf import text_format
+
+    from qdkit.triton import write_repository
+
+    pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    _, onnx_path = model
+    for backend in ("onnxruntime", "python"):
+        written = write_repository(onnx_path, tmp_path / backend, backend=backend)
+        configs = {
+            p.parent.name: text_format.Parse(p.read_text(), pb2.ModelConfig())
+            for p in written.folder.parent.glob("*/config.pbtxt")
+        }
+        assert sorted(configs) == MODELS
+        assert (configs["qdkit"].platform, configs["qdkit"].backend) == (
+            ("onnxruntime_onnx", "") if backend == "onnxruntime" else ("", "python")
+        )
+        assert (written.model_py.is_file()) == (backend == "python")
+        assert configs["qdkit_rasterize"].backend == "python" and configs["qdkit_strokes"].platform == "ensemble"
+        assert all(c.max_batch_size == MAX_BATCH_SIZE for c in configs.values())
+        steps = configs["qdkit_strokes"].ensemble_scheduling.step
+        assert [s.model_name for s in steps] == ["qdkit_rasterize", "qdkit"]
+        assert (written.folder.parent / "qdkit_strokes" / "labels.txt").read_text() == written.labels.read_text()
+    # switching back to onnxruntime removes the model.py the python export wrote
+    again = write_repository(onnx_path, tmp_path / "python", backend="onnxruntime")
+    assert not again.model_py.exists()
+    # a foreign file in the ensemble's place is kept and named
+    foreign = tmp_path / "python" / "qdkit_strokes" / "config.pbtxt"
+    foreign.write_text('name: "mine"\n')
+    with pytest.raises(QdkitError, match="qdkit_strokes/config.pbtxt.*--overwrite"):
+        write_repository(onnx_path, tmp_path / "python", backend="python")
+    assert foreign.read_text() == 'name: "mine"\n'
 
 
 def test_qdkit_triton_says_what_is_missing(repo, tmp_path):
