@@ -200,6 +200,14 @@ def _get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
         return 0, b""
 
 
+# What a CPU-only machine always logs as errors: Triton's CUDA runtime finding no driver
+_NOISE = ("CudaDriverHelper", "CUDA driver version is insufficient")
+
+
+def _noise(line: str) -> bool:
+    return any(n in line for n in _NOISE)
+
+
 def _error_summary(lines: collections.deque[str]) -> str:
     """The reason tritonserver gave for stopping, from its log: its error lines, and the failed models' rows."""
     errors = []
@@ -211,9 +219,9 @@ def _error_summary(lines: collections.deque[str]) -> str:
             text = " ".join(text.strip("|").split())
         else:
             continue
-        if text and text not in errors and "CudaDriverHelper" not in text:
+        if text and text not in errors and not _noise(text):
             errors.append(text)
-    return "; ".join(errors[-4:])[:600] or (list(lines)[-1].strip() if lines else "no output")
+    return "; ".join(errors[-4:])[:600].strip() or (list(lines)[-1].strip() if lines else "no output")
 
 
 @contextmanager
@@ -264,7 +272,7 @@ def running_triton(
             for raw in proc.stdout:
                 line = raw.decode("utf-8", errors="replace").rstrip("\n")
                 log.append(line)
-                if verbose or (ready.is_set() and line.startswith("E") and "CudaDriverHelper" not in line):
+                if verbose or (ready.is_set() and line.startswith("E") and not _noise(line)):
                     echo(f"tritonserver: {line}")
 
         threading.Thread(target=pump, daemon=True).start()

@@ -100,6 +100,8 @@ def export(
 
     if not int8 and (data is not None or int8_min_agreement is not None):
         raise QdkitError("--data and --int8-min-agreement apply only with --int8")
+    if triton_backend != "onnxruntime" and not triton:
+        raise QdkitError("--triton-backend applies only with --triton")
     if triton:
         from qdkit.triton import check_target, write_repository
 
