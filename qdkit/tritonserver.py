@@ -80,7 +80,8 @@ def check_server_python(python: str | os.PathLike | None = None) -> ServerPython
     """The Python whose environment runs the Python-backend models, checked (see the module docstring)."""
     exe = os.fspath(python or os.environ.get("QDKIT_TRITON_PYTHON") or sys.executable)
     try:
-        out = subprocess.run([exe, "-c", _PROBE], capture_output=True, text=True, timeout=60, check=True)
+        # -I: as the stub, which ignores PYTHONPATH
+        out = subprocess.run([exe, "-I", "-c", _PROBE], capture_output=True, text=True, timeout=60, check=True)
         facts = json.loads(out.stdout.strip().splitlines()[-1])
     except (OSError, subprocess.SubprocessError, ValueError, IndexError) as e:
         raise QdkitError(f"{exe}: not a Python that runs ({str(e).splitlines()[0][:120]})") from None
