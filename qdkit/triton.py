@@ -71,7 +71,9 @@ def config_text(
     backend: str = "onnxruntime",
 ) -> str:
     """config.pbtxt (protobuf text format of Triton's ModelConfig) for a qdkit ONNX model, run by
-    Triton's onnxruntime backend or (backend="python") by 1/model.py in its Python backend."""
+    Triton's onnxruntime backend or (backend="python") by 1/model.py in its Python backend.
+    KIND_AUTO: one instance on each GPU where Triton sees GPUs, one on the CPU elsewhere, so the
+    same repository runs on both."""
     if backend not in BACKENDS:
         raise QdkitError(f"Triton backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     runtime = 'platform: "onnxruntime_onnx"' if backend == "onnxruntime" else 'backend: "python"'
@@ -105,7 +107,7 @@ dynamic_batching {{
 instance_group [
   {{
     count: 1
-    kind: KIND_CPU
+    kind: KIND_AUTO
   }}
 ]
 """

@@ -55,8 +55,7 @@ class ClassifierModel:
         config = json.loads(args["model_config"])
         self.outputs = _output_names(config)
         model = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
-        # As qdkit serve: CUDA whenever this onnxruntime has it (onnxruntime-gpu), else CPU. The
-        # config's KIND_CPU only places this Python process; it loads on machines without a GPU.
+        # As qdkit serve: CUDA whenever this onnxruntime has it (onnxruntime-gpu), else CPU.
         # spin=False, as qdkit serve: other processes (the rasterize step, the server) share the cores.
         self.session = make_session(model, providers=available_providers(), spin=False)
 

@@ -382,6 +382,12 @@ def test_every_config_parses_for_both_backends_and_the_replace_rule_holds(model,
         assert (written.model_py.is_file()) == (backend == "python")
         assert configs["qdkit_rasterize"].backend == "python" and configs["qdkit_strokes"].platform == "ensemble"
         assert all(c.max_batch_size == MAX_BATCH_SIZE for c in configs.values())
+        kinds = {name: [g.kind for g in c.instance_group] for name, c in configs.items()}
+        assert kinds == {
+            "qdkit": [pb2.ModelInstanceGroup.KIND_AUTO],
+            "qdkit_rasterize": [pb2.ModelInstanceGroup.KIND_CPU],
+            "qdkit_strokes": [],
+        }
         steps = configs["qdkit_strokes"].ensemble_scheduling.step
         assert [s.model_name for s in steps] == ["qdkit_rasterize", "qdkit"]
         assert (written.folder.parent / "qdkit_strokes" / "labels.txt").read_text() == written.labels.read_text()
