@@ -246,6 +246,14 @@ def running_triton(
         raise QdkitError(INSTALL_HINT)
     if http_port == grpc_port:
         raise QdkitError(f"--http-port and --grpc-port are both {http_port}; give them different ports")
+    if binary.dist is not None:  # the wheel's build has the Python backend only
+        for config in sorted(path.glob("*/config.pbtxt")):
+            text = config.read_text(encoding="utf-8", errors="replace")
+            if "onnxruntime_onnx" in text or 'backend: "onnxruntime"' in text:
+                raise QdkitError(
+                    f"{config}: runs on Triton's onnxruntime backend, which the tritonserver of {binary.source} "
+                    "does not have; export with --triton-backend python"
+                )
     # NVIDIA's own tritonserver brings its Python; the wheel's runs the one given (or this one)
     server_python = check_server_python(python) if binary.dist is not None or python else None
     tmp = Path(tempfile.mkdtemp(prefix="qdkit-triton-"))

@@ -402,13 +402,22 @@ def test_every_config_parses_for_both_backends_and_the_replace_rule_holds(model,
     assert foreign.read_text() == 'name: "mine"\n'
 
 
-def test_qdkit_triton_says_what_is_missing(repo, tmp_path):
+def test_qdkit_triton_says_what_is_missing(model, repo, tmp_path):
     assert find_tritonserver(search_path="", packages=False) is None
     assert "pip install --no-deps nvidia-pytriton==0.7.0" in INSTALL_HINT
     error = one_line_error(CliRunner().invoke(main, ["triton", str(tmp_path / "nothing")]))
     assert "nothing: no such folder" in error
     error = one_line_error(CliRunner().invoke(main, ["triton", str(tmp_path)]))
     assert "no model repository" in error
+    if find_tritonserver() is not None and find_tritonserver(packages=False) is None:
+        # the wheel's tritonserver has no onnxruntime backend: the default export is refused up front
+        ckpt, _ = model
+        default = tmp_path / "default"
+        clean_run(
+            CliRunner().invoke(main, ["export", str(ckpt), "--out", str(default / "m.onnx"), "--triton", str(default)])
+        )
+        error = one_line_error(CliRunner().invoke(main, ["triton", str(default)]))
+        assert "onnxruntime backend" in error and "--triton-backend python" in error
     if find_tritonserver() is not None and _server_python().exists():
         # a taken port: Triton's reason, in one line, and nothing left running
         with socket.socket() as taken:
