@@ -181,6 +181,19 @@ def command(binary: TritonBinary, repo: Path, http_port: int, grpc_port: int, ba
     return cmd + ([f"--backend-directory={backends}"] if backends else [])
 
 
+def _check_port(option: str, port: int) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(
+            socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
+        )  # as servers do: old TIME_WAIT connections are no hindrance
+        try:
+            s.bind((HOST, port))
+        except OSError as e:
+            raise QdkitError(f"{option} {port}: {HOST}:{port} cannot be used ({e.strerror})") from None
+
+
 def _die_with_parent() -> None:
     """In the child: SIGTERM when qdkit dies (even by SIGKILL), so no tritonserver outlives it."""
     try:
@@ -246,6 +259,8 @@ def running_triton(
         raise QdkitError(INSTALL_HINT)
     if http_port == grpc_port:
         raise QdkitError(f"--http-port and --grpc-port are both {http_port}; give them different ports")
+    for option, port in (("--http-port", http_port), ("--grpc-port", grpc_port)):
+        _check_port(option, port)  # before Triton spends seconds loading the models
     if binary.dist is not None:  # the wheel's build has the Python backend only
         for config in sorted(path.glob("*/config.pbtxt")):
             text = config.read_text(encoding="utf-8", errors="replace")

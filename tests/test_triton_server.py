@@ -419,14 +419,14 @@ def test_qdkit_triton_says_what_is_missing(model, repo, tmp_path):
         error = one_line_error(CliRunner().invoke(main, ["triton", str(default)]))
         assert "onnxruntime backend" in error and "--triton-backend python" in error
     if find_tritonserver() is not None and _server_python().exists():
-        # a taken port: Triton's reason, in one line, and nothing left running
+        # a taken port: one line, before Triton starts
         with socket.socket() as taken:
             taken.bind(("127.0.0.1", 0))
             taken.listen()
             port = str(taken.getsockname()[1])
             args = ["triton", str(repo), "--http-port", port, "--grpc-port", str(_free_ports(1)[0])]
             error = one_line_error(CliRunner().invoke(main, [*args, "--python", str(_server_python())]))
-        assert f"127.0.0.1:{port}' already in use" in error, error
+        assert f"--http-port {port}: 127.0.0.1:{port} cannot be used (Address already in use)" in error, error
     if find_tritonserver() is not None and np.__version__.startswith("2."):
         # the Python running the tests has numpy 2: refused as the server's Python, before any start
         error = one_line_error(CliRunner().invoke(main, ["triton", str(repo), "--python", sys.executable]))
