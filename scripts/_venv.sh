@@ -15,3 +15,24 @@ if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
     python -m pip install -q -e ".[dev]"
     touch "$stamp"
 fi
+
+# Triton, for `qdkit triton` and tests/test_triton_server.py (Linux x86_64 only):
+# - nvidia-pytriton's tritonserver 2.51 and its Python backend, installed without its Python library's
+#   dependencies: that library pins numpy<2, and qdkit uses only the server it ships;
+# - .venv-triton, the server's Python for the Python-backend models: numpy<2 (Triton 2.51's Python
+#   backend stub is built against numpy 1.x) with qdkit (editable) and what those models import.
+QDKIT_PYTRITON="nvidia-pytriton==0.7.0"
+QDKIT_TRITON_PYTHON_PACKAGES="numpy==1.26.4 onnxruntime==1.32.0 orjson==3.13.0 cairocffi==1.7.1"
+if [ "$(uname -sm)" = "Linux x86_64" ]; then
+    triton_stamp=".venv-triton/.qdkit-installed"
+    if ! python -m pip show -q nvidia-pytriton >/dev/null 2>&1; then
+        python -m pip install -q --no-deps "$QDKIT_PYTRITON"
+    fi
+    if [ ! -f "$triton_stamp" ] || [ scripts/_venv.sh -nt "$triton_stamp" ]; then
+        [ -x .venv-triton/bin/python ] || python -m venv .venv-triton
+        # shellcheck disable=SC2086  # word splitting intended: a list of pinned packages
+        .venv-triton/bin/python -m pip install -q $QDKIT_TRITON_PYTHON_PACKAGES
+        .venv-triton/bin/python -m pip install -q --no-deps -e .
+        touch "$triton_stamp"
+    fi
+fi

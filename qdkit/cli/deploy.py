@@ -63,7 +63,16 @@ _overwrite_option = click.option(
     "--triton",
     type=click.Path(file_okay=False),
     default=None,
-    help="Also write a Triton model repository: TRITON/qdkit/{config.pbtxt,labels.txt,1/model.onnx}.",
+    help="Also write a Triton model repository: TRITON/qdkit/{config.pbtxt,labels.txt,1/model.onnx} "
+    "and the strokes ensemble TRITON/qdkit_strokes (see docs/serve.md).",
+)
+@click.option(
+    "--triton-backend",
+    type=click.Choice(["onnxruntime", "python"]),
+    default="onnxruntime",
+    show_default=True,
+    help="With --triton: run the model on Triton's onnxruntime backend (NGC containers), or in its "
+    "Python backend through onnxruntime (what a pip-installed Triton, `qdkit triton`, runs).",
 )
 @_overwrite_option
 def export(
@@ -74,6 +83,7 @@ def export(
     data: str | None,
     int8_min_agreement: float | None,
     triton: str | None,
+    triton_backend: str,
     overwrite: bool,
 ) -> None:
     """Export CHECKPOINT [default: newest artifacts/*/best.pt] to a self-describing ONNX model.
@@ -90,10 +100,12 @@ def export(
 
     if not int8 and (data is not None or int8_min_agreement is not None):
         raise QdkitError("--data and --int8-min-agreement apply only with --int8")
+    if triton_backend != "onnxruntime" and not triton:
+        raise QdkitError("--triton-backend applies only with --triton")
     if triton:
         from qdkit.deploy.triton import check_target, write_repository
 
-        check_target(triton, overwrite=overwrite)  # before anything is written
+        check_target(triton, overwrite=overwrite, backend=triton_backend)  # before anything is written
     result = export_models(
         checkpoint,
         out,
@@ -106,7 +118,8 @@ def export(
     )
     click.echo(result.summary())
     if triton:
-        click.echo(write_repository(result.fp32.path, triton, overwrite=overwrite).summary())
+        repo = write_repository(result.fp32.path, triton, overwrite=overwrite, backend=triton_backend)
+        click.echo(repo.summary())
 
 
 @main.command()
@@ -370,4 +383,37 @@ def serve(
         threads=threads,
         open_page=open_page,
         echo=lambda line: click.echo(line, err=True),
+    )
+
+
+@main.command()
+@click.argument("repo", type=click.Path(file_okay=False))
+@click.option("--http-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--grpc-port", type=click.IntRange(1, 65535), default=8001, show_default=True)
+@click.option(
+    "--python",
+    "python",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The Python whose environment runs the Python-backend models (qdkit, onnxruntime, numpy<2) "
+    "[default: $QDKIT_TRITON_PYTHON, else this Python].",
+)
+@click.option("--verbose", is_flag=True, help="Pass all of tritonserver's log through (default: its errors only).")
+def triton(repo: str, http_port: int, grpc_port: int, python: str | None, verbose: bool) -> None:
+    """Run a local Triton Inference Server on REPO (from `qdkit export --triton REPO`), on 127.0.0.1.
+
+    Uses `tritonserver` on PATH, else the one inside the nvidia-pytriton package (Triton 2.51 with
+    its Python backend: export with --triton-backend python); its Python-backend models run in the
+    environment of --python, which needs qdkit, onnxruntime and numpy<2 (docs/serve.md, Triton).
+    Logs one line when every model is ready; Ctrl-C or SIGTERM stops it.
+    """
+    from qdkit.deploy.tritonserver import run_triton
+
+    run_triton(
+        repo,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        verbose=verbose,
+        echo=lambda line: click.echo(line, err=True),
+        python=python,
     )

@@ -12,7 +12,7 @@ from qdkit.inference.onnxmodel import INPUT_NAME, OUTPUT_NAMES
 
 DEFAULT_NAME = "qdkit"  # the model's name in /v2/models/<name>
 VERSION = "1"  # the one version served
-MAX_BATCH = 64  # drawings per inference call (serve --max-batch, Triton max_batch_size)
+MAX_BATCH = 64  # drawings per onnxruntime call in qdkit serve (--max-batch); a request may carry more
 INPUT_DATATYPE = "UINT8"  # pixels, 0 = background, 255 = ink
 INPUT_DIMS = [1, SIDE, SIDE]  # per drawing, after the batch axis
 OUTPUTS = OUTPUT_NAMES  # FP32, [classes] per drawing

@@ -34,7 +34,7 @@ def test_export_triton_writes_a_repository_that_triton_parses(model, tmp_path):
     assert f"{repo / 'qdkit'}" in output
     names = Predictor(out, threads=1).class_names
     config = _parse((repo / "qdkit" / "config.pbtxt").read_text())
-    assert config.name == "qdkit" and config.platform == "onnxruntime_onnx" and config.max_batch_size == 64
+    assert config.name == "qdkit" and config.platform == "onnxruntime_onnx" and config.max_batch_size == 1024
     (pixels,) = config.input
     assert (pixels.name, pixels.data_type, list(pixels.dims)) == ("pixels", model_config_pb2.TYPE_UINT8, [1, 28, 28])
     fp32, n = model_config_pb2.TYPE_FP32, len(names)
@@ -48,7 +48,7 @@ def test_export_triton_writes_a_repository_that_triton_parses(model, tmp_path):
     assert (repo / "qdkit" / "1" / "model.onnx").read_bytes() == out.read_bytes()
     # a re-export replaces the repository qdkit wrote; nothing is left half-written beside it
     clean_run(CliRunner().invoke(main, ["export", str(ckpt), "--out", str(out), "--triton", str(repo)]))
-    assert sorted(p.name for p in repo.iterdir()) == ["qdkit"]
+    assert sorted(p.name for p in repo.iterdir()) == ["qdkit", "qdkit_rasterize", "qdkit_strokes"]
 
 
 def test_triton_metadata_matches_qdkit_serve_v2(model):
