@@ -1,5 +1,5 @@
-"""The replace rule for the files the deploy commands write (export's models, predict --output,
-evaluate's reports, visualize's picture), checked before any work starts:
+"""The replace rule for the files qdkit writes (export's models, predict --output, evaluate's reports,
+visualize's picture, render's PNGs, convert's PNG folder), checked before any work starts:
 
 - a path with a trailing slash names a folder, so it is refused where a file is meant;
 - an existing folder is never replaced by a file (nor anything in it deleted);
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from qdkit.constants import QDKIT_VERSION
@@ -80,3 +80,19 @@ def is_qdkit_json(path: Path, key: str) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(data, dict) and key in data
+
+
+def mark_folder(folder: Path, marker: str, command: str) -> None:
+    """Leave `marker` in a folder qdkit is writing, so the next run knows the folder is its own."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / marker).write_text(f"written by qdkit {QDKIT_VERSION} {command}; refreshed by the next one\n")
+
+
+def marked_folder(folder: Path, marker: str, contents: Iterable[str]) -> bool:
+    """Whether `folder` is one qdkit wrote: its marker, and nothing in it but `contents` (a folder the
+    user put files into needs --overwrite, as any other)."""
+    try:
+        names = {p.name for p in folder.iterdir()} if folder.is_dir() and not folder.is_symlink() else set()
+    except OSError:
+        return False
+    return marker in names and names <= {marker, *contents}

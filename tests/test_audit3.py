@@ -96,7 +96,7 @@ def test_degenerate_drawing_in_render(tmp_path):
 @pytest.mark.parametrize("key_id", ["²", "٣", "1²", "00000000000000000000000000000000000000000001"])
 def test_non_ascii_digit_key_ids(tmp_path, key_id):
     """ "²".isdigit() is True and int("²") fails; "٣" is a digit int() reads as 3: neither is a key_id."""
-    from qdkit.data.strokefiles import _key_id
+    from qdkit.data.strokepool import _key_id
 
     assert _key_id(key_id) == 0
     d = parse_drawing({**GOOD, "key_id": key_id})

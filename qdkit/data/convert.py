@@ -26,36 +26,17 @@ from tqdm import tqdm
 from qdkit.constants import DEFAULT_STORE, QDKIT_VERSION
 from qdkit.data.bitmaps import BitmapFile, bitmap_class, find_class_files, open_bitmaps, safe_dirname
 from qdkit.data.store import SPLITS, StoreWriter
-from qdkit.data.strokefiles import (
-    StrokeFile,
-    check_unchanged,
-    eligible_records,
-    index_records,
-    render_records,
-    stroke_file,
-)
+from qdkit.data.strokefiles import StrokeFile, check_unchanged, index_records, stroke_file
+from qdkit.data.strokepool import eligible_records, render_records
 from qdkit.errors import QdkitError
 from qdkit.files import atomic_path, disk_full_is_error, output_lock, sha256_file
 from qdkit.images import write_png
+from qdkit.outputs import mark_folder, marked_folder
 from qdkit.workers import die_with_parent, sigterm_as_interrupt
 
 STORE_NAME = DEFAULT_STORE.name
 PNG_DIR = "png"
 PNG_MARKER = ".qdkit-png"  # in the PNG folder: qdkit wrote it, so a later convert refreshes it
-
-
-def _ours(png_dir: Path) -> bool:
-    """Whether `png_dir` is a PNG folder convert wrote: its marker, and nothing beside the splits."""
-    try:
-        names = {p.name for p in png_dir.iterdir()} if png_dir.is_dir() and not png_dir.is_symlink() else set()
-    except OSError:
-        return False
-    return PNG_MARKER in names and names <= {PNG_MARKER, *SPLITS}
-
-
-def _mark(png_tmp: Path) -> None:
-    png_tmp.mkdir(parents=True, exist_ok=True)
-    (png_tmp / PNG_MARKER).write_text(f"written by qdkit {QDKIT_VERSION} convert; refreshed by the next one\n")
 
 
 def _source_sha256(path: Path, info: dict) -> str:
@@ -332,7 +313,7 @@ def _write_classes(
             )
     with disk_full_is_error(outs.png_root):
         if outs.png_tmp is not None:
-            _mark(outs.png_tmp)
+            mark_folder(outs.png_tmp, PNG_MARKER, "convert")
         for fut in futures:
             fut.result()  # re-raise the first worker error, if any
     if outs.writer is not None:
@@ -372,7 +353,11 @@ def convert(
         stack.enter_context(sigterm_as_interrupt())
         stack.enter_context(output_lock(out_dir, [PNG_DIR, STORE_NAME], "qdkit convert"))
         png_tmp = (
-            stack.enter_context(atomic_path(out_dir / PNG_DIR, overwrite or _ours(out_dir / PNG_DIR))) if png else None
+            stack.enter_context(
+                atomic_path(out_dir / PNG_DIR, overwrite or marked_folder(out_dir / PNG_DIR, PNG_MARKER, SPLITS))
+            )
+            if png
+            else None
         )
         h5_tmp = stack.enter_context(atomic_path(out_dir / STORE_NAME, overwrite)) if h5 else None
         outs = _Outputs(  # in this order: the stack closes the bar, then the writer, then the pool
