@@ -222,7 +222,10 @@ def create_app(
 
 async def _upload(request: Request) -> bytes:
     form = await request.form(max_files=1, max_fields=4)
-    upload = form.get("image") or form.get("file")
+    unknown = sorted(set(form) - {"image"})
+    if unknown:
+        raise ApiError(400, f"{unknown[0]}: unknown multipart field (send the image as the field 'image')")
+    upload = form.get("image")
     if upload is None or isinstance(upload, str):
         raise ApiError(400, "image: multipart/form-data needs a file field named 'image'")
     return await upload.read()

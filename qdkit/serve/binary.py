@@ -124,7 +124,11 @@ def binary_size(parameters: Any, where: str) -> int | None:
     """An input's parameters.binary_data_size (None when it sends JSON data)."""
     if not isinstance(parameters, dict) or "binary_data_size" not in parameters:
         return None
-    size = parameters["binary_data_size"]
-    if type(size) is not int or size < 0:
-        raise ApiError(400, f"{where}.parameters.binary_data_size: {size!r} is not a byte count")
+    from qdkit.serve.oip import whole
+
+    size = whole(parameters["binary_data_size"])
+    if size is None or size < 0:
+        raise ApiError(
+            400, f"{where}.parameters.binary_data_size: {parameters['binary_data_size']!r} is not a byte count"
+        )
     return size

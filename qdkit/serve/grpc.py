@@ -74,8 +74,8 @@ def parse_request(service: Service, request: pb.ModelInferRequest) -> tuple[Any,
         pixels = oip.pixels_from_values(list(contents.uint_contents), shape, "inputs[0].contents.uint_contents")
     wanted = []
     for i, out in enumerate(request.outputs):
-        count = out.parameters["classification"] if "classification" in out.parameters else None
-        wanted.append(oip.check_output(out.name, None if count is None else _parameter(count), f"outputs[{i}]"))
+        count = _parameter(out.parameters["classification"]) if "classification" in out.parameters else oip.NOT_GIVEN
+        wanted.append(oip.check_output(out.name, count, f"outputs[{i}]"))
     return pixels, wanted
 
 

@@ -57,8 +57,21 @@ def check_model(service: Service, name: str, version: str | None = None) -> None
         raise ApiError(404, f"model {name!r} version {version!r}: not found (this server has version {VERSION})")
 
 
+def whole(value: Any) -> int | None:
+    """`value` as an int if it is a JSON integer (5, or 5.0: JSON has one number type), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
 def check_input(name: Any, datatype: Any, shape: Any, where: str = "inputs[0]") -> list[int]:
     """The shape of a valid `pixels` tensor header (name, datatype, shape), else an ApiError."""
+    if isinstance(shape, list) and all(whole(d) is not None for d in shape):
+        shape = [whole(d) for d in shape]
     if name != INPUT_NAME:
         raise ApiError(400, f"{where}.name: {name!r} is not an input of this model (it takes '{INPUT_NAME}')")
     if datatype != INPUT_DATATYPE:
@@ -95,6 +108,9 @@ def pixels_from_values(data: Any, shape: list[int], where: str = "inputs[0].data
     except ValueError:
         raise ApiError(400, f"{where}: nested lists of unequal length") from None
     expected = int(np.prod(shape))
+    integral = values.dtype.kind == "f" and values.size and (np.abs(values) <= 2**53).all()
+    if integral and (values == np.rint(values)).all():
+        values = values.astype(np.int64)  # 7.0 is a JSON integer too
     if values.dtype.kind not in "iu" or values.size != expected or values.ndim not in (1, 4):
         what = f"{values.size} values" if values.dtype.kind in "iu" else "values that are not all integers"
         raise ApiError(400, f"{where}: {what}; shape {shape} needs {expected} integers")
@@ -105,14 +121,19 @@ def pixels_from_values(data: Any, shape: list[int], where: str = "inputs[0].data
     return values.astype(np.uint8).reshape(-1, SIDE, SIDE)
 
 
+NOT_GIVEN: Any = object()
+
+
 def check_output(name: Any, class_count: Any, where: str) -> OutputRequest:
+    """class_count: the output's `classification` parameter, NOT_GIVEN when absent."""
     if name not in OUTPUTS:
         raise ApiError(400, f"{where}.name: {name!r} is not an output of this model ({', '.join(OUTPUTS)})")
-    if class_count is None:
-        class_count = 0
-    if type(class_count) is not int or class_count < 0:
+    if class_count is NOT_GIVEN:
+        return OutputRequest(name, 0)
+    count = whole(class_count)
+    if count is None or count < 0:
         raise ApiError(400, f"{where}.parameters.classification: {class_count!r} is not a whole number >= 0")
-    return OutputRequest(name, class_count)
+    return OutputRequest(name, count)
 
 
 # ----------------------------------------------------------------------------- inference

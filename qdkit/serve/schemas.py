@@ -23,10 +23,11 @@ class Prediction(BaseModel):
     )
 
 
-class PredictResponse(Prediction):
-    predictions: list[Prediction] | None = Field(
-        None, description="For a {'drawings': [...]} batch (then `top` is absent)."
-    )
+class PredictBatch(BaseModel):
+    predictions: list[Prediction] = Field(description="For a {'drawings': [...]} batch: one per drawing, in order.")
+
+
+PredictResponse = Prediction | PredictBatch
 
 
 class ErrorResponse(BaseModel):
@@ -131,6 +132,7 @@ PREDICT_BODY: dict[str, Any] = {
                 "schema": {
                     "type": "object",
                     "required": ["image"],
+                    "additionalProperties": False,
                     "properties": {
                         "image": {"type": "string", "format": "binary", "description": "PNG, JPEG, GIF, BMP or WebP"}
                     },
@@ -146,8 +148,10 @@ _PARAMETERS: dict[str, Any] = {"type": "object", "additionalProperties": True}
 INFER_JSON: dict[str, Any] = {
     "type": "object",
     "required": ["inputs"],
-    "description": "With the binary tensor extension, this JSON is the body's first "
-    "Inference-Header-Content-Length bytes and the pixels follow it (parameters.binary_data_size).",
+    "description": "The JSON form. The binary tensor extension is taken too (any Content-Type): this JSON "
+    "(without 'data') is then the body's first Inference-Header-Content-Length bytes and the N*784 pixel "
+    "bytes follow it (inputs[0].parameters.binary_data_size). A Content-Encoding of gzip or deflate is "
+    "decompressed (the body limit applies after it).",
     "properties": {
         "id": {"type": "string"},
         "parameters": {
@@ -181,6 +185,7 @@ INFER_JSON: dict[str, Any] = {
                         "type": "array",
                         "items": {"type": "integer", "minimum": 0, "maximum": 255},
                         "description": "N*784 integers 0..255 (N from the shape), flat or nested, row-major",
+                        "example": [0] * 784,
                     },
                 },
             },
@@ -217,10 +222,6 @@ INFER_BODY: dict[str, Any] = {
         "required": True,
         "content": {
             "application/json": {"schema": INFER_JSON, "example": INFER_EXAMPLE},
-            "application/octet-stream": {
-                "schema": {"type": "string", "format": "binary"},
-                "description": "The binary tensor extension (with an Inference-Header-Content-Length header)",
-            },
         },
     }
 }

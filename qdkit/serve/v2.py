@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
 from qdkit.serve import binary, oip, schemas
@@ -47,7 +47,7 @@ def parse_infer(body: Any, blobs: bytes = b"") -> InferRequest:
     if not isinstance(body, dict):
         raise ApiError(400, "body: a JSON object with 'inputs' expected")
     request_id = body.get("id")
-    if request_id is not None and not isinstance(request_id, str):
+    if "id" in body and not isinstance(request_id, str):
         raise ApiError(400, "id: a string expected")
     parameters = body.get("parameters", {})
     if not isinstance(parameters, dict):
@@ -76,16 +76,16 @@ def parse_infer(body: Any, blobs: bytes = b"") -> InferRequest:
         pixels = oip.pixels_from_raw(blobs, shape)
     outputs = body.get("outputs")
     wanted: list[oip.OutputRequest] = []
-    if outputs is not None:
+    if "outputs" in body:
         if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
             raise ApiError(400, 'outputs: a list of {"name": ...} objects expected')
         for i, o in enumerate(outputs):
             params = o.get("parameters", {})
             if not isinstance(params, dict):
                 raise ApiError(400, f"outputs[{i}].parameters: an object expected")
-            out = oip.check_output(o.get("name"), params.get("classification"), f"outputs[{i}]")
+            out = oip.check_output(o.get("name"), params.get("classification", oip.NOT_GIVEN), f"outputs[{i}]")
             as_binary = params.get("binary_data")
-            if as_binary is not None and not isinstance(as_binary, bool):
+            if "binary_data" in params and not isinstance(as_binary, bool):
                 raise ApiError(400, f"outputs[{i}].parameters.binary_data: true or false expected")
             wanted.append(oip.OutputRequest(out.name, out.class_count, as_binary))
     return InferRequest(pixels, wanted, request_id, binary_output)
@@ -149,6 +149,9 @@ def v2_router(service: Service) -> APIRouter:
     async def all_stats() -> Response:
         return json_response(oip.model_statistics(service))
 
+    model_name = Path(description="The model's name (qdkit serve --name)", examples=[service.name])
+    model_version = Path(description="The model's version: there is one", examples=[VERSION])
+
     def per_version(method: str, suffix: str, summary: str, statuses: tuple[int, ...], **extra: Any) -> Any:
         """Register `handler(request, name, version)` at /models/{name}SUFFIX and
         /models/{name}/versions/{version}SUFFIX (each with exactly its own path parameters)."""
@@ -158,7 +161,7 @@ def v2_router(service: Service) -> APIRouter:
             kwargs = {**extra, "responses": {**extra.get("responses", {}), **errors(404, *statuses)}}
 
             @route(f"/models/{{name}}{suffix}", summary=summary, name=f"{handler.__name__}", **kwargs)
-            async def plain(name: str, request: Request) -> Response:
+            async def plain(request: Request, name: str = model_name) -> Response:
                 return await handler(request, name, None)
 
             @route(
@@ -167,7 +170,7 @@ def v2_router(service: Service) -> APIRouter:
                 name=f"{handler.__name__}_version",
                 **kwargs,
             )
-            async def versioned(name: str, version: str, request: Request) -> Response:
+            async def versioned(request: Request, name: str = model_name, version: str = model_version) -> Response:
                 return await handler(request, name, version)
 
             return handler
