@@ -293,3 +293,23 @@ def test_without_cors_origins_a_preflight_is_405(model_path):
     with TestClient(create_app(model_path, threads=1)) as c:
         r = c.options("/predict", headers={"Origin": ALLOWED_ORIGIN, "Access-Control-Request-Method": "POST"})
         _error(r, 405, "OPTIONS")
+
+
+def test_infer_json_edge_cases_stay_4xx_or_answer(server):
+    url = f"{server.url}v2/models/qdkit/infer"
+    pixels_json = json.dumps([0] * 784)
+    lone = '{"id": "\\ud800x", "inputs": [{"name": "pixels", "shape": [1.0, 1, 28, 28], "datatype": "UINT8", '
+    r = httpx.post(url, content=(lone + f'"data": {pixels_json}}}]}}').encode())
+    assert r.status_code == 200 and r.json()["id"] == "\ud800x", r.text  # json reads it; the answer carries it
+    nan = lone.replace("\\ud800x", "n") + '"data": [NaN' + ", 0" * 783 + "]}]}"
+    _error(httpx.post(url, content=nan.encode()), 400, "inputs[0].data")
+    _error(
+        httpx.post(
+            url,
+            content=b'{"inputs": [{"name": "pixels", "shape": [1, 1, 28, 28], "datatype": "UINT8", "data": [1e400]}]}',
+        ),
+        400,
+        "inputs[0].data",
+    )
+    _error(httpx.post(url, json={**_infer_header(1, data=[0] * 784), "outputs": None}), 400, "outputs")
+    _error(httpx.post(url, json={**_infer_header(1, data=[0] * 784), "id": None}), 400, "id")
