@@ -213,9 +213,10 @@ def create_app(
         out = service.predictions(bitmaps, probs, top_k, bitmap)
         return json_response(out[0] if single else {"predictions": out})
 
-    from qdkit.serve.v2 import v2_router
+    from qdkit.serve.v2 import fast_routes, v2_router
 
     app.include_router(v2_router(service))
+    app.router.routes[0:0] = fast_routes(service)
     schemas.truthful_openapi(app)
     return app
 

@@ -25,6 +25,7 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from starlette.routing import Route
 
 from qdkit.serve import binary, oip, schemas
 from qdkit.serve.errors import ApiError, json_response
@@ -127,6 +128,40 @@ def encode_outputs(service: Service, request: InferRequest, outputs: list[oip.Ou
         return orjson.dumps(answer), blobs
     except TypeError:  # an id with a lone surrogate (json reads "\\ud800"; orjson writes only valid UTF-8)
         return json.dumps(answer, separators=(",", ":")).encode(), blobs
+
+
+async def infer_request(service: Service, request: Request, name: str, version: str | None) -> Response:
+    """POST /v2/models/NAME[/versions/V]/infer."""
+    oip.check_model(service, name, version)
+    started = time.perf_counter_ns()
+    ok = False
+    try:
+        raw = await binary.read_body(request, service.max_body)
+        header, blobs = binary.split_binary(raw, request.headers.get("inference-header-content-length"))
+        parsed = parse_infer(parse_json_fast(header), blobs)
+        outputs = await oip.infer(service, parsed.pixels, parsed.outputs)
+        head, tensors = encode_outputs(service, parsed, outputs)
+        ok = True
+    finally:
+        service.stats.request(started, ok)
+    return binary.infer_response(head, tensors, request.headers.get("accept-encoding"))
+
+
+def fast_routes(service: Service) -> list[Route]:
+    """The infer routes as plain Starlette routes, for the front of the app's route list: matched
+    first and without FastAPI's per-request machinery (the APIRouter's routes document them)."""
+
+    async def plain(request: Request) -> Response:
+        return await infer_request(service, request, request.path_params["name"], None)
+
+    async def versioned(request: Request) -> Response:
+        params = request.path_params
+        return await infer_request(service, request, params["name"], params["version"])
+
+    return [
+        Route("/v2/models/{name}/infer", plain, methods=["POST"], include_in_schema=False),
+        Route("/v2/models/{name}/versions/{version}/infer", versioned, methods=["POST"], include_in_schema=False),
+    ]
 
 
 def v2_router(service: Service) -> APIRouter:
@@ -245,18 +280,6 @@ def v2_router(service: Service) -> APIRouter:
         responses={200: schemas.INFER_OK},
     )
     async def infer(request: Request, name: str, version: str | None) -> Response:
-        oip.check_model(service, name, version)
-        started = time.perf_counter_ns()
-        ok = False
-        try:
-            raw = await binary.read_body(request, service.max_body)
-            header, blobs = binary.split_binary(raw, request.headers.get("inference-header-content-length"))
-            parsed = parse_infer(parse_json_fast(header), blobs)
-            outputs = await oip.infer(service, parsed.pixels, parsed.outputs)
-            head, tensors = encode_outputs(service, parsed, outputs)
-            ok = True
-        finally:
-            service.stats.request(started, ok)
-        return binary.infer_response(head, tensors, request.headers.get("accept-encoding"))
+        return await infer_request(service, request, name, version)
 
     return router
