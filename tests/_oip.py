@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import os
 import re
 from collections.abc import Iterator
@@ -20,9 +21,14 @@ GRPC_PART = re.compile(r", gRPC at (\S+?):(\d+),")
 ALLOWED_ORIGIN = "https://draw.example.org"
 
 
-def need(module: str, extra: str = "dev") -> ModuleType:
-    """Import `module`, a test dependency of the `extra` extra of setup.cfg."""
+def need(module: str, extra: str = "dev", load: bool = True) -> ModuleType | None:
+    """Import `module`, a test dependency of the `extra` extra of setup.cfg (load=False: only check
+    that it is installed)."""
     try:
+        if not load:
+            if importlib.util.find_spec(module) is None:
+                raise ImportError(f"no module named {module!r}")
+            return None
         return importlib.import_module(module)
     except ImportError as e:
         message = f"{module} is not installed ({e}): pip install -e '.[{extra}]'"

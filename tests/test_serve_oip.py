@@ -313,3 +313,13 @@ def test_infer_json_edge_cases_stay_4xx_or_answer(server):
     )
     _error(httpx.post(url, json={**_infer_header(1, data=[0] * 784), "outputs": None}), 400, "outputs")
     _error(httpx.post(url, json={**_infer_header(1, data=[0] * 784), "id": None}), 400, "id")
+
+
+def test_cors_any_origin_warns(model_path):
+    from _serving import running_server
+
+    with running_server(model_path, "--cors-origin", "*") as s:
+        r = httpx.get(f"{s.url}v2/health/live", headers={"Origin": "https://anywhere.example"})
+        assert r.headers["access-control-allow-origin"] == "*"
+        s.stop()
+        assert "warning: --cors-origin '*'" in s.output()

@@ -83,8 +83,14 @@ def serve(
     path = Path(model) if model is not None else _default_model()
     if grpc_port is not None and workers > 1:
         raise QdkitError("--grpc-port: gRPC runs in one server process; use it with --workers 1")
-    if "*" in cors_origins:
-        echo("qdkit serve: warning: --cors-origin '*' lets a page on any web site call this service")
+    if "*" in cors_origins:  # said right after the start line (the line that names the URL comes first)
+        shout = echo
+
+        def echo(text: str) -> None:
+            shout(text)
+            if text.startswith("qdkit serve: http"):
+                shout("qdkit serve: warning: --cors-origin '*' lets a page on any web site call this service")
+
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     settings: dict[str, Any] = {
         "name": name or DEFAULT_NAME,
