@@ -9,7 +9,7 @@ dependency), not from a network copy: protoc (grpcio-tools, also dev only) reads
 protobuf and grpcio runtimes (setup.cfg pins protobuf to the major version the generated code was
 made for). Usage (from the repository root, with the dev extra installed):
 
-    python scripts/gen_grpc_proto.py
+    python scripts/gen_grpc_proto.py [--out DIR]   (default: qdkit/serve/_proto)
 """
 
 from __future__ import annotations
@@ -51,6 +51,11 @@ HEADER = """\
 
 
 def main() -> int:
+    out = Path(sys.argv[sys.argv.index("--out") + 1]) if "--out" in sys.argv else OUT
+    return generate(out)
+
+
+def generate(out: Path) -> int:
     from google.protobuf import descriptor_pb2
     from grpc_tools import protoc
     from tritonclient.grpc import model_config_pb2, service_pb2
@@ -67,16 +72,18 @@ def main() -> int:
         if protoc.main(args) != 0:
             print("protoc failed", file=sys.stderr)
             return 1
-        OUT.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
         for path in sorted(Path(tmp).glob("*_pb2*.py*")):
+            if path.name == "model_config_pb2_grpc.py":
+                continue  # model_config.proto has no service
             text = path.read_text()
             # protoc writes top-level imports ("import model_config_pb2"); here they live in a package
             text = re.sub(r"^import (\w+_pb2) as", r"from qdkit.serve._proto import \1 as", text, flags=re.M)
             text = re.sub(r"^import (\w+_pb2)$", r"from qdkit.serve._proto import \1", text, flags=re.M)
             source = path.name.split("_pb2")[0] + ".proto"
-            (OUT / path.name).write_text(HEADER.format(source=source) + text)
-            print(f"wrote {OUT / path.name}")
-    (OUT / "__init__.py").write_text(
+            (out / path.name).write_text(HEADER.format(source=source) + text)
+            print(f"wrote {out / path.name}")
+    (out / "__init__.py").write_text(
         '"""Generated gRPC code of the Open Inference Protocol (scripts/gen_grpc_proto.py); do not edit."""\n'
     )
     return 0

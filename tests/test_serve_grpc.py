@@ -232,3 +232,24 @@ def test_grpc_port_needs_one_worker_and_a_free_port(model_path, server):
     port = grpc_address(server).rsplit(":", 1)[1]
     taken = one_line_error(runner.invoke(main, ["serve", str(model_path), "--port", "0", "--grpc-port", port]))
     assert "cannot listen for gRPC" in taken and port in taken
+
+
+def test_the_shipped_protos_are_what_the_script_generates(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    need("grpc_tools")
+    repo = Path(__file__).resolve().parents[1]
+    run = subprocess.run(
+        [sys.executable, str(repo / "scripts" / "gen_grpc_proto.py"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    shipped = repo / "qdkit" / "serve" / "_proto"
+    names = sorted(p.name for p in shipped.iterdir() if p.suffix in (".py", ".pyi"))
+    assert names == sorted(p.name for p in tmp_path.iterdir())
+    for name in names:
+        assert (tmp_path / name).read_text() == (shipped / name).read_text(), name
