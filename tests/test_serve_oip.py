@@ -35,7 +35,7 @@ def _infer_header(n: int, **extra) -> dict:
 def test_tritonclient_http_defaults_binary_compression_classification(server, triton_http, predictor):
     px = pixels(6)
     logits, probs = predictor.logits_and_proba(px)
-    client = triton_http.InferenceServerClient(url=http_address(server))
+    client = triton_http.InferenceServerClient(url=http_address(server), concurrency=4)
     try:
         assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("qdkit")
         assert not client.is_model_ready("nope")
@@ -70,6 +70,9 @@ def test_tritonclient_http_defaults_binary_compression_classification(server, tr
         assert top.shape == (6, 3) and top.dtype == object
         assert [[b.decode() for b in row] for row in top] == classification(predictor, probs, 3)
         np.testing.assert_array_equal(result.as_numpy("logits"), logits)  # as JSON numbers
+        pending = [client.async_infer("qdkit", [inp]) for _ in range(4)]  # gevent greenlets
+        for request in pending:
+            np.testing.assert_array_equal(request.get_result().as_numpy("probabilities"), probs)
         # JSON in, JSON out, as tritonclient sends it with binary_data=False
         inp.set_data_from_numpy(px, binary_data=False)
         out = client.infer("qdkit", [inp], outputs=[triton_http.InferRequestedOutput("logits", binary_data=False)])
