@@ -357,6 +357,19 @@ def visualize(
     help="onnxruntime intra-op threads per worker [default: CPU count / workers].",
 )
 @click.option("--open", "open_page", is_flag=True, help="Open the drawing page in the default web browser.")
+@click.option(
+    "--grpc-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Also serve the Open Inference Protocol over gRPC on this port (on --host; 0: a free one) [default: off].",
+)
+@click.option(
+    "--cors-origin",
+    "cors_origins",
+    multiple=True,
+    metavar="ORIGIN",
+    help="A web origin (https://example.com) whose pages may call the API; repeatable; '*' allows any [default: none].",
+)
 def serve(
     model: str | None,
     host: str,
@@ -367,6 +380,8 @@ def serve(
     name: str,
     threads: int | None,
     open_page: bool,
+    grpc_port: int | None,
+    cors_origins: tuple[str, ...],
 ) -> None:
     """Serve MODEL [default: newest artifacts/*/model.onnx]: the drawing page at /, POST /predict,
     the Open Inference Protocol under /v2, the API docs at /docs. Ctrl-C stops it."""
@@ -382,6 +397,8 @@ def serve(
         name=name,
         threads=threads,
         open_page=open_page,
+        grpc_port=grpc_port,
+        cors_origins=cors_origins,
         echo=lambda line: click.echo(line, err=True),
     )
 

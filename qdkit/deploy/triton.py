@@ -26,17 +26,18 @@ from qdkit.inference.v2spec import (
     INPUT_DATATYPE,
     INPUT_DIMS,
     INPUT_NAME,
+    MAX_DRAWINGS,
     OUTPUT_DATATYPE,
     OUTPUTS,
+    QUEUE_DELAY_US,
     check_name,
 )
 from qdkit.outputs import output_file, output_folder, write_text
 
 BACKENDS = ("onnxruntime", "python")  # Triton's onnxruntime backend; its Python backend + onnxruntime
-# Drawings per request, as `qdkit serve` takes them (qdkit.serve.requests.MAX_DRAWINGS, tested equal);
-# Triton's dynamic batcher forms batches up to this many drawings too.
-MAX_BATCH_SIZE = 1024
-QUEUE_DELAY_US = 1000  # how long Triton may hold a request to fill a batch (as `qdkit serve`)
+# Drawings per request, as `qdkit serve` takes them; Triton's dynamic batcher forms batches up to
+# this many drawings too.
+MAX_BATCH_SIZE = MAX_DRAWINGS
 MARKER = "# written by qdkit export --triton"  # the first line of config.pbtxt: a repository qdkit wrote
 
 

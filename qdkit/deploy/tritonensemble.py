@@ -159,7 +159,8 @@ def write_ensemble(
     out_dir: str | os.PathLike, name: str, class_names: list[str], max_batch: int, overwrite: bool = False
 ) -> None:
     """Write the rasterize step and the ensemble beside the classifier `name` (its configs last)."""
-    from qdkit.deploy.triton import QUEUE_DELAY_US, model_py
+    from qdkit.deploy.triton import model_py
+    from qdkit.inference.v2spec import QUEUE_DELAY_US
 
     check_ensemble_target(out_dir, name, overwrite)
     r_config, r_model, e_version, e_config, e_labels = _paths(out_dir, name)

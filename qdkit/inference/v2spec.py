@@ -13,6 +13,8 @@ from qdkit.inference.onnxmodel import INPUT_NAME, OUTPUT_NAMES
 DEFAULT_NAME = "qdkit"  # the model's name in /v2/models/<name>
 VERSION = "1"  # the one version served
 MAX_BATCH = 64  # drawings per onnxruntime call in qdkit serve (--max-batch); a request may carry more
+MAX_DRAWINGS = 1024  # drawings in one request: qdkit serve's limit and the Triton config's max_batch_size
+QUEUE_DELAY_US = 1000  # how long a batch may wait for more requests: serve's --max-wait, Triton's queue delay
 INPUT_DATATYPE = "UINT8"  # pixels, 0 = background, 255 = ink
 INPUT_DIMS = [1, SIDE, SIDE]  # per drawing, after the batch axis
 OUTPUTS = OUTPUT_NAMES  # FP32, [classes] per drawing
@@ -25,6 +27,8 @@ __all__ = [
     "INPUT_DIMS",
     "INPUT_NAME",
     "MAX_BATCH",
+    "MAX_DRAWINGS",
+    "QUEUE_DELAY_US",
     "OUTPUTS",
     "OUTPUT_DATATYPE",
     "VERSION",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from collections.abc import AsyncIterator, Sequence
 from importlib import resources
 from pathlib import Path
@@ -26,9 +27,10 @@ from qdkit.constants import QDKIT_VERSION, SIDE
 from qdkit.errors import QdkitError
 from qdkit.inference.onnxmodel import is_quantized
 from qdkit.inference.predictor import Predictor
-from qdkit.inference.v2spec import DEFAULT_NAME, MAX_BATCH, check_name
+from qdkit.inference.v2spec import DEFAULT_NAME, MAX_BATCH, QUEUE_DELAY_US, check_name
 from qdkit.serve import schemas
 from qdkit.serve.batcher import DynamicBatcher
+from qdkit.serve.binary import read_body
 from qdkit.serve.errors import ApiError, BodyLimit, install_error_handlers, json_response
 from qdkit.serve.requests import (
     MAX_DRAWINGS,
@@ -41,7 +43,7 @@ from qdkit.serve.requests import (
 from qdkit.strokes import MAX_POINTS, MAX_STROKES, Drawing, rasterize_many
 
 DEFAULT_MAX_BODY = 4 * 1024 * 1024  # bytes of one request body (--max-body-mb)
-DEFAULT_MAX_WAIT = 0.001  # seconds a batch may wait for more requests
+DEFAULT_MAX_WAIT = QUEUE_DELAY_US / 1e6  # seconds a batch may wait for more requests
 STATIC = Path(str(resources.files("qdkit.serve") / "static"))
 JSON_TYPES = ("", "application/json", "text/plain", "application/x-www-form-urlencoded")  # curl -d sends the last
 
@@ -50,11 +52,17 @@ class Service:
     """The model and its batcher, shared by the routes."""
 
     def __init__(self, predictor: Predictor, name: str, max_batch: int, max_wait: float, max_body: int) -> None:
+        from qdkit.serve.oip import ModelStats
+
         self.predictor, self.name, self.max_body = predictor, check_name(name), int(max_body)
-        self.batcher = DynamicBatcher(self.compute, max_batch=max_batch, max_wait=max_wait)
+        self.stats = ModelStats()
+        self.batcher = DynamicBatcher(
+            self.compute, max_batch=max_batch, max_wait=max_wait, on_batch=self.stats.batch_ran
+        )
 
     def compute(self, items: Sequence[Drawing | np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Runs in the batcher's thread: (bitmaps, logits, probabilities) of drawings and ready bitmaps."""
+        started = time.perf_counter_ns()
         bitmaps = np.empty((len(items), SIDE, SIDE), np.uint8)
         strokes = [i for i, item in enumerate(items) if isinstance(item, Drawing)]
         if strokes:
@@ -62,7 +70,9 @@ class Service:
         for i, item in enumerate(items):
             if not isinstance(item, Drawing):
                 bitmaps[i] = item
+        ready = time.perf_counter_ns()
         logits, probs = self.predictor.logits_and_proba(bitmaps)
+        self.stats.last_split = (ready - started, time.perf_counter_ns() - ready)
         return bitmaps, logits, probs
 
     def facts(self) -> dict[str, Any]:
@@ -111,12 +121,14 @@ def create_app(
     max_wait: float = DEFAULT_MAX_WAIT,
     max_body: int = DEFAULT_MAX_BODY,
     threads: int | None = None,
+    cors_origins: Sequence[str] = (),
 ) -> FastAPI:
     """The service over `model` (a qdkit ONNX file [default: the newest exported one] or a Predictor).
 
     name: the model's name in the v2 URLs; max_batch: most drawings per onnxruntime call; max_wait:
     seconds a batch may wait for concurrent requests; max_body: largest request body in bytes;
-    threads: onnxruntime intra-op threads.
+    threads: onnxruntime intra-op threads; cors_origins: the web origins whose pages may call the API
+    (Starlette's CORS middleware; "*" any; none: same-origin only).
     """
     if isinstance(model, Predictor):
         predictor = model
@@ -146,13 +158,22 @@ def create_app(
     app.state.service = service
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit=service.max_body)
+    if cors_origins:
+        from qdkit.serve.cors import add_cors
+
+        add_cors(app, list(cors_origins))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
-    @app.get("/model", summary="Model facts: classes, accuracy, run, limits", response_model=schemas.ModelFacts)
+    @app.get(
+        "/model",
+        summary="Model facts: classes, accuracy, run, limits",
+        response_model=schemas.ModelFacts,
+        responses=schemas.error_responses(),
+    )
     async def model_facts() -> Response:
         return json_response(service.facts())
 
@@ -166,7 +187,8 @@ def create_app(
             200: {
                 "model": schemas.PredictResponse,
                 "description": "one drawing or image: `top` (and `bitmap`); a batch: `predictions`, one per drawing",
-            }
+            },
+            **schemas.error_responses(413, 415),
         },
     )
     async def predict(request: Request) -> Response:
@@ -174,11 +196,12 @@ def create_app(
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         items: Sequence[Drawing | np.ndarray]
         if ctype in JSON_TYPES:
-            items, single = predict_drawings(parse_json(await request.body()))
+            items, single = predict_drawings(parse_json(await read_body(request, service.max_body)))
         elif ctype == "multipart/form-data":
             items, single = [await run_in_threadpool(image_to_bitmap, await _upload(request), invert)], True
         elif ctype.startswith("image/") or ctype == "application/octet-stream":
-            items, single = [await run_in_threadpool(image_to_bitmap, await request.body(), invert)], True
+            body = await read_body(request, service.max_body)
+            items, single = [await run_in_threadpool(image_to_bitmap, body, invert)], True
         else:
             raise ApiError(
                 415,
@@ -189,15 +212,20 @@ def create_app(
         out = service.predictions(bitmaps, probs, top_k, bitmap)
         return json_response(out[0] if single else {"predictions": out})
 
-    from qdkit.serve.v2 import v2_router
+    from qdkit.serve.v2 import fast_routes, v2_router
 
     app.include_router(v2_router(service))
+    app.router.routes[0:0] = fast_routes(service)
+    schemas.truthful_openapi(app)
     return app
 
 
 async def _upload(request: Request) -> bytes:
     form = await request.form(max_files=1, max_fields=4)
-    upload = form.get("image") or form.get("file")
+    unknown = sorted(set(form) - {"image"})
+    if unknown:
+        raise ApiError(400, f"{unknown[0]}: unknown multipart field (send the image as the field 'image')")
+    upload = form.get("image")
     if upload is None or isinstance(upload, str):
         raise ApiError(400, "image: multipart/form-data needs a file field named 'image'")
     return await upload.read()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ BatchFn = Callable[[list[Any]], Sequence[np.ndarray]]
 class _Job:
     items: list[Any]
     future: asyncio.Future = field(repr=False)
+    queued_ns: int = field(default_factory=time.perf_counter_ns)
 
 
 @dataclass
@@ -34,13 +36,28 @@ class BatcherStats:
     batches: int = 0
     items: int = 0
     largest: int = 0
+    jobs: int = 0  # submit() calls answered by a batch that ran (not those of a failed batch)
+    queue_ns: int = 0  # summed over those jobs: from submit() to the start of their batch
+    compute_ns: int = 0  # summed over those jobs: their batch's fn time
+    failed_jobs: int = 0
+    last_batch_ms: int = 0  # wall clock (ms since the epoch) when the last batch ended
+    # batch size -> [batches, fn nanoseconds]
+    by_size: dict[int, list[int]] = field(default_factory=dict)
 
 
 class DynamicBatcher:
-    def __init__(self, fn: BatchFn, max_batch: int = 64, max_wait: float = 0.001) -> None:
+    def __init__(
+        self,
+        fn: BatchFn,
+        max_batch: int = 64,
+        max_wait: float = 0.001,
+        on_batch: Callable[[int, int, int], None] | None = None,
+    ) -> None:
+        """on_batch(jobs, items, fn nanoseconds) is called on the event loop after each batch that ran."""
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.fn, self.max_batch, self.max_wait = fn, int(max_batch), float(max_wait)
+        self.on_batch = on_batch
         self.stats = BatcherStats()
         self._pending: collections.deque[_Job] = collections.deque()
         self._wakeup: asyncio.Event | None = None
@@ -118,18 +135,31 @@ class DynamicBatcher:
             await self._stragglers(loop)
             jobs = self._take()
             items = [item for job in jobs for item in job.items]
+            started = time.perf_counter_ns()
             try:
                 arrays = await loop.run_in_executor(self._executor, self.fn, items)
             except Exception as e:  # handed to every waiting request; the loop serves on
+                self.stats.failed_jobs += len(jobs)
                 for job in jobs:
                     if not job.future.done():
                         job.future.set_exception(e)
                 continue
             finally:
                 self._expected = len(jobs) + len(self._pending)
-            self.stats.batches += 1
-            self.stats.items += len(items)
-            self.stats.largest = max(self.stats.largest, len(items))
+            took = time.perf_counter_ns() - started
+            stats = self.stats
+            stats.batches += 1
+            stats.items += len(items)
+            stats.largest = max(stats.largest, len(items))
+            stats.jobs += len(jobs)
+            stats.queue_ns += sum(started - job.queued_ns for job in jobs)
+            stats.compute_ns += took * len(jobs)
+            stats.last_batch_ms = time.time_ns() // 1_000_000
+            size = stats.by_size.setdefault(len(items), [0, 0])
+            size[0] += 1
+            size[1] += took
+            if self.on_batch is not None:
+                self.on_batch(len(jobs), len(items), took)
             start = 0
             for job in jobs:
                 stop = start + len(job.items)

@@ -18,13 +18,14 @@ from typing import Any
 import numpy as np
 
 from qdkit.errors import first_line
+from qdkit.inference.v2spec import MAX_DRAWINGS  # noqa: F401  (drawings in one request)
 from qdkit.serve.errors import ApiError
 from qdkit.strokes import Drawing, StrokeError, parse_drawing
 
-MAX_DRAWINGS = 1024  # drawings in one request ({"drawings": [...]} or a v2 batch)
 MAX_IMAGE_PIXELS = 4096 * 4096  # an upload decoding to more pixels is refused before it is decoded
 IMAGE_FORMATS = ["PNG", "JPEG", "GIF", "BMP", "WEBP"]
 PREDICT_KEYS = ("drawing", "drawings", "simplified")
+DATASET_KEYS = ("word", "countrycode", "timestamp", "recognized", "key_id")  # of an ndjson line: ignored
 
 
 def parse_json(body: bytes) -> Any:
@@ -67,9 +68,13 @@ def predict_drawings(body: Any) -> tuple[list[Drawing], bool]:
     """The drawings of a /predict JSON body, and whether it was a single one ("drawing")."""
     if not isinstance(body, dict):
         raise ApiError(400, f"body: a JSON object with 'drawing' or 'drawings' expected, got {_kind(body)}")
-    unknown = sorted(set(body) - set(PREDICT_KEYS))
+    unknown = sorted(set(body) - set(PREDICT_KEYS) - set(DATASET_KEYS))
     if unknown:
-        raise ApiError(400, f"{unknown[0]}: unknown field (expected {', '.join(PREDICT_KEYS)})")
+        raise ApiError(
+            400,
+            f"{unknown[0]}: unknown field (expected {', '.join(PREDICT_KEYS)}, or a Quick Draw ndjson line's "
+            f"{', '.join(DATASET_KEYS)})",
+        )
     simplified = body.get("simplified", False)
     if not isinstance(simplified, bool):
         raise ApiError(400, f"simplified: true or false expected, got {_kind(simplified)}")

@@ -2,7 +2,8 @@
 
 The socket is bound here first, so a taken port or a bad host is one line (QdkitError) and the
 printed URL carries the real port (port 0 picks a free one). Ctrl-C / SIGTERM: uvicorn finishes the
-requests in flight and stops.
+requests in flight and stops. With --grpc-port, the gRPC server (qdkit.serve.grpc) runs in the same
+event loop on the same app's model and batcher, and stops with it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,8 @@ def serve(
     name: str | None = None,
     threads: int | None = None,
     open_page: bool = False,
+    grpc_port: int | None = None,
+    cors_origins: Sequence[str] = (),
     echo: Callable[[str], None] = print,
 ) -> None:
     """Serve `model` [default: the newest exported one] until Ctrl-C / SIGTERM; `open_page` opens the
@@ -78,12 +81,23 @@ def serve(
     from qdkit.serve.app import DEFAULT_MAX_BODY, create_app
 
     path = Path(model) if model is not None else _default_model()
+    if grpc_port is not None and workers > 1:
+        raise QdkitError("--grpc-port: gRPC runs in one server process; use it with --workers 1")
+    if "*" in cors_origins:  # said right after the start line (the line that names the URL comes first)
+        shout = echo
+
+        def echo(text: str) -> None:
+            shout(text)
+            if text.startswith("qdkit serve: http"):
+                shout("qdkit serve: warning: --cors-origin '*' lets a page on any web site call this service")
+
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     settings: dict[str, Any] = {
         "name": name or DEFAULT_NAME,
         "max_batch": max_batch,
         "max_body": max_body or DEFAULT_MAX_BODY,
         "threads": threads,
+        "cors_origins": list(cors_origins),
     }
     app = create_app(Predictor(path, threads=threads, spin=False, warn=lambda message: None), **settings)
     facts = app.state.service.facts()
@@ -101,23 +115,52 @@ def serve(
     line = (
         f"qdkit serve: {url} (model {path}, {len(facts['classes'])} classes, "
         f"{workers} worker{'s' if workers > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}, "
-        f"max batch {max_batch}; API at /docs, Ctrl-C stops)"
+        f"max batch {max_batch}; API at /docs{{grpc}}, Ctrl-C stops)"
     )
     try:
         with sigterm_as_interrupt():  # uvicorn re-raises the signal it stopped on: exit like Ctrl-C
             if workers == 1:
                 server = uvicorn.Server(uvicorn.Config(app, **common))
-                echo(line)
-                server.run(sockets=[sock])
+                if grpc_port is None:
+                    echo(line.format(grpc=""))
+                    server.run(sockets=[sock])
+                else:
+                    _run_with_grpc(server, sock, app.state.service, host, grpc_port, line, echo)
             else:
                 from uvicorn.supervisors import Multiprocess
 
                 del app  # each worker process builds its own from the environment
                 os.environ["QDKIT_SERVE"] = json.dumps({"model": os.fspath(path.resolve()), **settings})
                 config = uvicorn.Config("qdkit.serve.app:app_from_environment", factory=True, workers=workers, **common)
-                echo(line)
+                echo(line.format(grpc=""))
                 Multiprocess(config, sockets=[sock]).run()
     except KeyboardInterrupt:
         pass
     finally:
         sock.close()
+
+
+def _run_with_grpc(
+    server: Any, sock: socket.socket, service: Any, host: str, port: int, line: str, echo: Callable[[str], None]
+) -> None:
+    """uvicorn and the gRPC server in one event loop; when uvicorn stops (Ctrl-C, SIGTERM), gRPC
+    finishes its calls in flight (up to GRACEFUL_SHUTDOWN_S) and stops too."""
+    import asyncio
+
+    from qdkit.serve.grpc import start_grpc
+
+    async def main() -> None:
+        grpc_server, bound = await start_grpc(service, host, port)
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        echo(line.format(grpc=f", gRPC at {shown}:{bound}"))
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            await grpc_server.stop(GRACEFUL_SHUTDOWN_S)
+
+    try:  # the event loop uvicorn would use (uvloop where installed)
+        from uvicorn._compat import asyncio_run
+
+        asyncio_run(main(), loop_factory=server.config.get_loop_factory())
+    except ImportError:  # an older uvicorn
+        asyncio.run(main())
