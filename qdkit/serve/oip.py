@@ -21,13 +21,13 @@ from qdkit.inference.v2spec import (
     INPUT_DATATYPE,
     INPUT_DIMS,
     INPUT_NAME,
+    MAX_DRAWINGS,
     OUTPUT_DATATYPE,
     OUTPUTS,
     QUEUE_DELAY_US,
     VERSION,
 )
 from qdkit.serve.errors import ApiError
-from qdkit.serve.requests import MAX_DRAWINGS
 
 if TYPE_CHECKING:
     from qdkit.serve.app import Service
@@ -216,7 +216,7 @@ def model_config(service: Service) -> dict[str, Any]:
         "platform": "onnxruntime_onnx",
         "backend": "onnxruntime",
         "version_policy": {"latest": {"num_versions": 1}},
-        "max_batch_size": service.batcher.max_batch,
+        "max_batch_size": MAX_DRAWINGS,  # what one request may carry (the batcher splits it into --max-batch calls)
         "input": [
             {
                 "name": INPUT_NAME,

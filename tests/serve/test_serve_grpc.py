@@ -240,7 +240,7 @@ def test_the_shipped_protos_are_what_the_script_generates(tmp_path):
     from pathlib import Path
 
     need("grpc_tools")
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     run = subprocess.run(
         [sys.executable, str(repo / "scripts" / "gen_grpc_proto.py"), "--out", str(tmp_path)],
         capture_output=True,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from _oip import grpc_address, need, oip_server
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from pathlib import Path
 from _oip import need
 from _serving import running_server
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 SEED, MAX_EXAMPLES = 1, 5
 
 
