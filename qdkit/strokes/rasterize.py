@@ -12,7 +12,7 @@ import numpy as np
 from qdkit.constants import SIDE
 from qdkit.errors import QdkitError
 from qdkit.strokes.drawing import Drawing, parse_drawing
-from qdkit.strokes.simplify import simplify
+from qdkit.strokes.simplify import simplify_drawing
 
 ORIGINAL_SIDE = 256.0  # simplified strokes live in 0..255
 LINE_DIAMETER = 16.0  # in the 256-unit space
@@ -103,7 +103,7 @@ def _canvas(side: int) -> _Canvas:
 def _simplified(drawing: Drawing | Sequence[np.ndarray]) -> Drawing:
     if not isinstance(drawing, Drawing):
         return Drawing.from_strokes(drawing, True)
-    return drawing if drawing.simplified else Drawing.from_strokes(simplify(drawing), True)
+    return drawing if drawing.simplified else simplify_drawing(drawing)
 
 
 def rasterize(drawing: Drawing | Sequence[np.ndarray], side: int = SIDE) -> np.ndarray:

@@ -47,7 +47,7 @@ Strokes = list[np.ndarray]  # each float64 (2, n): xs, ys
 try:  # the compiled kernel; QDKIT_PURE_SIMPLIFY=1 forces the numpy implementation
     if os.environ.get("QDKIT_PURE_SIMPLIFY"):
         raise ImportError
-    from qdkit.strokes._simplify import kernel as _c_kernel  # type: ignore[import-not-found]
+    from qdkit.strokes._simplify import kernel as _c_kernel
 except ImportError:
     _c_kernel = None
 
@@ -61,9 +61,12 @@ def _numpy_kernel(
     if not np.isfinite(xy).all():
         return 1, 0.0, None, None
     low = xy.min(axis=1)
-    ranges = xy.max(axis=1) - low
+    with np.errstate(over="ignore"):  # an infinite range is refused just below
+        ranges = xy.max(axis=1) - low
     extent = float(max(ranges[0], ranges[1]))
-    if not math.isfinite(extent * 255.0):
+    if not math.isfinite(
+        extent * 255.0
+    ):  # (v - min) * 255 must stay finite (multiplying first, then dividing, also keeps denormal extents finite)
         return 2, extent, None, None
     if extent > 0:
         scaled = (xy - low[:, None]) * 255.0 / extent
