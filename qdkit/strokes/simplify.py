@@ -38,9 +38,9 @@ from qdkit.strokes.drawing import Drawing, StrokeError
 EPSILON = 2.0  # Ramer–Douglas–Peucker tolerance of the published simplification
 # Caps on one drawing's simplification. Over all 4,691 real raw drawings of ../shared/quickdraw/raw:
 # resampled points median 959, 99th percentile 2,914, largest 35,929; RDP distance evaluations
-# median 4,222, 99th percentile 18,047, largest 439,279. At the caps the C kernel takes ~10 ms.
+# median 4,222, 99th percentile 18,047, largest 439,279. At the caps: C kernel ~10 ms, numpy ~90 ms.
 MAX_SAMPLES = 100_000
-MAX_RDP_WORK = 4_000_000
+MAX_RDP_WORK = 2_000_000
 
 Strokes = list[np.ndarray]  # each float64 (2, n): xs, ys
 
@@ -64,42 +64,62 @@ def _numpy_kernel(
     with np.errstate(over="ignore"):  # an infinite range is refused just below
         ranges = xy.max(axis=1) - low
     extent = float(max(ranges[0], ranges[1]))
-    if not math.isfinite(
-        extent * 255.0
-    ):  # (v - min) * 255 must stay finite (multiplying first, then dividing, also keeps denormal extents finite)
+    # (v - min) * 255 must stay finite; multiplying before dividing keeps denormal extents finite too
+    if not math.isfinite(extent * 255.0):
         return 2, extent, None, None
     if extent > 0:
         scaled = (xy - low[:, None]) * 255.0 / extent
     else:
         scaled = np.zeros_like(xy)
-    bounds = np.cumsum(lengths)
-    starts = bounds - np.asarray(lengths)
-    # the arc lengths, a running sum per stroke (as the kernel adds them: cumsum is sequential)
+    lengths_a = np.asarray(lengths, dtype=np.int64)
+    ends_raw = np.cumsum(lengths_a) - 1  # each stroke's last raw point
+    starts_raw = ends_raw - lengths_a + 1
+    # segment lengths, then the arc lengths as a running sum along each stroke: a row per stroke of
+    # a zero-padded matrix, so that add.accumulate adds in the kernel's order (a cumsum over all
+    # strokes at once would round differently)
     d = np.diff(scaled, axis=1)
-    seg_all = np.sqrt(d[0] * d[0] + d[1] * d[1])
-    arcs = [np.cumsum(np.concatenate(([0.0], seg_all[a : b - 1]))) for a, b in zip(starts, bounds, strict=True)]
-    bound = sum(math.ceil(arc[-1]) + 1.0 for arc in arcs)
+    seg = np.sqrt(d[0] * d[0] + d[1] * d[1])  # seg[i]: from point i to i + 1 (across strokes: unused)
+    rows = np.repeat(np.arange(len(lengths_a)), lengths_a)
+    cols = np.arange(len(rows)) - starts_raw[rows]
+    inner_pt = cols > 0  # every point but a stroke's first ends a segment
+    width = int(lengths_a.max())
+    if len(lengths_a) * width <= 4 * len(rows) + 4096:
+        pad = np.zeros((len(lengths_a), width))
+        pad[rows[inner_pt], cols[inner_pt]] = seg[np.flatnonzero(inner_pt) - 1]
+        arc = np.add.accumulate(pad, axis=1)[rows, cols]  # arc length at every raw point
+    else:  # one long stroke among many short ones: stroke by stroke, not a huge padded matrix
+        arc = np.zeros(len(rows))
+        for a, e in zip(starts_raw.tolist(), ends_raw.tolist(), strict=True):
+            arc[a + 1 : e + 1] = np.cumsum(seg[a:e])
+    totals = arc[ends_raw]
+    bound = sum(math.ceil(total) + 1.0 for total in totals.tolist())
     if bound > max_samples:
         return 3, bound, None, None
-    dense = []
-    for a, b, arc in zip(starts, bounds, arcs, strict=True):
-        x, y = scaled[0, a:b], scaled[1, a:b]
-        if b - a < 2:
-            dense.append(scaled[:, a:b])
-            continue
-        length = arc[-1]
-        at = np.arange(math.ceil(length), dtype=np.float64)
-        at = at[at < length]
-        j = np.searchsorted(arc, at, side="right") - 1
-        t = (at - arc[j]) / seg_all[a + j]
-        u = 1.0 - t
-        px, py = x[j] * u + x[j + 1] * t, y[j] * u + y[j + 1] * t
-        if len(at) == 0 or px[-1] != x[-1] or py[-1] != y[-1]:
-            px, py = np.append(px, x[-1]), np.append(py, y[-1])
-        dense.append(np.stack([px, py]))
-    counts = np.array([s.shape[1] for s in dense])
+    # samples at k = 0, 1, ... below each stroke's length: segment j (point j to j + 1) holds the k
+    # with arc[j] <= k < arc[j + 1], i.e. ceil(arc[j]) <= k < ceil(arc[j + 1])
+    first_k = np.ceil(arc)
+    segs = np.flatnonzero(inner_pt) - 1  # the segments inside strokes, by their first point
+    per_seg = (first_k[segs + 1] - first_k[segs]).astype(np.int64)
+    j = np.repeat(segs, per_seg)
+    offsets = np.arange(len(j)) - np.repeat(np.cumsum(per_seg) - per_seg, per_seg)
+    at = first_k[j] + offsets
+    t = (at - arc[j]) / seg[j]
+    u = 1.0 - t
+    px = scaled[0, j] * u + scaled[0, j + 1] * t
+    py = scaled[1, j] * u + scaled[1, j + 1] * t
+    # samples per stroke; each stroke's last raw point appended unless its last sample is it
+    sample_stroke = rows[j]
+    n_samples = np.bincount(sample_stroke, minlength=len(lengths_a))
+    sample_end = np.cumsum(n_samples)  # one past each stroke's last sample
+    has = n_samples > 0
+    last = np.where(has, sample_end - 1, 0)
+    lx, ly = scaled[0, ends_raw], scaled[1, ends_raw]
+    append = ~has | (px[last] != lx) | (py[last] != ly) if len(px) else np.ones(len(lengths_a), dtype=bool)
+    where = sample_end[append]
+    px, py = np.insert(px, where, lx[append]), np.insert(py, where, ly[append])
+    counts = n_samples + append
     ends = np.cumsum(counts) - 1
-    points = np.concatenate(dense, axis=1)
+    points = np.stack([px, py])
     keep = _rdp_keep(points[0], points[1], ends - counts + 1, ends, epsilon, max_work)
     if keep is None:
         return 4, float(max_work), None, None
@@ -134,25 +154,34 @@ def _rdp_keep(
         if len(a) == 0:
             return keep
         counts = b - a - 1
-        work += int(counts.sum())
+        total = int(counts.sum())
+        work += total
         if work > max_work:
             return None
-        span = np.repeat(np.arange(len(a)), counts)
-        first = np.cumsum(counts) - counts
-        inner = a[span] + 1 + (np.arange(len(span)) - first[span])
-        sx, sy = xs[a][span], ys[a][span]
-        dx, dy = xs[b][span] - sx, ys[b][span] - sy
-        px, py = xs[inner], ys[inner]
-        same = (dx == 0) & (dy == 0)  # a closed span: distance to the point
+        first = np.cumsum(counts) - counts  # each span's first inner point, in the flat arrays below
+        inner = np.arange(total) + np.repeat(a + 1 - first, counts)
+        sx, sy = np.repeat(xs[a], counts), np.repeat(ys[a], counts)
+        dx, dy = np.repeat(xs[b] - xs[a], counts), np.repeat(ys[b] - ys[a], counts)
+        qx, qy = xs[inner] - sx, ys[inner] - sy  # p - s
         length = np.sqrt(dx * dx + dy * dy)
-        line = np.abs(dx * (sy - py) - dy * (sx - px)) / np.where(same, 1.0, length)
-        qx, qy = px - sx, py - sy
-        dist = np.where(same, np.sqrt(qx * qx + qy * qy), line)
+        same = length == 0  # a closed span (e = s): the distance to the point s
+        if same.any():
+            length[same] = 1.0
+            dist = np.abs(dx * -qy - dy * -qx) / length
+            dist[same] = np.sqrt(qx * qx + qy * qy)[same]
+        else:
+            dist = np.abs(dx * -qy - dy * -qx) / length  # |dx (sy - py) - dy (sx - px)| / |e - s|
         peak = np.maximum.reduceat(dist, first)
         split = peak > epsilon
-        hit = np.flatnonzero((dist == peak[span]) & split[span])  # the first farthest point of each
-        spans_hit, first_hit = np.unique(span[hit], return_index=True)
-        k = inner[hit[first_hit]]
+        if not split.any():
+            return keep
+        # the first farthest point of each span that splits (hits come in span order)
+        hit = np.flatnonzero((dist == np.repeat(peak, counts)) & np.repeat(split, counts))
+        span_of_hit = np.searchsorted(first, hit, side="right") - 1
+        lead = np.ones(len(hit), dtype=bool)
+        lead[1:] = span_of_hit[1:] != span_of_hit[:-1]
+        k = inner[hit[lead]]
+        spans_hit = span_of_hit[lead]
         keep[k] = True
         a, b = np.concatenate([a[spans_hit], k]), np.concatenate([k, b[spans_hit]])
 
