@@ -263,6 +263,26 @@ def test_any_input_is_a_result_or_a_stroke_error(strokes):
         assert time.perf_counter() - t0 < 1.0
 
 
+anything = st.recursive(
+    st.none() | st.booleans() | any_float | st.integers() | st.text(max_size=3),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=2), inner, max_size=2),
+    max_leaves=24,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(anything)
+def test_anything_at_all_is_a_result_or_a_stroke_error(obj):
+    t0 = time.perf_counter()
+    try:
+        out = simplify(obj)
+    except StrokeError as err:
+        assert "\n" not in str(err) and str(err)
+    else:
+        assert all(s.shape[0] == 2 and s.shape[1] >= 2 and s.min() >= 0 and s.max() <= 255 for s in out)
+    assert time.perf_counter() - t0 < 1.0
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.floats(-1e308, 1e308), st.floats(-1e308, 1e308)), min_size=1, max_size=8))
 def test_extreme_coordinates(points):
@@ -295,6 +315,16 @@ def test_degenerate_coordinates(strokes, message):
         else:
             with pytest.raises(StrokeError, match=message.replace("(", r"\(").replace(")", r"\)")):
                 _run(kernel.values[0], strokes)
+
+
+@pytest.mark.parametrize("lengths", [(2,), (4,), (0, 3), (3, 0), (), (1, 1, 1, 1)])
+def test_lengths_that_do_not_match_the_points(lengths):
+    xy = np.array([[0.0, 1.0, 2.0], [0.0, 5.0, 1.0]])
+    for kernel in KERNELS:
+        with pytest.raises(StrokeError, match="stroke lengths do not match"):
+            S._simplified_xy(xy, lengths, kernel.values[0])
+    with pytest.raises(StrokeError, match=r"not a \(2, P\) array"):
+        simplify(Drawing(np.zeros((3, 4)), (4,), False))
 
 
 def _zigzag(points: int) -> list:

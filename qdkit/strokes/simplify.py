@@ -58,6 +58,9 @@ def _numpy_kernel(
     xy: np.ndarray, lengths: Sequence[int], epsilon: float, max_samples: int, max_work: int
 ) -> tuple[int, float, Any, Any]:
     """The C kernel's contract in numpy: (status, value, kept xy bytes-like or array, lengths)."""
+    lengths_a = np.asarray(lengths, dtype=np.int64)
+    if lengths_a.ndim != 1 or len(lengths_a) == 0 or lengths_a.min() < 1 or lengths_a.sum() != xy.shape[1]:
+        return 5, -1.0, None, None
     if not np.isfinite(xy).all():
         return 1, 0.0, None, None
     low = xy.min(axis=1)
@@ -71,7 +74,6 @@ def _numpy_kernel(
         scaled = (xy - low[:, None]) * 255.0 / extent
     else:
         scaled = np.zeros_like(xy)
-    lengths_a = np.asarray(lengths, dtype=np.int64)
     ends_raw = np.cumsum(lengths_a) - 1  # each stroke's last raw point
     starts_raw = ends_raw - lengths_a + 1
     # segment lengths, then the arc lengths as a running sum along each stroke: a row per stroke of
@@ -195,6 +197,8 @@ _MESSAGES = {
 def _simplified_xy(xy: np.ndarray, lengths: Sequence[int], kernel: Any = None) -> tuple[np.ndarray, tuple[int, ...]]:
     """(kept points float64 (2, K), points per stroke) of raw points `xy` (2, P) split by `lengths`."""
     run = kernel or _c_kernel or _numpy_kernel
+    if xy.ndim != 2 or xy.shape[0] != 2:
+        raise StrokeError(f"points are not a (2, P) array of xs and ys (shape {xy.shape})")
     if not (xy.dtype == np.float64 and xy.flags.c_contiguous):
         xy = np.ascontiguousarray(xy, dtype=np.float64)
     status, value, out, out_lengths = run(xy, lengths, EPSILON, MAX_SAMPLES, MAX_RDP_WORK)
@@ -218,13 +222,16 @@ def _simplified_xy(xy: np.ndarray, lengths: Sequence[int], kernel: Any = None) -
 def _points(strokes: Drawing | Sequence[Any]) -> tuple[np.ndarray, Sequence[int]]:
     if isinstance(strokes, Drawing):
         return strokes.xy, strokes.lengths
+    if isinstance(strokes, (str, bytes, dict)) or not hasattr(strokes, "__iter__"):
+        raise StrokeError(f"drawing is {type(strokes).__name__}, not a sequence of (2, n) arrays")
+    strokes = list(strokes)
     if len(strokes) == 0:
         raise StrokeError("drawing has no strokes")
     arrays = []
     for i, stroke in enumerate(strokes):
         try:
             a = np.asarray(stroke, dtype=np.float64)
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, OverflowError) as err:
             raise StrokeError(f"stroke {i} is not an array of numbers") from err
         if a.ndim != 2 or a.shape[0] < 2 or a.shape[1] == 0:
             raise StrokeError(f"stroke {i} is not a (2, n) array of xs and ys (shape {a.shape})")
