@@ -116,7 +116,7 @@ static PyObject *kernel(PyObject *self, PyObject *args) {
     }
     Py_ssize_t sum = 0;
     for (Py_ssize_t s = 0; s < n_strokes; s++) {
-        Py_ssize_t n = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(lengths_seq, s));
+        Py_ssize_t n = PyNumber_AsSsize_t(PySequence_Fast_GET_ITEM(lengths_seq, s), PyExc_OverflowError);
         if (n == -1 && PyErr_Occurred()) goto done;
         if (n < 1 || n > total_points - sum) {
             result = status_only(5, (double)s);
