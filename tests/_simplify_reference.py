@@ -10,13 +10,20 @@ in the same order (see docs/strokes.md, "How Google simplified raw strokes"):
    point appended unless the last sample is it;
 3. Ramer-Douglas-Peucker (the `rdp` package's recursive rdp_rec): distance to the LINE through the
    span's ends, |cross(e - s, s - p)| / |e - s| (to the point s where e == s), the first farthest
-   point splits when its distance > 2.0;
+   point splits when its distance > 2.0; a norm |(dx, dy)| is sqrt(dx * dx + dy * dy) with the
+   last multiply-add fused (rounded once), as numpy's norm (a BLAS dot product) gave Google;
 4. round half to even; a stroke left with one point keeps it twice.
 """
 
 from __future__ import annotations
 
 import math
+from fractions import Fraction
+
+
+def fused_square_add(a: float, c: float) -> float:
+    """a * a + c rounded once (a fused multiply-add), exactly, by rational arithmetic."""
+    return float(Fraction(a) * Fraction(a) + Fraction(c))
 
 
 def reference_simplify(strokes: list[tuple[list[float], list[float]]]) -> list[list[list[int]]]:
@@ -81,10 +88,10 @@ def reference_rdp(pts: list[tuple[float, float]], epsilon: float) -> list[tuple[
             px, py = pts[i]
             if sx == ex and sy == ey:
                 dx, dy = px - sx, py - sy
-                d = math.sqrt(dx * dx + dy * dy)
+                d = math.sqrt(fused_square_add(dx, dy * dy))
             else:
                 dx, dy = ex - sx, ey - sy
-                d = abs(dx * (sy - py) - dy * (sx - px)) / math.sqrt(dx * dx + dy * dy)
+                d = abs(dx * (sy - py) - dy * (sx - px)) / math.sqrt(fused_square_add(dx, dy * dy))
             if d > dmax:
                 dmax, index = d, i
         if dmax > epsilon:

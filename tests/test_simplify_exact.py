@@ -25,10 +25,9 @@ FIXTURES = Path(__file__).parent / "fixtures"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "quickdraw"
 PAIRS = [json.loads(line) for line in (FIXTURES / "raw_simplified_pairs.ndjson").read_bytes().splitlines()]
 GOLDEN = ("bear", "bee", "cat", "dog", "duck")
-# The one shared pair Google simplified otherwise: its first RDP split is an exact three-way tie (the
-# three distances equal to the last bit in IEEE double, here and in the reference); Google's files
-# keep the second of the three, every implementation of the procedure here the first.
-KNOWN_MISSES = {"6749869962166272": "cup: a three-way exact tie at the first RDP split"}
+# Shared pairs Google simplified otherwise, by key_id, with why: none. (Until the norm's fused
+# multiply-add was found, cup 6749869962166272 was one: an exact three-way tie at its first split.)
+KNOWN_MISSES: dict[str, str] = {}
 
 KERNELS = [pytest.param(S._numpy_kernel, id="numpy")]
 if S._c_kernel is not None:
@@ -225,6 +224,33 @@ def test_degenerate_strokes_exactly():
     for strokes in (one, repeated, back, closed):
         for kernel in KERNELS:
             assert _run(kernel.values[0], strokes) == _reference(strokes)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.floats(-1e150, 1e150), st.integers(-(2**30), 2**30).map(lambda i: i * 2.0**-20)),
+            st.one_of(st.floats(0, 1e300), st.integers(0, 2**53).map(lambda i: i * 2.0**-40)),
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_the_numpy_fused_multiply_add_is_exact(pairs):
+    from _simplify_reference import fused_square_add
+
+    a = np.array([p[0] for p in pairs])
+    c = np.array([p[1] for p in pairs])
+    got = S._fused_square_add(a, c)
+    assert got.tolist() == [fused_square_add(float(x), float(y)) for x, y in zip(a, c, strict=True)]
+
+
+def test_the_fused_norm_decides_a_real_tie():
+    """cup 6749869962166272, stroke 3: samples 41, 42, 43 tie at the first split unless |e - s| is
+    rounded as a fused dx * dx + (dy * dy); then Google's (219, 52) is the farthest."""
+    pair = next(p for p in PAIRS if p["key_id"] == "6749869962166272")
+    assert _run(KERNELS[0].values[0], pair["raw"]) == pair["simplified"]
 
 
 def test_the_resampling_is_the_reference():

@@ -48,7 +48,7 @@ static int rdp(const double *px, const double *py, Py_ssize_t n, double epsilon,
         if (sx == ex && sy == ey) {
             for (Py_ssize_t i = a + 1; i < b; i++) {
                 double dx = px[i] - sx, dy = py[i] - sy;
-                double d = sqrt(dx * dx + dy * dy);
+                double d = sqrt(fma(dx, dx, dy * dy)); /* numpy's norm: a dot product, fused */
                 if (d > dmax) {
                     dmax = d;
                     index = i;
@@ -56,7 +56,9 @@ static int rdp(const double *px, const double *py, Py_ssize_t n, double epsilon,
             }
         } else {
             double dx = ex - sx, dy = ey - sy;
-            double length = sqrt(dx * dx + dy * dy);
+            /* |e - s| as np.linalg.norm computed it for Google: sqrt of a dot product whose last
+               step is fused, dx * dx + (dy * dy) rounded once (see docs/strokes.md) */
+            double length = sqrt(fma(dx, dx, dy * dy));
             for (Py_ssize_t i = a + 1; i < b; i++) {
                 double c1 = dx * (sy - py[i]);
                 double c2 = dy * (sx - px[i]);

@@ -165,12 +165,13 @@ def _rdp_keep(
         sx, sy = np.repeat(xs[a], counts), np.repeat(ys[a], counts)
         dx, dy = np.repeat(xs[b] - xs[a], counts), np.repeat(ys[b] - ys[a], counts)
         qx, qy = xs[inner] - sx, ys[inner] - sy  # p - s
-        length = np.sqrt(dx * dx + dy * dy)
+        ex, ey = xs[b] - xs[a], ys[b] - ys[a]
+        length = np.repeat(np.sqrt(_fused_square_add(ex, ey * ey)), counts)  # |e - s|, as the kernel
         same = length == 0  # a closed span (e = s): the distance to the point s
         if same.any():
             length[same] = 1.0
             dist = np.abs(dx * -qy - dy * -qx) / length
-            dist[same] = np.sqrt(qx * qx + qy * qy)[same]
+            dist[same] = np.sqrt(_fused_square_add(qx[same], qy[same] * qy[same]))
         else:
             dist = np.abs(dx * -qy - dy * -qx) / length  # |dx (sy - py) - dy (sx - px)| / |e - s|
         peak = np.maximum.reduceat(dist, first)
@@ -186,6 +187,41 @@ def _rdp_keep(
         spans_hit = span_of_hit[lead]
         keep[k] = True
         a, b = np.concatenate([a[spans_hit], k]), np.concatenate([k, b[spans_hit]])
+
+
+_SPLIT = 134217729.0  # 2**27 + 1: Veltkamp's split of a double into two 26-bit halves
+_TINY = 2.0**-450  # below this a * a loses bits to underflow: exact rationals instead
+
+
+def _fused_square_add(a: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """a * a + c rounded once, as a fused multiply-add gives it (numpy has no fma): the exact product
+    by Dekker's two-product, then Boldo and Melquiond's emulation (uh + ul = a * a exactly,
+    th + tl = c + uh exactly, v = tl + ul rounded to odd, RN(th + v) is the correctly rounded
+    a * a + c; "Emulation of FMA and correctly rounded sums: proved algorithms using rounding to
+    odd", IEEE Trans. Computers 57(4), 2008). Tested against rational arithmetic in the tests."""
+    uh = a * a
+    t = a * _SPLIT
+    hi = t - (t - a)
+    lo = a - hi
+    ul = ((hi * hi - uh) + 2.0 * hi * lo) + lo * lo
+    th = c + uh
+    bb = th - c
+    tl = (c - (th - bb)) + (uh - bb)
+    v = tl + ul
+    bv = v - tl
+    err = (tl - (v - bv)) + (ul - bv)  # v + err = tl + ul exactly
+    even = (v.view(np.int64) & 1) == 0
+    odd_fix = (err != 0) & even
+    if odd_fix.any():  # round to odd: the neighbour toward the exact sum, whose last bit is 1
+        v = np.where(odd_fix, np.nextafter(v, np.where(err > 0, np.inf, -np.inf)), v)
+    out = th + v
+    tiny = (a != 0) & (np.abs(a) < _TINY)
+    if tiny.any():
+        from fractions import Fraction
+
+        for i in np.flatnonzero(tiny):
+            out[i] = float(Fraction(float(a[i])) ** 2 + Fraction(float(c[i])))
+    return out
 
 
 _MESSAGES = {
