@@ -3,8 +3,8 @@
  * Optional: setup.py builds it where a C compiler is present, and simplify.py falls back to an
  * identical numpy implementation where it is not. "Identical" holds to the last bit because every
  * float operation here is the one the numpy code (and the reference in the tests) performs, in the
- * same order, in IEEE double: setup.py compiles with -ffp-contract=off (no fused multiply-add, which
- * would round differently), never with -ffast-math. See docs/strokes.md for the procedure and the
+ * same order, in IEEE double: setup.py compiles with -ffp-contract=off (no fused multiply-add but the
+ * explicit fma() of the norm, which numpy emulates exactly), never with -ffast-math. See docs/strokes.md for the procedure and the
  * evidence for each step.
  *
  * kernel(xy, lengths, epsilon, max_samples, max_work) -> (status, value, out, out_lengths)

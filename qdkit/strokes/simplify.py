@@ -2,9 +2,8 @@
 
 The dataset's simplified strokes were made from the raw ones by (quickdraw-dataset README) "align to
 the top-left, scale to a maximum of 255, resample at 1-pixel spacing, Ramer–Douglas–Peucker with
-ε = 2"; Google never published the code. The procedure below reproduces Google's files on 3,887 of
-3,888 real raw/simplified pairs (the one miss: an exact three-way tie; docs/strokes.md lists the
-evidence for every step and the miss):
+ε = 2"; Google never published the code. The procedure below reproduces Google's files on all
+3,888 real raw/simplified pairs at hand (docs/strokes.md lists the evidence for every step):
 
 1. align and scale: v' = (v − min) · 255 / extent, the extent the larger of the x and y ranges
    (multiply first, then divide);
@@ -14,7 +13,8 @@ evidence for every step and the miss):
    sample is it;
 3. Ramer–Douglas–Peucker as the `rdp` package's rdp_rec: distance to the LINE through the span's end
    points, |cross(e − s, s − p)| / |e − s| (to the point s where e = s), the first farthest point
-   splits the span when its distance > ε;
+   splits the span when its distance > ε; a norm |(dx, dy)| is √(dx · dx + dy²) with the last
+   multiply-add fused (rounded once), as numpy's norm, a BLAS dot product, computed it for Google;
 4. round half to even; a stroke left with one point keeps it twice ([[x, x], [y, y]]).
 
 Two implementations, identical to the last bit (tested against each other and against a plain
