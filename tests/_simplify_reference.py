@@ -9,7 +9,7 @@ in the same order (see docs/strokes.md, "How Google simplified raw strokes"):
    interpolation p0 * (1 - t) + p1 * t on its segment, t = (s - arc[j]) / seg[j]; the last raw
    point appended unless the last sample is it;
 3. Ramer-Douglas-Peucker (the `rdp` package's recursive rdp_rec): distance to the LINE through the
-   span's ends, |cross(e - s, s - p)| / |e - s| (to the point s where e == s), the first farthest
+   span's ends, |cross(e - s, s - p)| / |e - s| (to the point s where |e - s| = 0), the first farthest
    point splits when its distance > 2.0; a norm |(dx, dy)| is sqrt(dx * dx + dy * dy) with the
    last multiply-add fused (rounded once), as numpy's norm (a BLAS dot product) gave Google;
 4. round half to even; a stroke left with one point keeps it twice.
@@ -84,14 +84,15 @@ def reference_rdp(pts: list[tuple[float, float]], epsilon: float) -> list[tuple[
             continue
         (sx, sy), (ex, ey) = pts[a], pts[b]
         dmax, index = 0.0, -1
+        length = math.sqrt(fused_square_add(ex - sx, (ey - sy) * (ey - sy)))
         for i in range(a + 1, b):
             px, py = pts[i]
-            if sx == ex and sy == ey:
+            if length == 0:  # e == s (or too close to tell): the distance to the point s
                 dx, dy = px - sx, py - sy
                 d = math.sqrt(fused_square_add(dx, dy * dy))
             else:
                 dx, dy = ex - sx, ey - sy
-                d = abs(dx * (sy - py) - dy * (sx - px)) / math.sqrt(fused_square_add(dx, dy * dy))
+                d = abs(dx * (sy - py) - dy * (sx - px)) / length
             if d > dmax:
                 dmax, index = d, i
         if dmax > epsilon:

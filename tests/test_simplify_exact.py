@@ -329,6 +329,7 @@ def test_extreme_coordinates(points):
     "strokes,message",
     [
         ([np.array([[0.0, 5e-324, 1e-323], [0.0, 5e-324, 0.0]])], None),  # denormal extent: fine
+        ([np.array([[0.0, 100.0, 1e-200], [0.0, 50.0, 0.0]])], None),  # ends 1e-198 apart: |e - s| = 0
         ([np.array([[-1e308, 1e308], [0.0, 1.0]])], "too large a range"),
         ([np.array([[0.0, 1e306], [0.0, 1.0]])], "too large a range"),
         ([np.array([[0.0, np.nan], [0.0, 1.0]])], "NaN or infinity"),

@@ -45,20 +45,20 @@ static int rdp(const double *px, const double *py, Py_ssize_t n, double epsilon,
         double sx = px[a], sy = py[a], ex = px[b], ey = py[b];
         double dmax = 0.0;
         Py_ssize_t index = -1;
-        if (sx == ex && sy == ey) {
+        double dx = ex - sx, dy = ey - sy;
+        /* |e - s| as np.linalg.norm computed it for Google: sqrt of a dot product whose last step is
+           fused, dx * dx + (dy * dy) rounded once (see docs/strokes.md) */
+        double length = sqrt(fma(dx, dx, dy * dy));
+        if (length == 0) { /* e = s (or too close to tell): the distance to the point s */
             for (Py_ssize_t i = a + 1; i < b; i++) {
-                double dx = px[i] - sx, dy = py[i] - sy;
-                double d = sqrt(fma(dx, dx, dy * dy)); /* numpy's norm: a dot product, fused */
+                double qx = px[i] - sx, qy = py[i] - sy;
+                double d = sqrt(fma(qx, qx, qy * qy)); /* numpy's norm again */
                 if (d > dmax) {
                     dmax = d;
                     index = i;
                 }
             }
         } else {
-            double dx = ex - sx, dy = ey - sy;
-            /* |e - s| as np.linalg.norm computed it for Google: sqrt of a dot product whose last
-               step is fused, dx * dx + (dy * dy) rounded once (see docs/strokes.md) */
-            double length = sqrt(fma(dx, dx, dy * dy));
             for (Py_ssize_t i = a + 1; i < b; i++) {
                 double c1 = dx * (sy - py[i]);
                 double c2 = dy * (sx - px[i]);
