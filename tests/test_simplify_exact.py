@@ -160,6 +160,7 @@ coordinate = st.one_of(
     st.integers(-1000, 1000).map(float),
     st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False, width=32).map(float),
     st.floats(-1e-300, 1e-300, allow_nan=False),
+    st.floats(-1e300, 1e300, allow_nan=False),  # huge ranges (the extent times 255 still finite)
 )
 
 
