@@ -8,7 +8,8 @@ fi
 # shellcheck disable=SC1091
 source .venv/bin/activate
 stamp=".venv/.qdkit-installed"
-if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
+    || [ qdkit/strokes/_simplify.c -nt "$stamp" ]; then  # the C kernel is built by the install
     python -m pip install -q --upgrade pip
     # shellcheck disable=SC2086  # word splitting intended: QDKIT_TORCH may carry pip options
     python -m pip install -q $QDKIT_TORCH

@@ -10,12 +10,20 @@
     procedure followed literally (quickdraw-dataset issue #19: a fresh cairo surface per drawing,
     one move_to/line_to call per point from Python), single process, on a sample;
 (c) the byte-exact fraction of qdkit.strokes.rasterize against the official bitmap rows of the
-    shared golden pairs (bear, bee, cat, dog, duck: line i of the strokes = row i of the bitmaps).
+    shared golden pairs (bear, bee, cat, dog, duck: line i of the strokes = row i of the bitmaps);
+(d) simplify(): µs per real raw drawing (every drawing of ../shared/quickdraw/raw, parsed once; random
+    walks where the folder is missing) for qdkit.strokes.simplify (the kernel it uses, and the numpy
+    fallback) beside the previous implementation (a copy below, `old_simplify`, the competitor),
+    timed alternately drawing by drawing in one run; and the exact fractions (strokes identical,
+    bitmaps identical) of both on the shared raw/simplified pairs (same key_id).
+
+    python scripts/bench_strokes.py --only simplify [--json FILE]   # (d) alone, about a minute
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import subprocess
@@ -61,6 +69,162 @@ def naive_rasterize(strokes: list) -> np.ndarray:
     return np.copy(np.asarray(surface.get_data())[::4]).reshape(side, side)
 
 
+def old_resample(stroke: np.ndarray, spacing: float = 1.0) -> np.ndarray:
+    """The previous qdkit resampling (np.interp over the arc length), kept as (d)'s competitor."""
+    if stroke.shape[1] < 2:
+        return stroke
+    seg = np.hypot(*np.diff(stroke, axis=1))
+    arc = np.concatenate([[0.0], np.cumsum(seg)])
+    if arc[-1] == 0:
+        return stroke[:, :1]
+    at = np.arange(0.0, arc[-1], spacing)
+    if arc[-1] - at[-1] > 1e-9:
+        at = np.append(at, arc[-1])
+    return np.stack([np.interp(at, arc, stroke[0]), np.interp(at, arc, stroke[1])])
+
+
+def old_rdp_keep(xs: np.ndarray, ys: np.ndarray, starts: np.ndarray, ends: np.ndarray, epsilon: float) -> np.ndarray:
+    """The previous qdkit RDP: distance to the segment, all spans of a drawing split per numpy round."""
+    keep = np.zeros(len(xs), dtype=bool)
+    keep[starts] = keep[ends] = True
+    a, b = starts, ends
+    eps2 = epsilon * epsilon
+    while True:
+        open_ = b - a >= 2
+        a, b = a[open_], b[open_]
+        if len(a) == 0:
+            return keep
+        counts = b - a - 1
+        span = np.repeat(np.arange(len(a)), counts)
+        first = np.cumsum(counts) - counts
+        inner = a[span] + 1 + (np.arange(len(span)) - first[span])
+        ax, ay = xs[a][span], ys[a][span]
+        dx, dy = xs[b][span] - ax, ys[b][span] - ay
+        mx, my = xs[inner] - ax, ys[inner] - ay
+        length2 = dx * dx + dy * dy
+        t = np.where(length2 > 0, (mx * dx + my * dy) / np.where(length2 > 0, length2, 1.0), 0.0)
+        t = np.minimum(np.maximum(t, 0.0), 1.0)
+        ex, ey = mx - t * dx, my - t * dy
+        dist2 = ex * ex + ey * ey
+        peak = np.maximum.reduceat(dist2, first)
+        split = peak > eps2
+        hit = np.flatnonzero((dist2 == peak[span]) & split[span])
+        spans_hit, first_hit = np.unique(span[hit], return_index=True)
+        k = inner[hit[first_hit]]
+        keep[k] = True
+        a, b = np.concatenate([a[spans_hit], k]), np.concatenate([k, b[spans_hit]])
+
+
+def old_simplify(drawing) -> list[np.ndarray]:
+    """The previous qdkit.strokes.simplify (before issue #14), verbatim but for names."""
+    arrays = drawing.strokes
+    allxy = np.concatenate(arrays, axis=1)
+    low = allxy.min(axis=1, keepdims=True)
+    extent = float((allxy - low).max())
+    scale = 255.0 / extent if extent > 0 else 0.0
+    dense = [old_resample((s - low) * scale) for s in arrays]
+    lengths = np.array([d.shape[1] for d in dense])
+    ends = np.cumsum(lengths) - 1
+    xy = np.concatenate(dense, axis=1)
+    keep = old_rdp_keep(xy[0], xy[1], ends - lengths + 1, ends, 2.0)
+    kept = np.clip(np.round(xy), 0, 255)
+    return [kept[:, a : e + 1][:, keep[a : e + 1]] for a, e in zip(ends - lengths + 1, ends, strict=True)]
+
+
+def raw_drawings() -> list:
+    """Every real raw drawing of ../shared/quickdraw/raw (random walks where it is missing)."""
+    from qdkit.strokes import Drawing, parse_ndjson_line
+
+    if (SHARED / "raw").is_dir():
+        return [
+            parse_ndjson_line(line)
+            for path in sorted((SHARED / "raw").glob("*.ndjson"))
+            for line in path.read_bytes().splitlines()
+        ]
+    print("../shared/quickdraw/raw missing: timing random-walk drawings", file=sys.stderr)
+    rng = np.random.default_rng(0)
+    drawings = []
+    for _ in range(2000):
+        strokes = [
+            np.cumsum(rng.normal(0, 4, (2, int(rng.integers(2, 80)))), axis=1) for _ in range(rng.integers(1, 9))
+        ]
+        drawings.append(Drawing.from_strokes(strokes, False))
+    return drawings
+
+
+def bench_simplify(repeats: int) -> dict:
+    """(d): simplify's µs per drawing beside the previous implementation's, and exact fractions."""
+    from qdkit.strokes import parse_drawing, rasterize_many
+
+    module = importlib.import_module("qdkit.strokes.simplify")
+    numpy_kernel = module._numpy_kernel
+
+    def new_numpy(d):
+        return module._simplified_xy(d.xy, d.lengths, numpy_kernel)
+
+    drawings = raw_drawings()
+    competitors = {"new": module.simplify, "numpy": new_numpy, "old": old_simplify}
+    times: dict[str, list[float]] = {name: [] for name in competitors}
+    clock = time.perf_counter
+    for d in drawings:  # alternately, drawing by drawing: all three see the same machine
+        for name, fn in competitors.items():
+            best = float("inf")
+            for _ in range(repeats):
+                t0 = clock()
+                fn(d)
+                best = min(best, clock() - t0)
+            times[name].append(best)
+    us = {name: np.array(t) * 1e6 for name, t in times.items()}
+    result: dict = {
+        "kernel": module.KERNEL,
+        "drawings_timed": len(drawings),
+        "repeats": repeats,
+        **{f"{name}_median_us": round(float(np.median(v)), 1) for name, v in us.items()},
+        **{f"{name}_p99_us": round(float(np.percentile(v, 99)), 1) for name, v in us.items()},
+        **{f"{name}_max_us": round(float(v.max()), 1) for name, v in us.items()},
+    }
+    result["speedup_median"] = round(result["old_median_us"] / result["new_median_us"], 1)
+    print(
+        f"(d) simplify, µs per real raw drawing ({len(drawings):,} drawings, best of {repeats} each, one run): "
+        f"qdkit ({module.KERNEL} kernel) median {result['new_median_us']} (p99 {result['new_p99_us']}, "
+        f"max {result['new_max_us']}); numpy fallback median {result['numpy_median_us']}; previous "
+        f"implementation median {result['old_median_us']} (p99 {result['old_p99_us']}): "
+        f"{result['speedup_median']}x"
+    )
+    if (SHARED / "raw").is_dir():
+        pairs = []
+        for path in sorted((SHARED / "raw").glob("*.ndjson")):
+            twins_path = SHARED / "strokes" / path.name
+            if not twins_path.exists():
+                continue
+            twins = {o["key_id"]: o["drawing"] for o in map(json.loads, twins_path.read_bytes().splitlines())}
+            for obj in map(json.loads, path.read_bytes().splitlines()):
+                if obj["key_id"] in twins:
+                    pairs.append((obj["key_id"], parse_drawing(obj["drawing"]), twins[obj["key_id"]]))
+        official = rasterize_many([parse_drawing(want, simplified=True) for _, _, want in pairs])
+        for name, fn in (("new", module.simplify), ("old", old_simplify)):
+            outs = [fn(raw) for _, raw, _ in pairs]
+            same = [
+                [s.astype(int).tolist() for s in out] == want for out, (_, _, want) in zip(outs, pairs, strict=True)
+            ]
+            bitmaps = rasterize_many([parse_drawing([s.tolist() for s in out], simplified=True) for out in outs])
+            same_bitmap = (bitmaps == official).all(axis=(1, 2))
+            result[f"{name}_strokes_exact"] = f"{sum(same)}/{len(pairs)}"
+            result[f"{name}_bitmaps_exact"] = f"{int(same_bitmap.sum())}/{len(pairs)}"
+            result[f"{name}_strokes_exact_fraction"] = round(sum(same) / len(pairs), 4)
+            result[f"{name}_bitmaps_exact_fraction"] = round(float(same_bitmap.mean()), 4)
+            if name == "new":
+                result["new_misses"] = [key for (key, _, _), ok in zip(pairs, same, strict=True) if not ok]
+        print(
+            f"(d) exact on {len(pairs):,} shared raw/simplified pairs: qdkit strokes {result['new_strokes_exact']} "
+            f"= {result['new_strokes_exact_fraction']:.4f}, bitmaps {result['new_bitmaps_exact']} "
+            f"(misses: {', '.join(result['new_misses']) or 'none'}); previous implementation strokes "
+            f"{result['old_strokes_exact']} = {result['old_strokes_exact_fraction']:.4f}, bitmaps "
+            f"{result['old_bitmaps_exact']} = {result['old_bitmaps_exact_fraction']:.4f}"
+        )
+    return result
+
+
 def source_lines(tmp: Path) -> dict[str, list[bytes]]:
     if (SHARED / "strokes").is_dir():
         return {c: (SHARED / "strokes" / f"{c}.ndjson").read_bytes().splitlines() for c in CLASSES}
@@ -82,7 +246,15 @@ def main() -> None:
     parser.add_argument("--naive-sample", type=int, default=5_000, help="drawings rendered naively in (b)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of (a) and (b); medians reported")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--only", choices=["simplify"], default=None, help="run (d) alone")
+    parser.add_argument("--simplify-repeats", type=int, default=3, help="(d): timings per drawing, best kept")
     args = parser.parse_args()
+    if args.only == "simplify":
+        result = bench_simplify(args.simplify_repeats)
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result))
+        return
 
     from qdkit.strokes import parse_ndjson_line, rasterize_many
 
@@ -149,6 +321,7 @@ def main() -> None:
         print(f"(c) byte-exact against the official bitmaps: {hits}/{count} = {exact:.4f}")
     speedup = convert_rate / naive_rate
     print(f"speedup (a)/(b): {speedup:.2f}x")
+    simplified = bench_simplify(args.simplify_repeats)
     result = {
         "convert_drawings_per_s": round(convert_rate),
         "naive_drawings_per_s": round(naive_rate),
@@ -156,6 +329,7 @@ def main() -> None:
         "exact_fraction": exact,
         "drawings": total,
         "cores": os.cpu_count(),
+        "simplify": simplified,
     }
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

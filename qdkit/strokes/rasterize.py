@@ -3,7 +3,6 @@ bitmaps. See the package docstring for the recipe."""
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -13,7 +12,7 @@ import numpy as np
 from qdkit.constants import SIDE
 from qdkit.errors import QdkitError
 from qdkit.strokes.drawing import Drawing, StrokeError, parse_drawing
-from qdkit.strokes.simplify import simplify
+from qdkit.strokes.simplify import simplify_drawing
 
 ORIGINAL_SIDE = 256.0  # simplified strokes live in 0..255
 LINE_DIAMETER = 16.0  # in the 256-unit space
@@ -112,13 +111,11 @@ def simplified(drawing: Drawing | Sequence[np.ndarray]) -> Drawing:
         return drawing
     try:
         with np.errstate(all="ignore"):
-            strokes = simplify(drawing)
+            out = simplify_drawing(drawing)
     except StrokeError:
         raise
-    except (ValueError, ArithmeticError, MemoryError) as err:
+    except (ValueError, ArithmeticError, MemoryError) as err:  # a last guard: simplify raises StrokeError itself
         raise StrokeError(f"coordinates that cannot be simplified ({type(err).__name__}: {err})") from None
-    new = Drawing.from_strokes(strokes, True)
-    out = dataclasses.replace(drawing, xy=new.xy, lengths=new.lengths, simplified=True)  # metadata kept
     if not np.isfinite(out.xy).all():
         raise StrokeError("coordinates that cannot be simplified (not finite once scaled)")
     return out
