@@ -238,6 +238,46 @@ def _error_summary(lines: collections.deque[str]) -> str:
     return "; ".join(errors[-4:])[:600].strip() or (list(lines)[-1].strip() if lines else "no output")
 
 
+def _checked_start(path: Path, binary: TritonBinary | None, http_port: int, grpc_port: int) -> TritonBinary:
+    """The tritonserver to run, once everything that would make it fail is ruled out (in one line each,
+    before Triton spends seconds loading the models)."""
+    binary = binary or find_tritonserver()
+    if binary is None:
+        raise QdkitError(INSTALL_HINT)
+    if http_port == grpc_port:
+        raise QdkitError(f"--http-port and --grpc-port are both {http_port}; give them different ports")
+    for option, port in (("--http-port", http_port), ("--grpc-port", grpc_port)):
+        _check_port(option, port)
+    if binary.dist is not None:  # the wheel's build has the Python backend only
+        for config in sorted(path.glob("*/config.pbtxt")):
+            text = config.read_text(encoding="utf-8", errors="replace")
+            if "onnxruntime_onnx" in text or 'backend: "onnxruntime"' in text:
+                raise QdkitError(
+                    f"{config}: runs on Triton's onnxruntime backend, which the tritonserver of {binary.source} "
+                    "does not have; export with --triton-backend python"
+                )
+    return binary
+
+
+def _wait_ready(proc: subprocess.Popen, url: str, binary: TritonBinary, log: collections.deque[str]) -> None:
+    """Until every model answers ready; a server that stops or takes too long is one line with its error."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        if proc.poll() is not None:
+            time.sleep(0.2)  # let the pump read the last lines
+            raise QdkitError(
+                f"tritonserver ({binary.source}) stopped with exit code {proc.returncode} before it was ready: "
+                f"{_error_summary(log)}"
+            )
+        if _get(f"{url}/v2/health/ready", timeout=1.0)[0] == 200:
+            return
+        if time.monotonic() > deadline:
+            raise QdkitError(
+                f"tritonserver ({binary.source}) not ready after {READY_TIMEOUT_S:.0f} s: {_error_summary(log)}"
+            )
+        time.sleep(0.2)
+
+
 @contextmanager
 def running_triton(
     repo: str | os.PathLike,
@@ -252,23 +292,10 @@ def running_triton(
     """Start tritonserver on `repo`, wait until every model is ready, yield facts about it
     ({"http": URL, "grpc": "host:port", "models": [...], "version": ..., "source": ..., "process": Popen});
     stop it on leaving."""
+    # One function on purpose: the process, its log pump and the cleanup share one try/finally.
     echo = echo or (lambda line: None)
     path, models = check_repository(repo)
-    binary = binary or find_tritonserver()
-    if binary is None:
-        raise QdkitError(INSTALL_HINT)
-    if http_port == grpc_port:
-        raise QdkitError(f"--http-port and --grpc-port are both {http_port}; give them different ports")
-    for option, port in (("--http-port", http_port), ("--grpc-port", grpc_port)):
-        _check_port(option, port)  # before Triton spends seconds loading the models
-    if binary.dist is not None:  # the wheel's build has the Python backend only
-        for config in sorted(path.glob("*/config.pbtxt")):
-            text = config.read_text(encoding="utf-8", errors="replace")
-            if "onnxruntime_onnx" in text or 'backend: "onnxruntime"' in text:
-                raise QdkitError(
-                    f"{config}: runs on Triton's onnxruntime backend, which the tritonserver of {binary.source} "
-                    "does not have; export with --triton-backend python"
-                )
+    binary = _checked_start(path, binary, http_port, grpc_port)
     # NVIDIA's own tritonserver brings its Python; the wheel's runs the one given (or this one)
     server_python = check_server_python(python) if binary.dist is not None or python else None
     tmp = Path(tempfile.mkdtemp(prefix="qdkit-triton-"))
@@ -301,21 +328,7 @@ def running_triton(
 
         threading.Thread(target=pump, daemon=True).start()
         url = f"http://{HOST}:{http_port}"
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                time.sleep(0.2)  # let the pump read the last lines
-                raise QdkitError(
-                    f"tritonserver ({binary.source}) stopped with exit code {proc.returncode} before it was ready: "
-                    f"{_error_summary(log)}"
-                )
-            if _get(f"{url}/v2/health/ready", timeout=1.0)[0] == 200:
-                break
-            if time.monotonic() > deadline:
-                raise QdkitError(
-                    f"tritonserver ({binary.source}) not ready after {READY_TIMEOUT_S:.0f} s: {_error_summary(log)}"
-                )
-            time.sleep(0.2)
+        _wait_ready(proc, url, binary, log)
         ready.set()
         status, body = _get(f"{url}/v2")
         version = json.loads(body).get("version", "?") if status == 200 else "?"

@@ -58,6 +58,8 @@ def _numpy_kernel(
     xy: np.ndarray, lengths: Sequence[int], epsilon: float, max_samples: int, max_work: int
 ) -> tuple[int, float, Any, Any]:
     """The C kernel's contract in numpy: (status, value, kept xy bytes-like or array, lengths)."""
+    # One function, step for step in the order of _simplify.c, so the two can be read side by side
+    # (they must agree to the last bit); splitting it would hide that correspondence.
     lengths_a = np.asarray(lengths, dtype=np.int64)
     if lengths_a.ndim != 1 or len(lengths_a) == 0 or lengths_a.min() < 1 or lengths_a.sum() != xy.shape[1]:
         return 5, -1.0, None, None
