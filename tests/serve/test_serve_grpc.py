@@ -50,7 +50,7 @@ def test_tritonclient_grpc_every_call_for_one_model(server, client, triton_grpc,
     assert model["inputs"] == [{"name": "pixels", "datatype": "UINT8", "shape": ["-1", "1", "28", "28"]}]
     assert [o["name"] for o in model["outputs"]] == ["logits", "probabilities"]
     config = client.get_model_config("qdkit").config
-    assert config.name == "qdkit" and config.max_batch_size == 64 and config.platform == "onnxruntime_onnx"
+    assert config.name == "qdkit" and config.max_batch_size == 1024 and config.platform == "onnxruntime_onnx"
     assert [o.label_filename for o in config.output] == ["", "labels.txt"]
     assert list(config.input[0].dims) == [1, 28, 28]
     index = client.get_model_repository_index(as_json=True)
