@@ -12,15 +12,14 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
-import sys
 import time
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from qdkit.constants import DEFAULT_STORE, QDKIT_VERSION
 from qdkit.data.bitmaps import BitmapFile, bitmap_class, find_class_files, open_bitmaps, safe_dirname
@@ -29,6 +28,8 @@ from qdkit.data.strokefiles import StrokeFile, eligible_records, index_records, 
 from qdkit.errors import QdkitError
 from qdkit.files import atomic_path, disk_full_is_error, output_lock, sha256_file
 from qdkit.images import write_png
+from qdkit.progress import progress as progress_bar
+from qdkit.progress import write_line
 from qdkit.workers import die_with_parent, sigterm_as_interrupt
 
 STORE_NAME = DEFAULT_STORE.name
@@ -102,7 +103,7 @@ def _stroke_rows(
 
     def skipped(count: int, first: str | None) -> None:
         info["skipped_invalid"] = count
-        tqdm.write(f"qdkit: warning: skipped {count} invalid drawing(s); first: {first}", file=sys.stderr)
+        write_line(f"qdkit: warning: skipped {count} invalid drawing(s); first: {first}")
 
     eligible = eligible_records(
         sf, index, pool, recognized_only=recognized_only, skip_invalid=skip_invalid, on_skip=skipped
@@ -154,7 +155,7 @@ def _check_outputs(out_dir: Path, png: bool, h5: bool) -> None:
         raise QdkitError(f"{out_dir / STORE_NAME}: is a folder, not a store qdkit writes (move it away first)")
 
 
-def _count_into(bar: tqdm) -> Callable[[Future], None]:
+def _count_into(bar: Any) -> Callable[[Future], None]:
     """A done-callback adding a finished PNG task's rows to the bar (failed or cancelled tasks add none)."""
     return lambda f: bar.update(f.result()) if not f.cancelled() and f.exception() is None else None
 
@@ -218,7 +219,7 @@ def convert(
             stack.callback(writer.abort)
         total = sum(per_class.values()) * len(files)
         bar = stack.enter_context(
-            tqdm(total=total, unit="img", desc="convert", disable=not progress, dynamic_ncols=True)
+            progress_bar(total=total, unit="img", desc="convert", disable=not progress, dynamic_ncols=True)
         )
         futures, sources = [], []
         for label, (source, dirname) in enumerate(zip(files, dirnames, strict=True)):

@@ -302,9 +302,10 @@ class Trainer:
 
 
 def _progress_bar(cfg: RunSettings, epoch: int, steps: int, start_step: int) -> Any:
-    from tqdm import tqdm
+    from qdkit.progress import progress
 
-    return tqdm(
+    return progress(  # a bar on a terminal; elsewhere nothing (the epoch's line says it all)
+        lines=0,
         total=steps * cfg.batch_size,
         initial=start_step * cfg.batch_size,
         desc=f"epoch {epoch}/{cfg.epochs}",
