@@ -63,6 +63,7 @@ class PlainProgress:
         unit: str = "it",
         file: IO[str] | None = None,
         lines: int = 4,
+        final: bool = True,
         disable: bool = False,
         **_: Any,
     ) -> None:
@@ -73,6 +74,7 @@ class PlainProgress:
         self.desc, self.unit, self.file = desc, unit, file
         self.lines = 0 if disable else max(0, lines)
         self.postfix = ""
+        self.final = final
         self._t0 = time.monotonic()
         self._next = 1  # the next quarter (of `lines`) to report
         self._closed = False
@@ -120,7 +122,7 @@ class PlainProgress:
         if self._closed:
             return
         self._closed = True
-        if self.lines and self.n > self.start_n:
+        if self.lines and self.final and self.n > self.start_n:
             self._say()
 
 
@@ -129,12 +131,14 @@ def progress(
     *,
     file: IO[str] | None = None,
     lines: int = 4,
+    final: bool = True,
     **kwargs: Any,
 ) -> Any:
     """A tqdm bar where `file` (stderr by default) is a terminal, else `PlainProgress` (`lines` plain
-    lines through the work, and one at the end; `lines=0`: silent). Other arguments are tqdm's."""
+    lines through the work, and one at the end unless `final=False`; `lines=0`: silent). Other
+    arguments are tqdm's."""
     if is_terminal(file):
         from tqdm import tqdm
 
         return tqdm(iterable, file=file if file is not None else sys.stderr, **kwargs)
-    return PlainProgress(iterable, file=file, lines=lines, **kwargs)
+    return PlainProgress(iterable, file=file, lines=lines, final=final, **kwargs)

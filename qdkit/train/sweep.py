@@ -178,7 +178,7 @@ def markdown_table(
     accs = [m["test_accuracy"] for m in cells.values() if m.get("test_accuracy") is not None]
     best = max(accs) if accs else None
     lines = [
-        f"## Test accuracy: {base.model}, {plural(base.epochs, 'epoch')}, {base.optimizer}"
+        f"## Test accuracy: {base.model}, {plural(base.epochs or 0, 'epoch')}, {base.optimizer}"
         + (f" ({name})" if name else ""),
         "",
         f"Data `{base.data}`; best run in bold; validation-selected checkpoint (best.pt) of each run.",
