@@ -10,8 +10,8 @@ cd "$(dirname "$0")/.."
 QDKIT_EXTRAS="${QDKIT_EXTRAS-}"
 source scripts/_venv.sh
 
-EPOCHS="${EPOCHS:-DEMO_EPOCHS}"
-TRAIN="${TRAIN:-DEMO_TRAIN}"
+EPOCHS="${EPOCHS:-3}"
+TRAIN="${TRAIN:-600}"
 started=$SECONDS
 rm -rf demo
 qdkit synth demo/raw --classes 10 --per-class $((TRAIN + 200)) --seed 0 --format ndjson

@@ -188,7 +188,8 @@ def predict(
         click.echo(prediction_summary(result.predictions), err=True)
     else:
         click.echo(text, nl=False)
-    accuracy = folder_accuracy(result.predictions, result.class_names)
+    # Beside a table or a written file; json and csv on stdout are for programs and stay alone.
+    accuracy = folder_accuracy(result.predictions, result.class_names) if target or fmt == "table" else None
     if accuracy is not None:
         click.echo(accuracy.summary(), err=True)
     if failed:

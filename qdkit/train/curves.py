@@ -45,9 +45,12 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def _axes(plt: Any, title: str) -> tuple[Any, Any, Any]:
+    from matplotlib.ticker import MaxNLocator
+
     fig, (acc, loss) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     fig.suptitle(title)
     for ax, what in ((acc, "accuracy"), (loss, "loss")):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(what)
         ax.grid(alpha=0.3)
