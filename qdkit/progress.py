@@ -78,12 +78,14 @@ class PlainProgress:
         self._t0 = time.monotonic()
         self._next = 1  # the next quarter (of `lines`) to report
         self._closed = False
+        self._said: float | None = None  # the count of the last line written
 
     def __iter__(self) -> Iterator[Any]:
         assert self.iterable is not None
         for item in self.iterable:
             yield item
             self.update(1)
+        self.close()  # as tqdm does at the end of its iterable
 
     def __enter__(self) -> PlainProgress:
         return self
@@ -116,13 +118,14 @@ class PlainProgress:
             line += f", about {format_seconds(elapsed * (self.total - self.n) / done)} left"
         if self.postfix:
             line += f" [{self.postfix}]"
+        self._said = self.n
         write_line(line, self.file)
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        if self.lines and self.final and self.n > self.start_n:
+        if self.lines and self.final and self.n > self.start_n and self._said != self.n:
             self._say()
 
 
