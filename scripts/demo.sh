@@ -4,7 +4,8 @@
 # -> train -> export -> evaluate -> predict (PNGs and strokes).
 # Everything lands in demo/ (git-ignored); rerunning starts it afresh. It installs the runtime
 # dependencies only (scripts/test.sh adds the dev extra). Sized to take about 2 minutes after the
-# install on 2 cores without bf16 (README: Measured); EPOCHS and TRAIN (drawings per class) scale it.
+# install on 2 cores without bf16 (README: Measured); EPOCHS and TRAIN (drawings per class) scale it,
+# TRAIN_OPTIONS adds options to its `qdkit train` (TRAIN_OPTIONS=--no-amp: float32, as without bf16).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 QDKIT_EXTRAS="${QDKIT_EXTRAS-}"
@@ -17,8 +18,9 @@ rm -rf demo
 qdkit synth demo/raw --classes 10 --per-class $((TRAIN + 200)) --seed 0 --format ndjson
 qdkit convert --in demo/raw --out demo/data --h5 --seed 0 --train "$TRAIN" --validation 100 --test 100
 qdkit info demo/data/quickdraw.h5
+# shellcheck disable=SC2086  # word splitting intended: TRAIN_OPTIONS holds options
 qdkit train --data demo/data/quickdraw.h5 --epochs "$EPOCHS" --run-name demo \
-    --runs-dir demo/runs --artifacts-dir demo/artifacts
+    --runs-dir demo/runs --artifacts-dir demo/artifacts ${TRAIN_OPTIONS:-}
 qdkit export demo/artifacts/demo/best.pt
 qdkit evaluate --model demo/artifacts/demo/model.onnx --data demo/data/quickdraw.h5 --split test
 qdkit visualize --model demo/artifacts/demo/model.onnx --data demo/data/quickdraw.h5 --out demo/classification.png
