@@ -3,6 +3,7 @@
 # import-linter, the test suite. Extra arguments go to pytest (scripts/test.sh -k convert -x).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+QDKIT_EXTRAS=dev
 source scripts/_venv.sh
 ruff check qdkit tests scripts
 ruff format --check qdkit tests scripts

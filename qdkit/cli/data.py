@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from qdkit.cli.base import csv_list, main
@@ -86,6 +88,10 @@ def convert(
         skip_invalid=skip_invalid,
     )
     click.echo(summary)
+    if h5:
+        store = Path(out_dir) / "quickdraw.h5"
+        given = "" if store == DEFAULT_STORE else f" --data {store}"
+        click.echo(f"next: qdkit train{given}")
 
 
 @main.command()

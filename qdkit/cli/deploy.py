@@ -118,8 +118,10 @@ def export(
     )
     click.echo(result.summary())
     if triton:
-        repo = write_repository(result.fp32.path, triton, overwrite=overwrite, backend=triton_backend)
-        click.echo(repo.summary())
+        click.echo(write_repository(result.fp32.path, triton, overwrite=overwrite, backend=triton_backend).summary())
+    click.echo(
+        f"next: qdkit predict --model {result.fp32.path} IMAGES_OR_NDJSON, or: qdkit serve {result.fp32.path} --open"
+    )
 
 
 @main.command()
@@ -171,6 +173,7 @@ def predict(
     """
     from qdkit.cli.formatting import format_predictions
     from qdkit.inference.batch import predict_files
+    from qdkit.inference.labels import folder_accuracy, prediction_summary
     from qdkit.outputs import output_file, write_text
     from qdkit.workers import sigterm_as_interrupt
 
@@ -186,14 +189,21 @@ def predict(
             workers=workers,
             warn=_warn_line,
         )
+    if model is None and result.model is not None:
+        click.echo(f"model: {result.model} (the newest export; --model picks another)", err=True)
     text = format_predictions(result.predictions, fmt, top_k)
     n, failed = len(result.predictions), len(result.errors)
     if target:
         write_text(target, text)
         rate = n / result.seconds if result.seconds > 0 else 0.0
         click.echo(f"wrote {n} predictions to {target} ({result.seconds:.2f} s, {rate:,.0f} images/s)", err=True)
+        click.echo(prediction_summary(result.predictions), err=True)
     else:
         click.echo(text, nl=False)
+    # Beside a table or a written file; json and csv on stdout are for programs and stay alone.
+    accuracy = folder_accuracy(result.predictions, result.class_names) if target or fmt == "table" else None
+    if accuracy is not None:
+        click.echo(accuracy.summary(), err=True)
     if failed:
         click.echo(f"qdkit: {failed} input(s) failed, {n} predicted", err=True)
         ctx.exit(1)

@@ -217,7 +217,7 @@ def train(ctx: click.Context, nproc: int | None, **options) -> None:
 
     Several processes: `--nproc N` on this machine; across M machines run `torchrun --nnodes M
     --nproc-per-node N --rdzv-backend c10d --rdzv-endpoint HOST:PORT -m qdkit train ...` on each
-    (README: Scaling out). --batch-size is the GLOBAL batch, split across the processes; only the
+    (docs/scaling.md). --batch-size is the GLOBAL batch, split across the processes; only the
     first process writes files and prints.
     """
     import os
@@ -258,6 +258,7 @@ def train(ctx: click.Context, nproc: int | None, **options) -> None:
         ctx.exit(exit_code(e))
     if rank == 0:
         click.echo(summary(metrics))
+        click.echo(f"next: qdkit export {metrics['best_checkpoint']}")
     ctx.exit(EXIT_OK)
 
 

@@ -12,16 +12,15 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
-import sys
 import time
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from qdkit.constants import DEFAULT_STORE, QDKIT_VERSION
 from qdkit.data.bitmaps import BitmapFile, bitmap_class, find_class_files, open_bitmaps, safe_dirname
@@ -32,6 +31,8 @@ from qdkit.errors import QdkitError
 from qdkit.files import atomic_path, disk_full_is_error, output_lock, sha256_file
 from qdkit.images import write_png
 from qdkit.outputs import mark_folder, marked_folder
+from qdkit.progress import progress as progress_bar
+from qdkit.progress import write_line
 from qdkit.workers import die_with_parent, sigterm_as_interrupt
 
 STORE_NAME = DEFAULT_STORE.name
@@ -121,7 +122,7 @@ def _stroke_rows(
 
     def skipped(count: int, first: str | None) -> None:
         info["skipped_invalid"] = count
-        tqdm.write(f"qdkit: warning: skipped {count} invalid drawing(s); first: {first}", file=sys.stderr)
+        write_line(f"qdkit: warning: skipped {count} invalid drawing(s); first: {first}")
 
     eligible = eligible_records(
         sf, index, pool, recognized_only=recognized_only, skip_invalid=skip_invalid, on_skip=skipped
@@ -174,7 +175,7 @@ def _check_outputs(out_dir: Path, png: bool, h5: bool) -> None:
         raise QdkitError(f"{out_dir / STORE_NAME}: is a folder, not a store qdkit writes (move it away first)")
 
 
-def _count_into(bar: tqdm) -> Callable[[Future], None]:
+def _count_into(bar: Any) -> Callable[[Future], None]:
     """A done-callback adding a finished PNG task's rows to the bar (failed or cancelled tasks add none)."""
     return lambda f: bar.update(f.result()) if not f.cancelled() and f.exception() is None else None
 
@@ -187,7 +188,7 @@ class _Outputs:
     png_tmp: Path | None  # the PNG folder being written, renamed into place at the end
     pool: ProcessPoolExecutor | None  # rasterizes strokes and encodes PNGs
     writer: StoreWriter | None
-    bar: tqdm
+    bar: Any  # qdkit.progress: a tqdm bar on a terminal, plain lines elsewhere
 
 
 def _start_pool(stack: contextlib.ExitStack, workers: int) -> ProcessPoolExecutor:
@@ -366,7 +367,7 @@ def convert(
             _start_pool(stack, workers) if png_tmp is not None or has_strokes else None,
             _open_writer(stack, h5_tmp, class_names, per_class, seed, has_strokes) if h5_tmp is not None else None,
             stack.enter_context(
-                tqdm(
+                progress_bar(
                     total=sum(per_class.values()) * len(files),
                     unit="img",
                     desc="convert",

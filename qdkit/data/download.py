@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import os
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -27,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from qdkit.constants import NPY_MAGIC
 from qdkit.data.bitmaps import (
@@ -58,6 +56,7 @@ from qdkit.data.httprange import (
 from qdkit.data.strokecount import LineCounter, RecordWalker, TooLong
 from qdkit.errors import QdkitError
 from qdkit.files import atomic_path
+from qdkit.progress import write_line
 
 DEFAULT_BASE_URL = "https://storage.googleapis.com/quickdraw_dataset"
 
@@ -188,7 +187,7 @@ def _rows_in(path: Path) -> int | None:
 
 
 def _skipped(final: Path, what: str) -> Path:
-    tqdm.write(f"{final}: already holds {what}, skipped", file=sys.stderr)
+    write_line(f"{final}: already holds {what}, skipped")
     return final
 
 

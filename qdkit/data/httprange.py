@@ -5,7 +5,7 @@ honoured); every later answer must agree, and every ranged request carries `If-R
 that changes on the server between two requests raises `FileChanged` instead of yielding a file
 made of two versions. A download grows `<file>.part`, which always holds a prefix of the remote
 file, beside `<file>.part.validator` recording the version it was fetched under, so a resume
-against another version starts over. Standard library only (and tqdm for the progress bar).
+against another version starts over. Standard library only (and qdkit.progress for the progress bar).
 """
 
 from __future__ import annotations
@@ -21,10 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
 from qdkit.constants import QDKIT_VERSION
 from qdkit.errors import QdkitError
+from qdkit.progress import progress
 
 CHUNK = 1 << 16
 MIN_RATE = 1024  # bytes/s: a server slower than this over RATE_WINDOW seconds is given up on
@@ -264,7 +263,7 @@ def append_range(
     added = 0
     with (
         response,
-        tqdm(
+        progress(
             total=need, initial=held, unit="B", unit_scale=True, unit_divisor=1024, desc=remote.name, file=sys.stderr
         ) as bar,
     ):

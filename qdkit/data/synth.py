@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from tqdm import tqdm
 
 from qdkit.data.bitmaps import PIXELS, bitmap_filename, save_bitmaps
 from qdkit.errors import QdkitError
 from qdkit.files import atomic_path
+from qdkit.progress import progress
 from qdkit.strokes import Drawing, rasterize_many, simplify
 
 CLASS_NAMES: tuple[str, ...] = (
@@ -263,7 +263,7 @@ def write_synth(
                 raise QdkitError(f"{path}: already exists (pass --overwrite to replace it)")
     created_dir = not out_dir.exists()
     new = [path for path in paths if not path.exists()]
-    bar = tqdm(list(zip(names, paths, strict=True)), desc="synth", unit="class")
+    bar = progress(list(zip(names, paths, strict=True)), desc="synth", unit="class")
     try:
         for index, (name, path) in enumerate(bar):
             bar.set_postfix_str(name)

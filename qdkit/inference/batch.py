@@ -30,6 +30,8 @@ class FileResults:
     predictions: list[Prediction] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    model: Path | None = None  # the model file used (the newest export when none was given)
+    class_names: list[str] = field(default_factory=list)
 
 
 def _size(path: Path) -> int:
@@ -62,6 +64,7 @@ def predict_files(
             warn(msg)
 
     model_path = check_model_file(model if model is not None else default_model_path())  # before any decoding
+    result.model = model_path
     files, problems = expand_paths(specs)
     if not files:  # said once, as the error
         raise QdkitError(problems[0] if len(problems) == 1 else "nothing to predict: " + "; ".join(problems))
@@ -80,6 +83,7 @@ def predict_files(
     try:
         first = next(decoded, None)
         predictor = Predictor(model_path, threads=threads, batch_size=batch_size, warn=warn, spin=workers <= 1)
+        result.class_names = list(predictor.class_names)
         for part in itertools.chain([first] if first else [], decoded):
             for msg in part.errors:
                 failed(msg)

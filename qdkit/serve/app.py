@@ -31,6 +31,7 @@ from qdkit.inference.v2spec import DEFAULT_NAME, MAX_BATCH, QUEUE_DELAY_US, chec
 from qdkit.serve import schemas
 from qdkit.serve.batcher import DynamicBatcher
 from qdkit.serve.binary import read_body
+from qdkit.serve.docs import install_offline_docs
 from qdkit.serve.errors import ApiError, BodyLimit, install_error_handlers, json_response
 from qdkit.serve.requests import (
     MAX_DRAWINGS,
@@ -155,6 +156,7 @@ def create_app(
         description="Quick, Draw! doodles -> the classes a qdkit model sees in them. "
         "POST /predict takes strokes or an image; /v2 is the Open Inference Protocol.",
     )
+    install_offline_docs(app)
     app.state.service = service
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit=service.max_body)

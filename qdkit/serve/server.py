@@ -57,6 +57,19 @@ def _default_model() -> Path:
         ) from None
 
 
+def open_browser(url: str, echo: Callable[[str], None]) -> bool:
+    """Open `url` in the default browser; when none can be opened (a server without a display), say so."""
+    import webbrowser
+
+    try:
+        opened = webbrowser.open(url)
+    except Exception:  # a broken browser entry is the same as none
+        opened = False
+    if not opened:
+        echo(f"qdkit serve: no web browser could be opened here; open {url} yourself")
+    return opened
+
+
 def serve(
     model: str | os.PathLike | None = None,
     *,
@@ -109,9 +122,7 @@ def serve(
     }
     url = url_of(sock, host)
     if open_page:
-        import webbrowser
-
-        threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
+        threading.Thread(target=open_browser, args=(url, echo), daemon=True).start()
     line = (
         f"qdkit serve: {url} (model {path}, {len(facts['classes'])} classes, "
         f"{workers} worker{'s' if workers > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}, "

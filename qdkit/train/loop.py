@@ -186,7 +186,8 @@ class Trainer:
         totals = torch.tensor(state.partial_sums(), dtype=torch.float64, device=self.device)
         rows = epoch_indices(self.parts.loader, epoch, start_step)  # a resumed epoch skips without reading
         batches = (fetch(self.data.train, idx) for idx in rows)
-        bar = _progress_bar(cfg, epoch, steps, start_step) if cfg.progress and info.is_main else None
+        first, self._epoch_trained = not getattr(self, "_epoch_trained", False), True
+        bar = _progress_bar(cfg, epoch, steps, start_step, first) if cfg.progress and info.is_main else None
         t0 = time.perf_counter()
         step, stopped = start_step, False
         try:
@@ -307,10 +308,14 @@ class Trainer:
         return self.reporter.run_done(self.plan, self.state, test)
 
 
-def _progress_bar(cfg: RunSettings, epoch: int, steps: int, start_step: int) -> Any:
-    from tqdm import tqdm
+def _progress_bar(cfg: RunSettings, epoch: int, steps: int, start_step: int, first: bool) -> Any:
+    from qdkit.progress import progress
 
-    return tqdm(
+    # A bar on a terminal. Elsewhere one line halfway through the first epoch (an early ETA); after
+    # that the epoch's own line says it all.
+    return progress(
+        lines=2 if first else 0,
+        final=False,
         total=steps * cfg.batch_size,
         initial=start_step * cfg.batch_size,
         desc=f"epoch {epoch}/{cfg.epochs}",

@@ -22,6 +22,7 @@ from typing import Any
 from qdkit.checkpoint import save_checkpoint, write_atomic
 from qdkit.errors import QdkitError
 from qdkit.files import disk_full_is_error
+from qdkit.progress import format_seconds, plural, write_line
 from qdkit.train.devices import precision_name
 from qdkit.train.distributed import DistInfo, broadcast_object
 from qdkit.train.plan import RunPlan, RunSettings, check_run_folder_free, default_run_name, format_lr, run_folders
@@ -30,9 +31,7 @@ from qdkit.train.state import RunState
 
 def console(message: str) -> None:
     """A line on stderr that does not break a tqdm progress bar."""
-    from tqdm import tqdm
-
-    tqdm.write(message, file=sys.stderr)
+    write_line(message, sys.stderr)
 
 
 def reserve_run(cfg: RunSettings) -> str:
@@ -60,6 +59,15 @@ def reserve_run(cfg: RunSettings) -> str:
             raise QdkitError(f"{log}: cannot create TensorBoard folder ({err.strerror})") from err
         return name
     raise QdkitError(f"{Path(cfg.artifacts_dir) / base}: too many runs with this name")
+
+
+def run_eta(history: list[dict[str, float]], epochs: int) -> str:
+    """'  ETA 3 min 10 s' for the epochs still to come (the mean epoch of this run so far), or ''."""
+    left = epochs - int(history[-1]["epoch"])
+    seconds = [float(r["epoch_seconds"]) for r in history if float(r.get("epoch_seconds", 0)) > 0]
+    if left <= 0 or not seconds:
+        return ""
+    return f"  ETA {format_seconds(left * sum(seconds) / len(seconds))}"
 
 
 class Reporter:
@@ -183,7 +191,18 @@ class Reporter:
             f"epoch {e:>3}/{self.cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.2%}"
             f"  val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.2%}{' *' if improved else '  '}"
             f"  lr {row['lr']:.2e}  {row['img_per_s']:.0f} img/s  {row['epoch_seconds']:.1f}s"
+            f"{run_eta(history, self.cfg.epochs)}"
         )
+
+    def write_curves(self, history: list[dict[str, float]], test_acc: float | None) -> None:
+        """curves.png beside metrics.json: accuracy and loss per epoch (qdkit.train.curves)."""
+        from qdkit.train.curves import write_run_curves
+
+        title = f"{self.run_name}: {self.cfg.model}, lr {format_lr(self.cfg.lr)}, batch {self.cfg.batch_size}"
+        if test_acc is not None:
+            title += f"; test accuracy {test_acc:.2%}"
+        with disk_full_is_error(self.art_dir / "curves.png"):
+            write_run_curves(history, self.art_dir / "curves.png", title)
 
     def header(self, plan: RunPlan, state: RunState) -> str:
         """The console line that starts (or resumes) the run."""
@@ -199,7 +218,7 @@ class Reporter:
             f"run {self.run_name}: {cfg.model} on {len(data.class_names)} classes, "
             f"{len(data.train)} train / {len(data.validation)} validation drawings; "
             f"{precision_name(plan.amp_dtype)} on {where}; lr {format_lr(cfg.lr)}, batch {cfg.batch_size}, "
-            f"{cfg.epochs} epochs, {cfg.optimizer}, {cfg.schedule}"
+            f"{plural(cfg.epochs, 'epoch')}, {cfg.optimizer}, {cfg.schedule}"
         )
 
     def run_done(self, plan: RunPlan, state: RunState, test: tuple[float, float] | None) -> dict[str, Any]:
@@ -237,6 +256,7 @@ class Reporter:
         if not self.active:
             return metrics
         write_atomic(self.art_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        self.write_curves(state.history, test_acc)
         hparams = {
             "model": cfg.model,
             "lr": cfg.lr,

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from qdkit.errors import QdkitError
+from qdkit.progress import plural
 from qdkit.train.devices import rank_device
 from qdkit.train.distributed import dist_info, process_group
 from qdkit.train.loop import Trainer, TrainingInterrupted
@@ -100,11 +101,12 @@ def summary(metrics: dict[str, Any]) -> str:
         [
             f"run        {metrics['run_name']}",
             f"model      {metrics['model']}  lr {format_lr(metrics['lr'])}  batch {metrics['batch_size']}  "
-            f"{metrics['optimizer']}  {metrics['epochs']}/{metrics['epochs_planned']} epochs",
+            f"{metrics['optimizer']}  {metrics['epochs']}/{plural(metrics['epochs_planned'], 'epoch')}",
             f"accuracy   test {test}  (best validation {metrics['best_val_accuracy']:.2%} "
             f"at epoch {metrics['best_epoch']})",
             f"time       {metrics['train_seconds']:.0f}s training on {where} ({metrics['precision']})",
-            f"saved      {Path(metrics['best_checkpoint']).parent}/ (best.pt, last.pt, results.csv, metrics.json); "
+            f"saved      {Path(metrics['best_checkpoint']).parent}/ "
+            "(best.pt, last.pt, results.csv, metrics.json, curves.png); "
             f"TensorBoard: {metrics['tensorboard']}",
         ]
     )

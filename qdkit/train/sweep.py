@@ -11,6 +11,7 @@ trains only what is missing: no run is ever lost or overwritten.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -20,6 +21,8 @@ from typing import Any
 from qdkit.checkpoint import write_atomic
 from qdkit.data.store import open_store
 from qdkit.errors import QdkitError
+from qdkit.progress import format_seconds, plural
+from qdkit.train.curves import read_results, write_sweep_figures
 from qdkit.train.loop import TrainingInterrupted
 from qdkit.train.plan import TrainConfig, check_run_name, format_lr
 from qdkit.train.recipes import SWEEP_BATCH_SIZES, SWEEP_LRS
@@ -39,6 +42,28 @@ class SweepResult:
 
 def cell_name(lr: float, batch_size: int) -> str:
     return f"lr{format_lr(lr)}-bs{batch_size}"
+
+
+class SweepClock:
+    """The sweep's overall ETA: the mean wall time of the cells trained so far times the cells left."""
+
+    def __init__(self, cells: int) -> None:
+        self.cells, self.done, self._t0 = cells, 0, 0.0
+        self.seconds: list[float] = []
+
+    def next_cell(self) -> None:
+        self.done += 1
+
+    def start(self) -> None:
+        self._t0 = time.monotonic()
+
+    def trained(self) -> str:
+        self.seconds.append(time.monotonic() - self._t0)
+        left = self.cells - self.done
+        line = f"{self.done}/{self.cells} cells done"
+        if left:
+            line += f"; about {format_seconds(left * sum(self.seconds) / len(self.seconds))} left for the sweep"
+        return line
 
 
 def sweep(
@@ -67,9 +92,11 @@ def sweep(
     runs = Path(base.runs_dir) / name
     say = log or console
     result = SweepResult(name, folder, "")
+    eta = SweepClock(len(lrs) * len(batch_sizes))
     try:
         for lr in lrs:
             for bs in batch_sizes:
+                eta.next_cell()
                 cell = cell_name(lr, bs)
                 run_dir = folder / cell
                 cfg = replace(base, lr=lr, batch_size=bs, run_name=cell, runs_dir=str(runs), artifacts_dir=str(folder))
@@ -87,7 +114,9 @@ def sweep(
                 else:
                     say(f"[{name}] {cell}: training")
                 try:
+                    eta.start()
                     result.cells[(lr, bs)] = train(cfg, log=log)
+                    say(f"[{name}] {eta.trained()}")
                 except TrainingInterrupted:
                     raise
                 except QdkitError as e:  # e.g. divergence at a high lr: record it, go on with the grid
@@ -105,6 +134,8 @@ def sweep(
 def _write(result: SweepResult, lrs: list[float], batch_sizes: list[int], base: TrainConfig) -> None:
     result.table = markdown_table(result.cells, lrs, batch_sizes, base, result.name)
     write_atomic(result.folder / "sweep.md", result.table)
+    runs = {cell: read_results(result.folder / cell_name(*cell) / "results.csv") for cell in result.cells}
+    write_sweep_figures(runs, result.folder, format_lr)
     rows = [
         {
             "lr": lr,
@@ -147,7 +178,8 @@ def markdown_table(
     accs = [m["test_accuracy"] for m in cells.values() if m.get("test_accuracy") is not None]
     best = max(accs) if accs else None
     lines = [
-        f"## Test accuracy: {base.model}, {base.epochs} epochs, {base.optimizer}" + (f" ({name})" if name else ""),
+        f"## Test accuracy: {base.model}, {plural(base.epochs or 0, 'epoch')}, {base.optimizer}"
+        + (f" ({name})" if name else ""),
         "",
         f"Data `{base.data}`; best run in bold; validation-selected checkpoint (best.pt) of each run.",
         "",

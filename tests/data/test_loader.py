@@ -306,6 +306,7 @@ def test_training_on_a_store_truncated_under_it_stops_with_one_line(store_path, 
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        env=dict(os.environ, QDKIT_PROGRESS="bar"),  # the bar names epoch 2 as it starts (a pipe gets no bar)
     )
     seen, deadline = b"", time.monotonic() + 240
     while b"epoch 2/" not in seen and time.monotonic() < deadline and proc.poll() is None:

@@ -101,8 +101,9 @@ def test_formats_globs_and_output_file(model, png_dir, tmp_path):
     )
     assert [Path(r["path"]) for r in js] == files
     assert all(len(r["top"]) == 3 and abs(sum(t["probability"] for t in r["top"])) <= 1 + 1e-6 for r in js)
-    table = clean_run(runner.invoke(main, ["predict", str(files[0]), str(files[1]), "--model", str(onnx_path)]))
-    assert len(table.splitlines()) == 2 and str(files[0]) in table and "%" in table
+    table = clean_run(ran := runner.invoke(main, ["predict", str(files[0]), str(files[1]), "--model", str(onnx_path)]))
+    assert len(ran.stdout.splitlines()) == 2 and str(files[0]) in table and "%" in table
+    assert "accuracy on 2 input(s) in class-named folders: top-1" in table  # on stderr, after the table
     # These PNGs are dark ink on light: --invert yes is what auto decides, --invert no is not.
     auto = clean_run(runner.invoke(main, ["predict", pattern, "--model", str(onnx_path), "--format", "csv"]))
     assert (

@@ -32,7 +32,7 @@ from qdkit.train.evaluation import evaluate
 
 TIMEOUT = 120  # seconds per launch; a hung process group fails the test instead of the suite
 BATCH, EPOCHS = 32, 2  # 800 train drawings: 25 global steps per epoch, 16 drawings per rank and step
-OUTPUTS = {"best.pt", "last.pt", "results.csv", "metrics.json"}
+OUTPUTS = {"best.pt", "last.pt", "results.csv", "metrics.json", "curves.png"}
 
 
 def _args(store: Path, root: Path, name: str) -> list[str]:

@@ -279,6 +279,9 @@ def test_sweep_writes_its_table(store_path, tmp_path):
     runs = sorted(p.name for p in (tmp_path / "runs" / "grid").iterdir())
     assert runs == ["lr1e-03-bs128", "lr1e-03-bs64", "lr3e-03-bs128", "lr3e-03-bs64"]
     assert all(list((tmp_path / "runs" / "grid" / r).glob("events.out.tfevents.*")) for r in runs)
+    figures = sorted(p.name for p in (tmp_path / "artifacts" / "grid").glob("lr*.png"))  # one per lr, beside sweep.md
+    assert figures == ["lr1e-03.png", "lr3e-03.png"]
+    assert all((tmp_path / "artifacts" / "grid" / r / "curves.png").is_file() for r in runs)
     # Running the same sweep again keeps the finished runs (nothing is retrained or overwritten).
     again = sweep([3e-3, 1e-3], [64, 128], base, name="grid", log=lambda s: None)
     assert again.table == result.table
