@@ -280,3 +280,47 @@ def serve_bucket(root: Path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+# Synthetic stroke files in the official layouts (random strokes; download tests and hostile variants)
+def synthetic_ndjson(n: int, seed: int = 0, word: str = "cat", raw: bool = False) -> bytes:
+    import json
+
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i in range(n):
+        strokes = []
+        for _ in range(int(rng.integers(1, 6))):
+            k = int(rng.integers(2, 40))
+            stroke = [rng.integers(0, 256, k).tolist(), rng.integers(0, 256, k).tolist()]
+            if raw:
+                stroke.append(sorted(rng.integers(0, 10000, k).tolist()))
+            strokes.append(stroke)
+        lines.append(
+            json.dumps(
+                {
+                    "word": word,
+                    "countrycode": "US",
+                    "timestamp": "2017-03-01 12:00:00.00000 UTC",
+                    "recognized": bool(i % 3),
+                    "key_id": str(5000000000000000 + i),
+                    "drawing": strokes,
+                }
+            )
+        )
+    return ("\n".join(lines) + "\n").encode()
+
+
+def synthetic_binary(n: int, seed: int = 0) -> list[bytes]:
+    """n records in the published binary layout."""
+    import struct
+
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(n):
+        strokes = [int(rng.integers(1, 60)) for _ in range(int(rng.integers(1, 7)))]
+        rec = struct.pack("<Q2sbIH", 4000000000000000 + i, b"DE", i % 2, 1490000000 + i, len(strokes))
+        for k in strokes:
+            rec += struct.pack("<H", k) + rng.integers(0, 256, 2 * k).astype(np.uint8).tobytes()
+        records.append(rec)
+    return records

@@ -14,7 +14,7 @@ PUBLIC = {
     "qdkit.strokes": [
         "EPSILON", "MAX_POINTS", "MAX_RAW_COORD", "MAX_STROKES", "SIDE", "Drawing", "StrokeError",
         "binary_record_end", "pack_binary", "parse_drawing", "parse_ndjson_line", "parse_strokes", "rasterize",
-        "rasterize_many", "read_binary", "simplify", "to_bitmap",
+        "rasterize_many", "read_binary", "simplified", "simplify", "to_bitmap",
     ],
     "qdkit.data": [
         "BatchLoader", "QuickDrawDataset", "Store", "StoreWriter", "convert", "download_classes", "find_class_files",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _helpers import FakeBucket, serve_bucket
+from _helpers import FakeBucket, serve_bucket, synthetic_binary, synthetic_ndjson
 from click.testing import CliRunner
 
 from qdkit.cli import main
@@ -298,52 +298,9 @@ def test_negative_shape_from_the_server_is_one_line(bucket, out):
 # --- issue 8 item 4: the stroke formats -------------------------------------------------------------
 
 
-def _ndjson(n: int, seed: int = 0, word: str = "cat", raw: bool = False) -> bytes:
-    import json
-
-    rng = np.random.default_rng(seed)
-    lines = []
-    for i in range(n):
-        strokes = []
-        for _ in range(int(rng.integers(1, 6))):
-            k = int(rng.integers(2, 40))
-            stroke = [rng.integers(0, 256, k).tolist(), rng.integers(0, 256, k).tolist()]
-            if raw:
-                stroke.append(sorted(rng.integers(0, 10000, k).tolist()))
-            strokes.append(stroke)
-        lines.append(
-            json.dumps(
-                {
-                    "word": word,
-                    "countrycode": "US",
-                    "timestamp": "2017-03-01 12:00:00.00000 UTC",
-                    "recognized": bool(i % 3),
-                    "key_id": str(5000000000000000 + i),
-                    "drawing": strokes,
-                }
-            )
-        )
-    return ("\n".join(lines) + "\n").encode()
-
-
-def _binary(n: int, seed: int = 0) -> list[bytes]:
-    """n records in the published binary layout."""
-    import struct
-
-    rng = np.random.default_rng(seed)
-    records = []
-    for i in range(n):
-        strokes = [int(rng.integers(1, 60)) for _ in range(int(rng.integers(1, 7)))]
-        rec = struct.pack("<Q2sbIH", 4000000000000000 + i, b"DE", i % 2, 1490000000 + i, len(strokes))
-        for k in strokes:
-            rec += struct.pack("<H", k) + rng.integers(0, 256, 2 * k).astype(np.uint8).tobytes()
-        records.append(rec)
-    return records
-
-
 @pytest.mark.parametrize("fmt", ["simplified", "raw"])
 def test_ndjson_limit_fetches_whole_lines_with_growing_ranges(bucket, out, fmt):
-    data = _ndjson(3000, raw=fmt == "raw")
+    data = synthetic_ndjson(3000, raw=fmt == "raw")
     bucket.add_file(fmt, "cat.ndjson", data)
     (path,) = download_classes(["cat"], out, limit=37, base_url=bucket.url, timeout=5, fmt=fmt)
     assert path == out / f"full_{fmt}_cat.ndjson"
@@ -366,7 +323,7 @@ def test_ndjson_limit_needing_many_ranges(bucket, out):
 
 
 def test_ndjson_whole_file_and_limit_beyond_it(bucket, out):
-    data = _ndjson(40)[:-1]  # the last line without its newline: still a drawing
+    data = synthetic_ndjson(40)[:-1]  # the last line without its newline: still a drawing
     bucket.add_file("simplified", "The Eiffel Tower.ndjson", data)
     (path,) = download_classes(["The Eiffel Tower"], out, base_url=bucket.url, timeout=5, fmt="simplified")
     assert path.name == "full_simplified_The Eiffel Tower.ndjson" and path.read_bytes() == data
@@ -379,7 +336,7 @@ def test_ndjson_whole_file_and_limit_beyond_it(bucket, out):
 
 
 def test_binary_limit_walks_whole_records(bucket, out):
-    records = _binary(2000)
+    records = synthetic_binary(2000)
     bucket.add_file("binary", "cat.bin", b"".join(records))
     (path,) = download_classes(["cat"], out, limit=123, base_url=bucket.url, timeout=5, fmt="binary")
     assert path == out / "full_binary_cat.bin"
@@ -388,7 +345,7 @@ def test_binary_limit_walks_whole_records(bucket, out):
 
 
 def test_binary_whole_file_is_checked_to_the_last_record(bucket, out):
-    records = _binary(50, seed=1)
+    records = synthetic_binary(50, seed=1)
     bucket.add_file("binary", "cat.bin", b"".join(records))
     (path,) = download_classes(["cat"], out, base_url=bucket.url, timeout=5, fmt="binary")
     assert path.read_bytes() == b"".join(records)
@@ -408,7 +365,7 @@ def test_binary_record_claiming_gigabytes_is_refused(bucket, out):
 
 
 def test_ndjson_limited_download_resumes_after_a_cut(bucket, out):
-    data = _ndjson(3000, seed=2)
+    data = synthetic_ndjson(3000, seed=2)
     bucket.add_file("simplified", "cat.ndjson", data)
     bucket.mode = "cut"
     with pytest.raises(QdkitError, match="run again to resume"):
@@ -438,17 +395,17 @@ def test_ndjson_that_is_something_else(bucket, out, body, what):
 
 
 def test_stroke_file_changing_during_a_limited_download(bucket, out):
-    data = _ndjson(3000, seed=4)
+    data = synthetic_ndjson(3000, seed=4)
     path = bucket.add_file("simplified", "cat.ndjson", data)
-    bucket.before_request = lambda n: path.write_bytes(_ndjson(3000, seed=7)) if n == 2 else None
+    bucket.before_request = lambda n: path.write_bytes(synthetic_ndjson(3000, seed=7)) if n == 2 else None
     with pytest.raises(QdkitError, match="changed on the server during the download"):
         download_classes(["cat"], out, limit=2000, base_url=bucket.url, timeout=5, fmt="simplified")
     assert list(out.iterdir()) == []
 
 
 def test_cli_download_formats(bucket, out):
-    bucket.add_file("simplified", "cat.ndjson", _ndjson(30))
-    bucket.add_file("binary", "cat.bin", b"".join(_binary(30)))
+    bucket.add_file("simplified", "cat.ndjson", synthetic_ndjson(30))
+    bucket.add_file("binary", "cat.bin", b"".join(synthetic_binary(30)))
     for fmt, name in (("simplified", "full_simplified_cat.ndjson"), ("binary", "full_binary_cat.bin")):
         result = CliRunner().invoke(
             main,
@@ -479,9 +436,9 @@ def test_downloaded_stroke_files_convert(bucket, out, tmp_path, fmt):
 
     for seed, name in enumerate(("cat", "dog")):
         if fmt == "binary":
-            bucket.add_file("binary", f"{name}.bin", b"".join(_binary(200, seed=seed)))
+            bucket.add_file("binary", f"{name}.bin", b"".join(synthetic_binary(200, seed=seed)))
         else:
-            bucket.add_file(fmt, f"{name}.ndjson", _ndjson(200, seed=seed, word=name, raw=fmt == "raw"))
+            bucket.add_file(fmt, f"{name}.ndjson", synthetic_ndjson(200, seed=seed, word=name, raw=fmt == "raw"))
     runner = CliRunner()
     got = runner.invoke(
         main,
