@@ -206,7 +206,7 @@ def encode_requests(host: str, port: int, drawings: list, mode: str = "predict")
     return out
 
 
-async def _client(
+async def http_client(
     host: str,
     port: int,
     requests: list[bytes],
@@ -298,7 +298,7 @@ async def _load(host: str, port: int, requests: list, clients: int, seconds: flo
     else:
 
         def one(offset: int, until: float, lat: list[float]) -> Any:
-            return _client(host, port, requests, offset, until, lat, errors, MARKERS[mode])
+            return http_client(host, port, requests, offset, until, lat, errors, MARKERS[mode])
 
     await asyncio.gather(*(one(7919 * c, warm, warm_latencies) for c in range(clients)))
     start = time.perf_counter()

@@ -35,7 +35,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serve import LOAD_GENERATOR, REPO, cpu_seconds, make_model, real_or_synthetic_drawings  # noqa: E402
+from bench_serve import (  # noqa: E402
+    LOAD_GENERATOR,
+    REPO,
+    cpu_seconds,
+    http_client,
+    make_model,
+    real_or_synthetic_drawings,
+)
 
 CLIENTS = (1, 16)
 
@@ -76,50 +83,20 @@ def encode(host: str, port: int, path: str, bodies: list[bytes]) -> list[bytes]:
 # ----------------------------------------------------------------------------- the load generator
 
 
-async def _client(
-    host: str,
-    port: int,
-    requests: list[bytes],
-    marker: bytes,
-    offset: int,
-    until: float,
-    latencies: list[float],
-    errors: list[str],
-) -> None:
-    reader, writer = await asyncio.open_connection(host, port)
-    i = offset
-    try:
-        while time.perf_counter() < until:
-            request = requests[i % len(requests)]
-            i += 1
-            start = time.perf_counter()
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            body = await reader.readexactly(length)
-            latencies.append(time.perf_counter() - start)
-            if not head.startswith(b"HTTP/1.1 200") or marker not in body:
-                errors.append(head.split(b"\r\n", 1)[0].decode() + " " + body[:200].decode(errors="replace"))
-    except (OSError, asyncio.IncompleteReadError) as e:
-        errors.append(f"connection: {e!r}")
-    finally:
-        writer.close()
-
-
 async def _load(host: str, port: int, requests: list[bytes], marker: bytes, clients: int, seconds: float) -> dict:
     latencies: list[float] = []
     warm: list[float] = []
     errors: list[str] = []
     until = time.perf_counter() + 0.5
     await asyncio.gather(
-        *(_client(host, port, requests, marker, 7919 * c, until, warm, errors) for c in range(clients))
+        *(http_client(host, port, requests, 7919 * c, until, warm, errors, marker) for c in range(clients))
     )
     start = time.perf_counter()
     await asyncio.gather(
-        *(_client(host, port, requests, marker, 104729 * c, start + seconds, latencies, errors) for c in range(clients))
+        *(
+            http_client(host, port, requests, 104729 * c, start + seconds, latencies, errors, marker)
+            for c in range(clients)
+        )
     )
     wall = time.perf_counter() - start
     ms = np.array(latencies) * 1000

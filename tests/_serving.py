@@ -53,15 +53,7 @@ def running_server(model: Path, *args: str, timeout: float = 60) -> Iterator[Ser
         env=env,
         cwd=REPO,
     )
-    lines: queue.Queue = queue.Queue()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
+    lines = output_lines(proc)
     try:
         first = lines.get(timeout=timeout)
         match = URL_LINE.match(first or "")
@@ -99,3 +91,17 @@ def shared_simplified(word: str, limit: int) -> list[dict]:
     """The first `limit` drawings of ../shared/quickdraw/strokes/<word>.ndjson (simplified strokes)."""
     with open(SHARED_STROKES / f"{word}.ndjson", encoding="utf-8") as f:
         return [json.loads(line) for _, line in zip(range(limit), f, strict=False)]
+
+
+def output_lines(proc: subprocess.Popen) -> queue.Queue:
+    """A queue of the lines the process prints (stdout, text mode), read in a thread; None at its end."""
+    lines: queue.Queue = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines

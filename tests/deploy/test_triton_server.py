@@ -16,13 +16,12 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from _helpers import clean_run, exported, one_line_error
-from _serving import REPO, SHARED_STROKES, running_server, shared_simplified, synthetic_drawings
+from _serving import REPO, SHARED_STROKES, output_lines, running_server, shared_simplified, synthetic_drawings
 from click.testing import CliRunner
 
 from qdkit.cli import main
@@ -114,15 +113,7 @@ def triton(repo):
         text=True,
         env=dict(os.environ, PYTHONUNBUFFERED="1"),
     )
-    lines: queue.Queue = queue.Queue()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
+    lines = output_lines(proc)
     server = Triton(proc, http_port, grpc_port, lines)
     try:
         while True:
