@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -24,6 +25,9 @@ from qdkit.serve.errors import ApiError
 from qdkit.strokes import Drawing, StrokeError, parse_drawing, simplified
 
 MAX_IMAGE_PIXELS = 4096 * 4096  # an upload decoding to more pixels is refused before it is decoded
+MAX_IMAGE_SIDE = 16384  # ... and one longer than this on a side (a 1x700,000 strip is no drawing)
+IMAGE_DECODERS = 2  # uploads decoded at once (each up to ~200 MB at MAX_IMAGE_PIXELS); others wait their turn
+_DECODING = threading.BoundedSemaphore(IMAGE_DECODERS)
 IMAGE_FORMATS = ["PNG", "JPEG", "GIF", "BMP", "WEBP"]
 PREDICT_KEYS = ("drawing", "drawings", "simplified")
 DATASET_KEYS = ("word", "countrycode", "timestamp", "recognized", "key_id")  # of an ndjson line: ignored
@@ -175,7 +179,12 @@ def image_to_bitmap(data: bytes, invert: str = "auto") -> np.ndarray:
                         f"image: {width}x{height} pixels is over the limit of "
                         f"{MAX_IMAGE_PIXELS:,} (a decompression-bomb guard)",
                     )
-                return image_to_drawing(ImageOps.exif_transpose(im), invert)
+                if max(width, height) > MAX_IMAGE_SIDE:
+                    raise ApiError(
+                        413, f"image: {width}x{height} pixels is longer than {MAX_IMAGE_SIDE:,} pixels on a side"
+                    )
+                with _DECODING:  # memory: at most IMAGE_DECODERS images decoded at a time
+                    return image_to_drawing(ImageOps.exif_transpose(im), invert)
     except ApiError:
         raise
     except Image.UnidentifiedImageError:
