@@ -32,9 +32,11 @@ from qdkit.serve import schemas
 from qdkit.serve.batcher import DynamicBatcher, ItemErrors, JobItemError
 from qdkit.serve.binary import read_body
 from qdkit.serve.errors import ApiError, BodyLimit, install_error_handlers, json_response
+from qdkit.serve.protocol import MAX_HEAD_BYTES
 from qdkit.serve.requests import (
     MAX_DRAWINGS,
     MAX_IMAGE_PIXELS,
+    MAX_IMAGE_SIDE,
     field_of,
     image_to_bitmap,
     needs_simplifying,
@@ -106,6 +108,8 @@ class Service:
                 "max_points": MAX_POINTS,
                 "max_drawings": MAX_DRAWINGS,
                 "max_image_pixels": MAX_IMAGE_PIXELS,
+                "max_image_side": MAX_IMAGE_SIDE,
+                "max_head_bytes": MAX_HEAD_BYTES,
                 "max_body_bytes": self.max_body,
                 "max_batch": self.batcher.max_batch,
             },

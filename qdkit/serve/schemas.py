@@ -55,6 +55,8 @@ class Limits(BaseModel):
     max_points: int
     max_drawings: int
     max_image_pixels: int
+    max_image_side: int
+    max_head_bytes: int
     max_body_bytes: int
     max_batch: int
 
