@@ -75,3 +75,8 @@ if HttpToolsProtocol is not None:
                     return
                 self._head_bytes += len(piece)
                 super().data_received(piece)
+                if self.transport.get_protocol() is not self:  # upgraded (websocket): the rest is not HTTP
+                    if start + _SLICE < len(data):
+                        upgraded: Any = self.transport.get_protocol()
+                        upgraded.data_received(bytes(view[start + _SLICE :]))
+                    return
