@@ -29,19 +29,25 @@ from qdkit.inference.onnxmodel import is_quantized
 from qdkit.inference.predictor import Predictor
 from qdkit.inference.v2spec import DEFAULT_NAME, MAX_BATCH, QUEUE_DELAY_US, check_name
 from qdkit.serve import schemas
-from qdkit.serve.batcher import DynamicBatcher
+from qdkit.serve.batcher import DynamicBatcher, ItemErrors, JobItemError
 from qdkit.serve.binary import read_body
 from qdkit.serve.docs import install_offline_docs
 from qdkit.serve.errors import ApiError, BodyLimit, install_error_handlers, json_response
+from qdkit.serve.protocol import MAX_HEAD_BYTES
 from qdkit.serve.requests import (
     MAX_DRAWINGS,
     MAX_IMAGE_PIXELS,
+    MAX_IMAGE_SIDE,
+    field_of,
     image_to_bitmap,
+    needs_simplifying,
     parse_json,
     predict_drawings,
     predict_query,
+    simplify_all,
+    stroke_error,
 )
-from qdkit.strokes import MAX_POINTS, MAX_STROKES, Drawing, rasterize_many
+from qdkit.strokes import MAX_POINTS, MAX_STROKES, Drawing, StrokeError, rasterize_many
 
 DEFAULT_MAX_BODY = 4 * 1024 * 1024  # bytes of one request body (--max-body-mb)
 DEFAULT_MAX_WAIT = QUEUE_DELAY_US / 1e6  # seconds a batch may wait for more requests
@@ -66,15 +72,23 @@ class Service:
         started = time.perf_counter_ns()
         bitmaps = np.empty((len(items), SIDE, SIDE), np.uint8)
         strokes = [i for i, item in enumerate(items) if isinstance(item, Drawing)]
-        if strokes:
-            bitmaps[strokes] = rasterize_many([item for item in items if isinstance(item, Drawing)])
+        errors: list[tuple[int, StrokeError]] = []
+        if strokes:  # simplified when their request was read; errors= keeps one bad drawing to itself
+            drawn = rasterize_many([item for item in items if isinstance(item, Drawing)], errors=errors)
+            bitmaps[strokes] = drawn
         for i, item in enumerate(items):
             if not isinstance(item, Drawing):
                 bitmaps[i] = item
         ready = time.perf_counter_ns()
         logits, probs = self.predictor.logits_and_proba(bitmaps)
         self.stats.last_split = (ready - started, time.perf_counter_ns() - ready)
+        if errors:
+            raise ItemErrors((bitmaps, logits, probs), {strokes[i]: e for i, e in errors})
         return bitmaps, logits, probs
+
+    def ready(self) -> str | None:
+        """None when the service takes traffic; else why not (the batcher is saturated)."""
+        return self.batcher.saturated()
 
     def facts(self) -> dict[str, Any]:
         meta = self.predictor.metadata
@@ -95,6 +109,8 @@ class Service:
                 "max_points": MAX_POINTS,
                 "max_drawings": MAX_DRAWINGS,
                 "max_image_pixels": MAX_IMAGE_PIXELS,
+                "max_image_side": MAX_IMAGE_SIDE,
+                "max_head_bytes": MAX_HEAD_BYTES,
                 "max_body_bytes": self.max_body,
                 "max_batch": self.batcher.max_batch,
             },
@@ -198,7 +214,10 @@ def create_app(
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         items: Sequence[Drawing | np.ndarray]
         if ctype in JSON_TYPES:
-            items, single = predict_drawings(parse_json(await read_body(request, service.max_body)))
+            drawings, single = predict_drawings(parse_json(await read_body(request, service.max_body)))
+            if needs_simplifying(drawings):
+                drawings = await run_in_threadpool(simplify_all, drawings, single)
+            items = drawings
         elif ctype == "multipart/form-data":
             items, single = [await run_in_threadpool(image_to_bitmap, await _upload(request), invert)], True
         elif ctype.startswith("image/") or ctype == "application/octet-stream":
@@ -210,7 +229,10 @@ def create_app(
                 f"Content-Type: {ctype} is not accepted (send application/json strokes, "
                 "or an image as image/png, image/jpeg or multipart/form-data field 'image')",
             )
-        bitmaps, _, probs = await batcher.submit(list(items))
+        try:
+            bitmaps, _, probs = await batcher.submit(list(items))
+        except JobItemError as e:  # one drawing that the batch could not draw: this request's own error
+            raise stroke_error(field_of(e.index, single), e.error) from None
         out = service.predictions(bitmaps, probs, top_k, bitmap)
         return json_response(out[0] if single else {"predictions": out})
 

@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("qdkit.serve")
@@ -59,6 +60,11 @@ def install_error_handlers(app: FastAPI) -> None:
         elif e.status_code == 405:
             message = f"{request.url.path}: method {request.method} not allowed"
         return JSONResponse({"error": message}, status_code=e.status_code, headers=getattr(e, "headers", None))
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, e: ClientDisconnect) -> Response:  # nobody to answer: one line, no traceback
+        log.warning("client went away while sending %s %s (request dropped)", request.method, request.url.path)
+        return Response(status_code=400)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, e: Exception) -> JSONResponse:  # a bug, not the caller's fault

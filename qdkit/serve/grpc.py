@@ -98,14 +98,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: Any, context: Any) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=True)
+        return pb.ServerReadyResponse(ready=self.service.ready() is None)
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
         try:
             oip.check_model(self.service, request.name, request.version)
         except ApiError as e:
             await self._fail(context, e)
-        return pb.ModelReadyResponse(ready=True)
+        return pb.ModelReadyResponse(ready=self.service.ready() is None)
 
     async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
         return json_format.ParseDict(oip.server_metadata(), pb.ServerMetadataResponse())

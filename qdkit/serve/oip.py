@@ -27,6 +27,7 @@ from qdkit.inference.v2spec import (
     QUEUE_DELAY_US,
     VERSION,
 )
+from qdkit.serve.batcher import JobItemError
 from qdkit.serve.errors import ApiError
 
 if TYPE_CHECKING:
@@ -111,8 +112,8 @@ def pixels_from_values(data: Any, shape: list[int], where: str = "inputs[0].data
         raise ApiError(400, f"{where}: a list of numbers expected (flat or nested, row-major)")
     try:
         values = np.asarray(data)
-    except ValueError:
-        raise ApiError(400, f"{where}: nested lists of unequal length") from None
+    except (ValueError, RecursionError):
+        raise ApiError(400, f"{where}: nested lists of unequal length, or deeper than the shape") from None
     expected = int(np.prod(shape))
     integral = values.dtype.kind == "f" and values.size and (np.abs(values) <= 2**53).all()
     if integral and (values == np.rint(values)).all():
@@ -147,7 +148,10 @@ def check_output(name: Any, class_count: Any, where: str) -> OutputRequest:
 
 async def infer(service: Service, pixels: np.ndarray, wanted: list[OutputRequest]) -> list[Output]:
     """Run `pixels` through the batcher; the requested outputs (every output when `wanted` is empty)."""
-    _, logits, probs = await service.batcher.submit(list(pixels))
+    try:
+        _, logits, probs = await service.batcher.submit(list(pixels))
+    except JobItemError as e:  # not expected for pixels; never another request's error
+        raise ApiError(400, f"inputs[0]: image {e.index}: {e.error}") from None
     arrays = {"logits": logits, "probabilities": probs}
     labels = service.predictor.class_names
     out = []

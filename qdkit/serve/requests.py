@@ -11,30 +11,47 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import orjson
 
 from qdkit.errors import first_line
 from qdkit.inference.v2spec import MAX_DRAWINGS  # noqa: F401  (drawings in one request)
 from qdkit.serve.errors import ApiError
-from qdkit.strokes import Drawing, StrokeError, parse_drawing
+from qdkit.strokes import Drawing, StrokeError, parse_drawing, simplified
 
 MAX_IMAGE_PIXELS = 4096 * 4096  # an upload decoding to more pixels is refused before it is decoded
+MAX_IMAGE_SIDE = 16384  # ... and one longer than this on a side (a 1x700,000 strip is no drawing)
+IMAGE_DECODERS = 2  # uploads decoded at once (each up to ~200 MB at MAX_IMAGE_PIXELS); others wait their turn
+_DECODING = threading.BoundedSemaphore(IMAGE_DECODERS)
 IMAGE_FORMATS = ["PNG", "JPEG", "GIF", "BMP", "WEBP"]
 PREDICT_KEYS = ("drawing", "drawings", "simplified")
 DATASET_KEYS = ("word", "countrycode", "timestamp", "recognized", "key_id")  # of an ndjson line: ignored
 
 
+MAX_JSON_DEPTH = 1024  # nesting levels of a JSON body (orjson's limit; a request needs 7 at most)
+
+
 def parse_json(body: bytes) -> Any:
+    """A JSON body: orjson (fast, nesting capped at MAX_JSON_DEPTH), else the standard library's
+    reading and error words (UTF-16 text, NaN, integers over 64 bits), never a RecursionError."""
     if not body:
         raise ApiError(400, "body: empty (send JSON)")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        if "depth limit" in str(e) or "recursion" in str(e):
+            raise ApiError(400, f"body: JSON nested deeper than {MAX_JSON_DEPTH:,} levels") from None
     try:
         return json.loads(body)
     except UnicodeDecodeError:
         raise ApiError(400, "body: not UTF-8 text (send JSON)") from None
+    except RecursionError:
+        raise ApiError(400, f"body: JSON nested deeper than {MAX_JSON_DEPTH:,} levels") from None
     except ValueError as e:
         raise ApiError(400, f"body: malformed JSON ({first_line(e, 100)})") from None
 
@@ -99,8 +116,35 @@ def _drawing(strokes: Any, field: str, simplified: bool) -> Drawing:
     try:
         return parse_drawing(strokes, simplified=simplified)
     except StrokeError as e:
-        message = str(e)  # "drawing has no strokes" -> "drawings[2]: has no strokes"
-        raise ApiError(400, f"{field}: {message.removeprefix('drawing ')}") from None
+        raise stroke_error(field, e) from None
+    except (OverflowError, RecursionError) as e:  # a 400-digit integer coordinate
+        raise ApiError(400, f"{field}: a coordinate too large for a number ({type(e).__name__})") from None
+
+
+def stroke_error(field: str, e: Exception) -> ApiError:
+    message = str(e)  # "drawing has no strokes" -> "drawings[2]: has no strokes"
+    return ApiError(400, f"{field}: {message.removeprefix('drawing ')}")
+
+
+def field_of(index: int, single: bool) -> str:
+    return "drawing" if single else f"drawings[{index}]"
+
+
+def needs_simplifying(drawings: list[Drawing]) -> bool:
+    return any(not d.simplified for d in drawings)
+
+
+def simplify_all(drawings: list[Drawing], single: bool) -> list[Drawing]:
+    """Each raw drawing simplified now, while its request is read (a worker thread), so a drawing
+    that cannot be simplified, or would cost more than simplify's caps, is this request's 400
+    naming it, before it can join a batch with other requests' drawings."""
+    out = []
+    for i, d in enumerate(drawings):
+        try:
+            out.append(simplified(d))
+        except StrokeError as e:
+            raise stroke_error(field_of(i, single), e) from None
+    return out
 
 
 def _kind(value: Any) -> str:
@@ -135,7 +179,12 @@ def image_to_bitmap(data: bytes, invert: str = "auto") -> np.ndarray:
                         f"image: {width}x{height} pixels is over the limit of "
                         f"{MAX_IMAGE_PIXELS:,} (a decompression-bomb guard)",
                     )
-                return image_to_drawing(ImageOps.exif_transpose(im), invert)
+                if max(width, height) > MAX_IMAGE_SIDE:
+                    raise ApiError(
+                        413, f"image: {width}x{height} pixels is longer than {MAX_IMAGE_SIDE:,} pixels on a side"
+                    )
+                with _DECODING:  # memory: at most IMAGE_DECODERS images decoded at a time
+                    return image_to_drawing(ImageOps.exif_transpose(im), invert)
     except ApiError:
         raise
     except Image.UnidentifiedImageError:

@@ -40,6 +40,7 @@ ERROR_TEXT = {
     405: "The route does not take this method",
     413: "The body (after decompression) or an image is over the limit",
     415: "A Content-Type or Content-Encoding the route does not take, or an upload that is not an image",
+    503: "Not ready: the batcher's queue is over its bound, or a batch has computed for too long",
 }
 
 
@@ -54,6 +55,8 @@ class Limits(BaseModel):
     max_points: int
     max_drawings: int
     max_image_pixels: int
+    max_image_side: int
+    max_head_bytes: int
     max_body_bytes: int
     max_batch: int
 

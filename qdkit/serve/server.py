@@ -115,7 +115,11 @@ def serve(
     app = create_app(Predictor(path, threads=threads, spin=False, warn=lambda message: None), **settings)
     facts = app.state.service.facts()
     sock = bind(host, port)
+    from qdkit.serve.protocol import MAX_HEAD_BYTES, http_protocol
+
     common: dict[str, Any] = {
+        "http": http_protocol(),  # a request line + headers over MAX_HEAD_BYTES: 431
+        "h11_max_incomplete_event_size": MAX_HEAD_BYTES,
         "log_level": "warning",
         "access_log": False,
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,

@@ -176,8 +176,11 @@ def v2_router(service: Service) -> APIRouter:
     async def live() -> Response:
         return json_response({"live": True})
 
-    @router.get("/health/ready", summary="Readiness", responses=errors())
+    @router.get("/health/ready", summary="Readiness (503 while the server is saturated)", responses=errors(503))
     async def ready() -> Response:
+        busy = service.ready()
+        if busy is not None:
+            return json_response({"error": f"server: not ready ({busy})", "ready": False}, 503)
         return json_response({"ready": True})
 
     @router.post(
@@ -256,9 +259,12 @@ def v2_router(service: Service) -> APIRouter:
         oip.check_model(service, name, version)
         return json_response(oip.model_metadata(service))
 
-    @per_version("GET", "/ready", "Model readiness", ())
+    @per_version("GET", "/ready", "Model readiness (503 while the server is saturated)", (503,))
     async def model_ready(request: Request, name: str, version: str | None) -> Response:
         oip.check_model(service, name, version)
+        busy = service.ready()
+        if busy is not None:
+            return json_response({"error": f"model {name!r}: not ready ({busy})", "ready": False}, 503)
         return json_response({"name": service.name, "ready": True})
 
     @per_version("GET", "/config", "Model configuration (Triton's ModelConfig as JSON)", ())

@@ -333,13 +333,17 @@ def test_batcher_routes_results_and_survives_a_failing_batch():
     async def run() -> None:
         b = DynamicBatcher(double, max_batch=4, max_wait=0.002)
         await b.start()
-        jobs = [[i, i + 100] for i in range(10)] + [[7] * 9]  # the last is larger than max_batch: alone
+        jobs = [[i, i + 100] for i in range(10)] + [list(range(9))]  # the last is split into max_batch pieces
         results = await asyncio.gather(*(b.submit(j) for j in jobs))
         for job, (out,) in zip(jobs, results, strict=True):
             assert out.tolist() == [2 * i for i in job]
-        assert b.stats.largest == 9
+        assert b.stats.largest == 4
         bad = await asyncio.gather(b.submit([-1]), return_exceptions=True)
         assert isinstance(bad[0], ValueError)
+        # a failing batch of several jobs: only the job that fails alone gets the error
+        mixed = await asyncio.gather(b.submit([1]), b.submit([2, -3]), b.submit([4]), return_exceptions=True)
+        assert isinstance(mixed[1], ValueError)
+        assert mixed[0][0].tolist() == [2] and mixed[2][0].tolist() == [8]
         (again,) = await b.submit([5])
         assert again.tolist() == [10]
         await b.close()
