@@ -18,9 +18,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from qdkit.errors import QdkitError, first_line
+from qdkit.errors import QdkitError
 from qdkit.files import atomic_path
-from qdkit.inference.onnxmodel import is_qdkit_model
+from qdkit.inference.onnxmodel import is_qdkit_model, model_class_names
 from qdkit.inference.v2spec import (
     DEFAULT_NAME,
     INPUT_DATATYPE,
@@ -112,25 +112,6 @@ instance_group [
   }}
 ]
 """
-
-
-def model_class_names(model: str | os.PathLike) -> list[str]:
-    """The class names in an exported qdkit model's metadata."""
-    import onnx
-
-    from qdkit.inference.onnxmodel import parse_metadata
-
-    model = Path(model)
-    if not model.is_file():
-        raise QdkitError(f"{model}: no such model file")
-    try:
-        proto = onnx.load(os.fspath(model), load_external_data=False)
-    except Exception as e:  # onnx raises DecodeError and others for a file that is not a model
-        raise QdkitError(f"{model}: not an ONNX model ({first_line(e)})") from None
-    names = parse_metadata({p.key: p.value for p in proto.metadata_props}).get("class_names")
-    if not isinstance(names, list) or not names:
-        raise QdkitError(f"{model}: no qdkit metadata (class names); export it with `qdkit export`")
-    return [str(c) for c in names]
 
 
 def write_repository(

@@ -146,6 +146,23 @@ def parse_metadata(props: dict[str, str]) -> dict[str, Any]:
     return out
 
 
+def model_class_names(model: str | os.PathLike) -> list[str]:
+    """The class names in an exported qdkit model's metadata."""
+    import onnx
+
+    model = Path(model)
+    if not model.is_file():
+        raise QdkitError(f"{model}: no such model file")
+    try:
+        proto = onnx.load(os.fspath(model), load_external_data=False)
+    except Exception as e:  # onnx raises DecodeError and others for a file that is not a model
+        raise QdkitError(f"{model}: not an ONNX model ({first_line(e)})") from None
+    names = parse_metadata({p.key: p.value for p in proto.metadata_props}).get("class_names")
+    if not isinstance(names, list) or not names:
+        raise QdkitError(f"{model}: no qdkit metadata (class names); export it with `qdkit export`")
+    return [str(c) for c in names]
+
+
 def is_qdkit_model(path: str | os.PathLike) -> bool:
     """Whether the file is an ONNX model with qdkit metadata (one `qdkit export` wrote)."""
     import onnx

@@ -11,11 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import time
 from collections.abc import AsyncIterator, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -23,21 +21,16 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from qdkit.constants import QDKIT_VERSION, SIDE
+from qdkit.constants import QDKIT_VERSION
 from qdkit.errors import QdkitError
-from qdkit.inference.onnxmodel import is_quantized
 from qdkit.inference.predictor import Predictor
-from qdkit.inference.v2spec import DEFAULT_NAME, MAX_BATCH, QUEUE_DELAY_US, check_name
+from qdkit.inference.v2spec import DEFAULT_NAME, MAX_BATCH, QUEUE_DELAY_US
 from qdkit.serve import schemas
-from qdkit.serve.batcher import DynamicBatcher, ItemErrors, JobItemError
+from qdkit.serve.batcher import JobItemError
 from qdkit.serve.binary import read_body
 from qdkit.serve.docs import install_offline_docs
 from qdkit.serve.errors import ApiError, BodyLimit, install_error_handlers, json_response
-from qdkit.serve.protocol import MAX_HEAD_BYTES
 from qdkit.serve.requests import (
-    MAX_DRAWINGS,
-    MAX_IMAGE_PIXELS,
-    MAX_IMAGE_SIDE,
     field_of,
     image_to_bitmap,
     needs_simplifying,
@@ -47,87 +40,13 @@ from qdkit.serve.requests import (
     simplify_all,
     stroke_error,
 )
-from qdkit.strokes import MAX_POINTS, MAX_STROKES, Drawing, StrokeError, rasterize_many
+from qdkit.serve.service import Service
+from qdkit.strokes import Drawing
 
 DEFAULT_MAX_BODY = 4 * 1024 * 1024  # bytes of one request body (--max-body-mb)
 DEFAULT_MAX_WAIT = QUEUE_DELAY_US / 1e6  # seconds a batch may wait for more requests
 STATIC = Path(str(resources.files("qdkit.serve") / "static"))
 JSON_TYPES = ("", "application/json", "text/plain", "application/x-www-form-urlencoded")  # curl -d sends the last
-
-
-class Service:
-    """The model and its batcher, shared by the routes."""
-
-    def __init__(self, predictor: Predictor, name: str, max_batch: int, max_wait: float, max_body: int) -> None:
-        from qdkit.serve.oip import ModelStats
-
-        self.predictor, self.name, self.max_body = predictor, check_name(name), int(max_body)
-        self.stats = ModelStats()
-        self.batcher = DynamicBatcher(
-            self.compute, max_batch=max_batch, max_wait=max_wait, on_batch=self.stats.batch_ran
-        )
-
-    def compute(self, items: Sequence[Drawing | np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Runs in the batcher's thread: (bitmaps, logits, probabilities) of drawings and ready bitmaps."""
-        started = time.perf_counter_ns()
-        bitmaps = np.empty((len(items), SIDE, SIDE), np.uint8)
-        strokes = [i for i, item in enumerate(items) if isinstance(item, Drawing)]
-        errors: list[tuple[int, StrokeError]] = []
-        if strokes:  # simplified when their request was read; errors= keeps one bad drawing to itself
-            drawn = rasterize_many([item for item in items if isinstance(item, Drawing)], errors=errors)
-            bitmaps[strokes] = drawn
-        for i, item in enumerate(items):
-            if not isinstance(item, Drawing):
-                bitmaps[i] = item
-        ready = time.perf_counter_ns()
-        logits, probs = self.predictor.logits_and_proba(bitmaps)
-        self.stats.last_split = (ready - started, time.perf_counter_ns() - ready)
-        if errors:
-            raise ItemErrors((bitmaps, logits, probs), {strokes[i]: e for i, e in errors})
-        return bitmaps, logits, probs
-
-    def ready(self) -> str | None:
-        """None when the service takes traffic; else why not (the batcher is saturated)."""
-        return self.batcher.saturated()
-
-    def facts(self) -> dict[str, Any]:
-        meta = self.predictor.metadata
-        return {
-            "name": self.name,
-            "classes": self.predictor.class_names,
-            "model_name": meta.get("model_name"),
-            "run_name": meta.get("run_name"),
-            "epoch": meta.get("epoch"),
-            "val_accuracy": meta.get("val_accuracy"),
-            "test_accuracy": meta.get("test_accuracy"),
-            "exported_at": meta.get("exported_at"),
-            "quantized": is_quantized(meta),
-            "file": self.predictor.path.name,
-            "qdkit_version": QDKIT_VERSION,
-            "limits": {
-                "max_strokes": MAX_STROKES,
-                "max_points": MAX_POINTS,
-                "max_drawings": MAX_DRAWINGS,
-                "max_image_pixels": MAX_IMAGE_PIXELS,
-                "max_image_side": MAX_IMAGE_SIDE,
-                "max_head_bytes": MAX_HEAD_BYTES,
-                "max_body_bytes": self.max_body,
-                "max_batch": self.batcher.max_batch,
-            },
-        }
-
-    def predictions(self, bitmaps: np.ndarray, probs: np.ndarray, top_k: int, bitmap: bool) -> list[dict[str, Any]]:
-        out = []
-        for i, p in enumerate(self.predictor.top_k(probs, top_k)):
-            one: dict[str, Any] = {
-                "top": [
-                    {"class": c, "probability": round(q, 6)} for c, q in zip(p.labels, p.probabilities, strict=True)
-                ]
-            }
-            if bitmap:
-                one["bitmap"] = bitmaps[i].tolist()
-            out.append(one)
-        return out
 
 
 def create_app(
@@ -157,7 +76,7 @@ def create_app(
             "needs a model that knows its classes and pixel convention"
         )
     service = Service(predictor, name, max_batch, max_wait, max_body)
-    batcher = service.batcher
+    batcher = service.batcher  # started and closed with the app
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -181,6 +100,19 @@ def create_app(
 
         add_cors(app, list(cors_origins))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    _page_and_predict_routes(app, service)
+    from qdkit.serve.v2 import fast_routes, v2_router
+
+    app.include_router(v2_router(service))
+    app.router.routes[0:0] = fast_routes(service)
+    schemas.truthful_openapi(app)
+    return app
+
+
+def _page_and_predict_routes(app: FastAPI, service: Service) -> None:
+    """The drawing page, the model's facts and POST /predict."""
+    batcher = service.batcher
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -235,13 +167,6 @@ def create_app(
             raise stroke_error(field_of(e.index, single), e.error) from None
         out = service.predictions(bitmaps, probs, top_k, bitmap)
         return json_response(out[0] if single else {"predictions": out})
-
-    from qdkit.serve.v2 import fast_routes, v2_router
-
-    app.include_router(v2_router(service))
-    app.router.routes[0:0] = fast_routes(service)
-    schemas.truthful_openapi(app)
-    return app
 
 
 async def _upload(request: Request) -> bytes:

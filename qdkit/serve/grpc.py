@@ -29,7 +29,7 @@ from qdkit.serve._proto import grpc_service_pb2_grpc as pb_grpc
 from qdkit.serve.errors import ApiError
 
 if TYPE_CHECKING:
-    from qdkit.serve.app import Service
+    from qdkit.serve.service import Service
 
 log = logging.getLogger("qdkit.serve")
 GRACE_S = 5

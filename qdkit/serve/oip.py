@@ -31,7 +31,7 @@ from qdkit.serve.batcher import JobItemError
 from qdkit.serve.errors import ApiError
 
 if TYPE_CHECKING:
-    from qdkit.serve.app import Service
+    from qdkit.serve.service import Service
 
 PIXELS = SIDE * SIDE
 LABELLED = ("probabilities",)  # the outputs whose config names labels.txt (qdkit export --triton)

@@ -87,8 +87,8 @@ def serve(
 ) -> None:
     """Serve `model` [default: the newest exported one] until Ctrl-C / SIGTERM; `open_page` opens the
     page in the default browser (the socket already listens, so the browser's request waits for the server)."""
-    import uvicorn
 
+    from qdkit.inference.onnxmodel import model_class_names
     from qdkit.inference.predictor import Predictor
     from qdkit.inference.v2spec import DEFAULT_NAME
     from qdkit.serve.app import DEFAULT_MAX_BODY, create_app
@@ -96,13 +96,8 @@ def serve(
     path = Path(model) if model is not None else _default_model()
     if grpc_port is not None and workers > 1:
         raise QdkitError("--grpc-port: gRPC runs in one server process; use it with --workers 1")
-    if "*" in cors_origins:  # said right after the start line (the line that names the URL comes first)
-        shout = echo
-
-        def echo(text: str) -> None:
-            shout(text)
-            if text.startswith("qdkit serve: http"):
-                shout("qdkit serve: warning: --cors-origin '*' lets a page on any web site call this service")
+    if "*" in cors_origins:
+        echo = _warning_after_start(echo, "--cors-origin '*' lets a page on any web site call this service")
 
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     settings: dict[str, Any] = {
@@ -112,30 +107,44 @@ def serve(
         "threads": threads,
         "cors_origins": list(cors_origins),
     }
-    app = create_app(Predictor(path, threads=threads, spin=False, warn=lambda message: None), **settings)
-    facts = app.state.service.facts()
+    # One process serves this app; with --workers each worker builds its own, so this one only reads
+    # the class names for the start line (no session, no app).
+    app = (
+        create_app(Predictor(path, threads=threads, spin=False, warn=lambda m: None), **settings)
+        if workers == 1
+        else None
+    )
+    classes = len(app.state.service.predictor.class_names) if app is not None else len(model_class_names(path))
     sock = bind(host, port)
-    from qdkit.serve.protocol import MAX_HEAD_BYTES, http_protocol
-
-    common: dict[str, Any] = {
-        "http": http_protocol(),  # a request line + headers over MAX_HEAD_BYTES: 431
-        "h11_max_incomplete_event_size": MAX_HEAD_BYTES,
-        "log_level": "warning",
-        "access_log": False,
-        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
-    }
     url = url_of(sock, host)
     if open_page:
         threading.Thread(target=open_browser, args=(url, echo), daemon=True).start()
     line = (
-        f"qdkit serve: {url} (model {path}, {len(facts['classes'])} classes, "
+        f"qdkit serve: {url} (model {path}, {classes} classes, "
         f"{workers} worker{'s' if workers > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}, "
         f"max batch {max_batch}; API at /docs{{grpc}}, Ctrl-C stops)"
     )
+    _run(app, sock, path, settings, workers, host, grpc_port, line, echo)
+
+
+def _run(
+    app: Any,
+    sock: socket.socket,
+    path: Path,
+    settings: dict[str, Any],
+    workers: int,
+    host: str,
+    grpc_port: int | None,
+    line: str,
+    echo: Callable[[str], None],
+) -> None:
+    """uvicorn on the bound socket (with the gRPC server beside it), or its worker processes."""
+    import uvicorn
+
     try:
         with sigterm_as_interrupt():  # uvicorn re-raises the signal it stopped on: exit like Ctrl-C
-            if workers == 1:
-                server = uvicorn.Server(uvicorn.Config(app, **common))
+            if app is not None:
+                server = uvicorn.Server(uvicorn.Config(app, **_uvicorn_options()))
                 if grpc_port is None:
                     echo(line.format(grpc=""))
                     server.run(sockets=[sock])
@@ -144,15 +153,39 @@ def serve(
             else:
                 from uvicorn.supervisors import Multiprocess
 
-                del app  # each worker process builds its own from the environment
                 os.environ["QDKIT_SERVE"] = json.dumps({"model": os.fspath(path.resolve()), **settings})
-                config = uvicorn.Config("qdkit.serve.app:app_from_environment", factory=True, workers=workers, **common)
+                config = uvicorn.Config(
+                    "qdkit.serve.app:app_from_environment", factory=True, workers=workers, **_uvicorn_options()
+                )
                 echo(line.format(grpc=""))
                 Multiprocess(config, sockets=[sock]).run()
     except KeyboardInterrupt:
         pass
     finally:
         sock.close()
+
+
+def _warning_after_start(echo: Callable[[str], None], warning: str) -> Callable[[str], None]:
+    """`echo` that says `warning` right after the start line (the line that names the URL comes first)."""
+
+    def say(text: str) -> None:
+        echo(text)
+        if text.startswith("qdkit serve: http"):
+            echo(f"qdkit serve: warning: {warning}")
+
+    return say
+
+
+def _uvicorn_options() -> dict[str, Any]:
+    from qdkit.serve.protocol import MAX_HEAD_BYTES, http_protocol
+
+    return {
+        "http": http_protocol(),  # a request line + headers over MAX_HEAD_BYTES: 431
+        "h11_max_incomplete_event_size": MAX_HEAD_BYTES,
+        "log_level": "warning",
+        "access_log": False,
+        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
+    }
 
 
 def _run_with_grpc(

@@ -33,7 +33,7 @@ from qdkit.serve.errors import ApiError, json_response
 from qdkit.serve.requests import parse_json
 
 if TYPE_CHECKING:
-    from qdkit.serve.app import Service
+    from qdkit.serve.service import Service
 
 
 @dataclass
@@ -166,6 +166,13 @@ def fast_routes(service: Service) -> list[Route]:
 
 def v2_router(service: Service) -> APIRouter:
     router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (v2)"])
+    _server_routes(router, service)
+    _model_routes(service, _per_version(router, service))
+    return router
+
+
+def _server_routes(router: APIRouter, service: Service) -> None:
+    """Server metadata, health, the repository index and every model's statistics."""
     errors = schemas.error_responses
 
     @router.get("", summary="Server metadata", responses=errors())
@@ -203,6 +210,10 @@ def v2_router(service: Service) -> APIRouter:
     async def all_stats() -> Response:
         return json_response(oip.model_statistics(service))
 
+
+def _per_version(router: APIRouter, service: Service) -> Any:
+    """The decorator that registers a model route at both of its URLs (with and without a version)."""
+    errors = schemas.error_responses
     name_param = {
         "name": "name",
         "in": "path",
@@ -254,6 +265,12 @@ def v2_router(service: Service) -> APIRouter:
 
         return register
 
+    return per_version
+
+
+def _model_routes(service: Service, per_version: Any) -> None:
+    """A model's metadata, readiness, configuration, statistics and inference."""
+
     @per_version("GET", "", "Model metadata: inputs, outputs, class names", ())
     async def metadata(request: Request, name: str, version: str | None) -> Response:
         oip.check_model(service, name, version)
@@ -287,5 +304,3 @@ def v2_router(service: Service) -> APIRouter:
     )
     async def infer(request: Request, name: str, version: str | None) -> Response:
         return await infer_request(service, request, name, version)
-
-    return router

@@ -24,7 +24,7 @@ from qdkit.errors import QdkitError
 from qdkit.progress import format_seconds, plural
 from qdkit.train.curves import read_results, write_sweep_figures
 from qdkit.train.loop import TrainingInterrupted
-from qdkit.train.plan import TrainConfig, check_run_name, format_lr
+from qdkit.train.plan import RunSettings, TrainConfig, check_run_name, format_lr
 from qdkit.train.recipes import SWEEP_BATCH_SIZES, SWEEP_LRS
 from qdkit.train.reporter import console
 from qdkit.train.run import train
@@ -75,18 +75,7 @@ def sweep(
 ) -> SweepResult:
     """Train the grid lrs x batch_sizes with `base` for everything else; returns the table and metrics."""
     lrs, batch_sizes = list(lrs), list(batch_sizes)
-    base = (base or TrainConfig()).resolved()
-    if not lrs or not batch_sizes:
-        raise QdkitError("sweep: give at least one --lr and one --batch-size")
-    if base.resume or base.run_name:
-        raise QdkitError("sweep: --resume and --run-name belong to single runs (use --name to continue a sweep)")
-    store = open_store(base.data)  # a missing or broken store fails once, before any training
-    n_train = store.counts.get("train", 0)
-    too_big = [b for b in batch_sizes if b > n_train]
-    if too_big:
-        raise QdkitError(
-            f"--batch-size {','.join(map(str, too_big))}: larger than the {n_train} training drawings in {base.data}"
-        )
+    base = _checked_grid(lrs, batch_sizes, (base or TrainConfig()).resolved())
     name = check_run_name(name) if name else f"{datetime.now():%Y%m%d-%H%M%S}-sweep-{base.model}"
     folder = Path(base.artifacts_dir) / name
     runs = Path(base.runs_dir) / name
@@ -129,6 +118,22 @@ def sweep(
         ) from e
     _write(result, lrs, batch_sizes, base)
     return result
+
+
+def _checked_grid(lrs: list[float], batch_sizes: list[int], base: RunSettings) -> RunSettings:
+    """`base` if the grid can run on its store at all; else one line, before any training."""
+    if not lrs or not batch_sizes:
+        raise QdkitError("sweep: give at least one --lr and one --batch-size")
+    if base.resume or base.run_name:
+        raise QdkitError("sweep: --resume and --run-name belong to single runs (use --name to continue a sweep)")
+    store = open_store(base.data)  # a missing or broken store fails once, before any training
+    n_train = store.counts.get("train", 0)
+    too_big = [b for b in batch_sizes if b > n_train]
+    if too_big:
+        raise QdkitError(
+            f"--batch-size {','.join(map(str, too_big))}: larger than the {n_train} training drawings in {base.data}"
+        )
+    return base
 
 
 def _write(result: SweepResult, lrs: list[float], batch_sizes: list[int], base: TrainConfig) -> None:
