@@ -1,4 +1,4 @@
-"""Run by tests/test_serve_kserve.py in a process of its own: KServe's grpc_predict_v2.proto and
+"""Run by tests/serve/test_serve_kserve.py in a process of its own: KServe's grpc_predict_v2.proto and
 tritonclient's grpc_service.proto both define the `inference` package in protobuf's default
 descriptor pool, so the two client libraries cannot be imported into one process (the pytest one
 has tritonclient). Usage: python tests/_kserve_check.py MODEL HTTP_URL GRPC_ADDRESS"""

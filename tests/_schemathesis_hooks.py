@@ -1,4 +1,4 @@
-"""schemathesis hooks (SCHEMATHESIS_HOOKS) for tests/test_serve_schema.py: the request constraints
+"""schemathesis hooks (SCHEMATHESIS_HOOKS) for tests/serve/test_serve_schema.py: the request constraints
 that JSON Schema cannot state, and /openapi.json therefore states in words, applied to the
 positive (schema-valid) cases only, so a schema-valid case is also a valid request:
 

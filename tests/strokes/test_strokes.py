@@ -104,7 +104,7 @@ def test_simplify_properties(seed):
     assert np.array_equal(allxy, np.round(allxy)) and allxy.min() >= 0 and allxy.max() <= 255
     for stroke, dense in zip(out, _resampled(raw), strict=True):
         # every kept vertex is a (rounded) resampled point, the stroke's first and last among them;
-        # RDP measures to the line through a span's ends (Google's; see tests/test_simplify_exact.py)
+        # RDP measures to the line through a span's ends (Google's; see tests/strokes/test_simplify_exact.py)
         assert 2 <= stroke.shape[1] <= dense.shape[1]
         assert set(map(tuple, stroke.T.tolist())) <= set(map(tuple, np.round(dense).T.tolist()))
         assert np.array_equal(stroke[:, [0, -1]], np.round(dense[:, [0, -1]]))
