@@ -138,12 +138,12 @@ def test_binary_record_over_the_point_cap_is_refused(tmp_path):
 def test_stroke_file_truncated_while_convert_reads_it(tmp_path, monkeypatch):
     """The workers have the file mapped (the --skip-invalid scan); truncating it then kills the next
     worker that touches a page past the end (SIGBUS): one line, and no output left behind."""
-    import qdkit.data.convert as conv
+    import qdkit.data.strokepool as strokepool
 
     raw = tmp_path / "raw"
     for name in ("cat", "dog"):
         _ndjson(raw / f"{name}.ndjson", n_good=4000, bad=None)
-    real = conv.eligible_records
+    real = strokepool.eligible_records
 
     def then_truncate(sf, index, pool, **kw):
         out = real(sf, index, pool, **kw)
@@ -151,7 +151,7 @@ def test_stroke_file_truncated_while_convert_reads_it(tmp_path, monkeypatch):
             f.truncate(0)
         return out
 
-    monkeypatch.setattr(conv, "eligible_records", then_truncate)
+    monkeypatch.setattr(strokepool, "eligible_records", then_truncate)
     out = tmp_path / "out"
     args = ["--train", "3000", "--validation", "500", "--test", "500", "--skip-invalid", "--workers", "2", "--h5"]
     was_enabled = faulthandler.is_enabled()
@@ -166,12 +166,12 @@ def test_stroke_file_truncated_while_convert_reads_it(tmp_path, monkeypatch):
 
 
 def test_stroke_file_that_grows_during_convert(tmp_path, monkeypatch):
-    import qdkit.data.convert as conv
+    import qdkit.data.strokepool as strokepool
 
     raw = tmp_path / "raw"
     for name in ("cat", "dog"):
         _ndjson(raw / f"{name}.ndjson", n_good=30, bad=None)
-    real = conv.render_records
+    real = strokepool.render_records
 
     def then_grow(sf, index, pool, progress=None):
         out = real(sf, index, pool, progress)
@@ -179,7 +179,7 @@ def test_stroke_file_that_grows_during_convert(tmp_path, monkeypatch):
             f.write(json.dumps(GOOD) + "\n")
         return out
 
-    monkeypatch.setattr(conv, "render_records", then_grow)
+    monkeypatch.setattr(strokepool, "render_records", then_grow)
     args = ["--train", "10", "--validation", "5", "--test", "5", "--h5", "--no-png"]
     line = one_line_error(_cli("convert", "--in", str(raw), "--out", str(tmp_path / "out"), *args))
     assert "changed on disk while being read" in line and str(raw / "cat.ndjson") in line

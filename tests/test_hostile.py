@@ -426,14 +426,14 @@ def test_classes_that_are_only_separators_and_spaces_with_no_png(tmp_path):
 
 def test_disk_full_with_both_outputs_names_the_one_that_failed(tmp_path, monkeypatch):
     """PNGs and the store at once: the message names what was being written when the disk filled."""
-    import qdkit.data.convert as conv
+    import qdkit.images as images
 
     raw = _raw(tmp_path)
 
     def full(drawing, path):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(conv, "write_png", full)  # the forked PNG workers inherit it
+    monkeypatch.setattr(images, "write_png", full)  # the forked PNG workers inherit it
     line = one_line_error(_convert(raw, tmp_path / "out", "--h5", "--workers", "1"))
     assert line == f"qdkit: error: no space left on device while writing {tmp_path / 'out' / 'png'}"
     assert not (tmp_path / "out").exists()

@@ -22,14 +22,14 @@ from typing import Any
 
 import numpy as np
 
+from qdkit import images as image_files
 from qdkit.constants import DEFAULT_STORE, QDKIT_VERSION
+from qdkit.data import strokepool  # through the modules: the seams tests patch
 from qdkit.data.bitmaps import BitmapFile, bitmap_class, find_class_files, open_bitmaps, safe_dirname
 from qdkit.data.store import SPLITS, StoreWriter
 from qdkit.data.strokefiles import StrokeFile, check_unchanged, index_records, stroke_file
-from qdkit.data.strokepool import eligible_records, render_records
 from qdkit.errors import QdkitError
 from qdkit.files import atomic_path, disk_full_is_error, output_lock, sha256_file
-from qdkit.images import write_png
 from qdkit.outputs import mark_folder, marked_folder
 from qdkit.progress import progress as progress_bar
 from qdkit.progress import write_line
@@ -72,7 +72,7 @@ def split_indices(rows: int, per_class: dict[str, int], seed: int, class_name: s
 def _write_pngs(images: np.ndarray, names: np.ndarray, folder: str) -> int:
     """Pool task: write each drawing as `<folder>/<source row>.png`."""
     for image, name in zip(images, names.tolist(), strict=True):
-        write_png(image, os.path.join(folder, f"{name}.png"))
+        image_files.write_png(image, os.path.join(folder, f"{name}.png"))
     return len(images)
 
 
@@ -124,7 +124,7 @@ def _stroke_rows(
         info["skipped_invalid"] = count
         write_line(f"qdkit: warning: skipped {count} invalid drawing(s); first: {first}")
 
-    eligible = eligible_records(
+    eligible = strokepool.eligible_records(
         sf, index, pool, recognized_only=recognized_only, skip_invalid=skip_invalid, on_skip=skipped
     )
     need = sum(per_class.values())
@@ -144,7 +144,7 @@ def _stroke_rows(
         )
     splits = split_indices(len(eligible), per_class, seed, sf.class_name)
     chosen = np.sort(np.concatenate(list(splits.values())))
-    rendered = render_records(sf, eligible.take(chosen), pool, progress)
+    rendered = strokepool.render_records(sf, eligible.take(chosen), pool, progress)
     check_unchanged(sf, index)
     for split, positions in splits.items():
         rows = np.searchsorted(chosen, positions)

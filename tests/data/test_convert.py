@@ -107,10 +107,10 @@ def test_existing_output_needs_overwrite(raw_dir, tmp_path):
 
 
 def test_failure_midway_leaves_nothing_that_looks_complete(raw_dir, tmp_path, monkeypatch):
-    import qdkit.data.convert as conv
+    import qdkit.images as images
 
     calls = {"n": 0}
-    real = conv.write_png
+    real = images.write_png
 
     def flaky(drawing, path):  # forked PNG workers inherit this patch
         calls["n"] += 1
@@ -118,7 +118,7 @@ def test_failure_midway_leaves_nothing_that_looks_complete(raw_dir, tmp_path, mo
             raise OSError("disk full")
         real(drawing, path)
 
-    monkeypatch.setattr(conv, "write_png", flaky)
+    monkeypatch.setattr(images, "write_png", flaky)
     with pytest.raises(OSError, match="disk full"):
         convert(raw_dir, tmp_path, h5=True, png=True, per_class=PER_CLASS, seed=0, workers=2, progress=False)
     assert list(tmp_path.iterdir()) == []

@@ -134,11 +134,11 @@ def test_disk_full_is_one_line_and_leaves_no_half_set(tmp_path):
 
 def test_files_that_were_there_survive_a_failed_run(tmp_path, monkeypatch):
     """Only what the failed run created is removed; files it was told to overwrite stay complete."""
-    import qdkit.data.synth as synth
+    import qdkit.data.bitmaps as bitmaps
 
     write_synth(tmp_path, num_classes=1, per_class=5, seed=0)
     before = _read_all(tmp_path)
-    real, calls = synth.save_bitmaps, []
+    real, calls = bitmaps.save_bitmaps, []
 
     def full_on_third(path, drawings, overwrite=True):
         calls.append(path)
@@ -146,7 +146,7 @@ def test_files_that_were_there_survive_a_failed_run(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         return real(path, drawings, overwrite=overwrite)
 
-    monkeypatch.setattr(synth, "save_bitmaps", full_on_third)
+    monkeypatch.setattr(bitmaps, "save_bitmaps", full_on_third)
     with pytest.raises(OSError):
         write_synth(tmp_path, num_classes=3, per_class=5, seed=0, overwrite=True)
     assert _read_all(tmp_path) == before

@@ -108,9 +108,9 @@ def test_test_accuracy_comes_from_the_runs_metrics_json(tmp_path, store_path):
 
 def test_disagreeing_runtimes_leave_no_file(tmp_path, store_path, monkeypatch):
     ckpt = train_checkpoint(tmp_path / "best.pt", store_path, "seed-cnn", steps=1)
-    import qdkit.deploy.export
+    import qdkit.inference.onnxmodel as onnxmodel
 
-    real = qdkit.deploy.export.make_session
+    real = onnxmodel.make_session
 
     class Skewed:  # onnxruntime, off by a little
         def __init__(self, session):
@@ -119,7 +119,7 @@ def test_disagreeing_runtimes_leave_no_file(tmp_path, store_path, monkeypatch):
         def run(self, names, feed):
             return [o + 0.01 for o in self.session.run(names, feed)]
 
-    monkeypatch.setattr(qdkit.deploy.export, "make_session", lambda *a, **k: Skewed(real(*a, **k)))
+    monkeypatch.setattr(onnxmodel, "make_session", lambda *a, **k: Skewed(real(*a, **k)))
     result = CliRunner().invoke(main, ["export", str(ckpt), "--out", str(tmp_path / "m.onnx")])
     line = one_line_error(result)
     assert "disagrees with PyTorch" in line and "nothing written" in line
