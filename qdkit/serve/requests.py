@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 
 from qdkit.errors import first_line
-from qdkit.inference.v2spec import MAX_DRAWINGS  # noqa: F401  (drawings in one request)
+from qdkit.inference.v2spec import MAX_DRAWINGS
 from qdkit.serve.errors import ApiError
 from qdkit.strokes import Drawing, StrokeError, parse_drawing, simplified
 

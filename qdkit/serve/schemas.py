@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from qdkit.serve.requests import MAX_DRAWINGS
+from qdkit.inference.v2spec import MAX_DRAWINGS
 from qdkit.strokes import MAX_POINTS, MAX_RAW_COORD, MAX_STROKES
 
 

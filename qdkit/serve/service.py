@@ -12,10 +12,10 @@ import numpy as np
 from qdkit.constants import QDKIT_VERSION, SIDE
 from qdkit.inference.onnxmodel import is_quantized
 from qdkit.inference.predictor import Predictor
-from qdkit.inference.v2spec import check_name
+from qdkit.inference.v2spec import MAX_DRAWINGS, check_name
 from qdkit.serve.batcher import DynamicBatcher, ItemErrors
 from qdkit.serve.protocol import MAX_HEAD_BYTES
-from qdkit.serve.requests import MAX_DRAWINGS, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
+from qdkit.serve.requests import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
 from qdkit.strokes import MAX_POINTS, MAX_STROKES, Drawing, StrokeError, rasterize_many
 
 

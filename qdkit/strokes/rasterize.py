@@ -101,34 +101,19 @@ def _canvas(side: int) -> _Canvas:
 
 
 def simplified(drawing: Drawing | Sequence[np.ndarray]) -> Drawing:
-    """The drawing as the simplified strokes that are rasterized (raw ones simplified), or a
-    StrokeError — never another exception — for raw coordinates simplification cannot scale
-    (denormal extents, ranges near the float limits). Callers that read many drawings call this per
-    drawing, so one degenerate drawing costs only itself."""
+    """The drawing as the simplified strokes that are rasterized (raw ones simplified, metadata kept),
+    or simplify's StrokeError for raw strokes it refuses. Callers that read many drawings call this
+    per drawing, so one bad drawing costs only itself."""
     if not isinstance(drawing, Drawing):
         return Drawing.from_strokes(drawing, True)
-    if drawing.simplified:
-        return drawing
-    try:
-        with np.errstate(all="ignore"):
-            out = simplify_drawing(drawing)
-    except StrokeError:
-        raise
-    except (ValueError, ArithmeticError, MemoryError) as err:  # a last guard: simplify raises StrokeError itself
-        raise StrokeError(f"coordinates that cannot be simplified ({type(err).__name__}: {err})") from None
-    if not np.isfinite(out.xy).all():
-        raise StrokeError("coordinates that cannot be simplified (not finite once scaled)")
-    return out
-
-
-_simplified = simplified
+    return drawing if drawing.simplified else simplify_drawing(drawing)
 
 
 def rasterize(drawing: Drawing | Sequence[np.ndarray], side: int = SIDE) -> np.ndarray:
     """uint8 (side, side), 255 ink on 0: a Drawing (raw ones are simplified first) or simplified
     stroke arrays. At side 28, byte for byte the official bitmap of the same simplified strokes."""
     out = np.empty((side, side), dtype=np.uint8)
-    d = _simplified(drawing)
+    d = simplified(drawing)
     _canvas(side).draw(d.xy, d.lengths, out)
     return out
 
@@ -147,7 +132,7 @@ def rasterize_many(
     canvas = _canvas(side)
     for i, drawing in enumerate(drawings):
         try:
-            d = _simplified(drawing)
+            d = simplified(drawing)
         except StrokeError as err:
             if errors is None:
                 raise
