@@ -81,8 +81,10 @@ class ClassifierModel:
 
 
 def parse_element(element: Any, field: str) -> Any:
-    """One BYTES element -> a qdkit.strokes.Drawing, or a one-line message naming `field`."""
-    from qdkit.strokes import StrokeError, parse_drawing
+    """One BYTES element -> a simplified qdkit.strokes.Drawing, or a one-line message naming `field`.
+    Raw strokes are simplified here, per element (as qdkit serve does when it reads a request), so
+    a drawing simplification refuses fails only its own request, never the batch."""
+    from qdkit.strokes import StrokeError, parse_drawing, simplified
 
     if isinstance(element, np.ndarray):  # a 0-d element of an object array
         element = element.item()
@@ -94,21 +96,21 @@ def parse_element(element: Any, field: str) -> Any:
         return f"{field}: not JSON ({str(e).split(':')[0]})"
     except TypeError:
         return f"{field}: not a string of JSON"
-    simplified = False
+    is_simplified = False
     if isinstance(obj, dict):
         unknown = sorted(set(obj) - set(DRAWING_KEYS))
         if unknown:
             return f"{field}: {unknown[0]}: unknown field (expected {', '.join(DRAWING_KEYS)})"
         if "drawing" not in obj:
             return f"{field}: an object without 'drawing'"
-        simplified = obj.get("simplified", False)
-        if not isinstance(simplified, bool):
+        is_simplified = obj.get("simplified", False)
+        if not isinstance(is_simplified, bool):
             return f"{field}: simplified: true or false expected"
         obj = obj["drawing"]
     if not isinstance(obj, list):
         return f'{field}: a list of strokes [[xs, ys], ...] or {{"drawing": ...}} expected'
     try:
-        return parse_drawing(obj, simplified=simplified)
+        return simplified(parse_drawing(obj, simplified=is_simplified))
     except StrokeError as e:
         return f"{field}: {str(e).removeprefix('drawing ')}"
 
@@ -137,7 +139,7 @@ class RasterizeModel:
         good = [d for ds in parsed if isinstance(ds, list) for d in ds]
         try:
             bitmaps = rasterize_many(good)
-        except Exception as e:  # not expected: parse_drawing has checked every drawing
+        except Exception as e:  # not expected: every drawing was parsed and simplified already
             error = pb.TritonError(f"rasterizing a batch of {len(good)} drawings failed ({first_line(e)})")
             return [pb.InferenceResponse(output_tensors=[], error=error) for _ in requests]
         responses, start = [], 0

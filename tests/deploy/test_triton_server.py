@@ -284,7 +284,7 @@ def test_classification_extension_gives_class_names(triton, predictor):
 
 
 def test_batch_at_the_config_limit_works_and_above_it_is_refused(triton):
-    from qdkit.serve.requests import MAX_DRAWINGS
+    from qdkit.inference.v2spec import MAX_DRAWINGS
 
     http = _http(triton)
     assert MAX_BATCH_SIZE == MAX_DRAWINGS  # what one request to qdkit serve may carry
@@ -316,6 +316,8 @@ BAD_DRAWINGS = [
     ('{"drawing": [[[0, 10], [0, 10]]], "simplified": "yes"}', "simplified: true or false expected"),
     ('{"drawing": [[[0, 10], [0, 10]]], "colour": 3}', "colour: unknown field"),
     ('{"drawing": [[[0, 300], [0, 10]]], "simplified": true}', "0..255"),
+    # parses, but simplification refuses it (over its work cap): still only this request's error
+    (json.dumps([[[0, 1] * 500, [0, 0] * 500, list(range(1000))]]), "too long a path to simplify"),
 ]
 
 
