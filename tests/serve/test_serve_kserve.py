@@ -2,7 +2,8 @@
 classification) and InferenceGRPCClient, every answer equal to the Predictor's
 (tests/_kserve_check.py, in a process of its own: kserve's and tritonclient's protobuf modules
 cannot share one). kserve is an extra of its own (`pip install -e '.[kserve]'`: it pulls in
-kubernetes, pandas and ~30 more packages), so without it these are skipped, loudly."""
+kubernetes, pandas and ~30 more packages; scripts/test.sh installs it), so without it these are
+skipped, loudly, and under CI=true they fail."""
 
 from __future__ import annotations
 
